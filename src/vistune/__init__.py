@@ -1,0 +1,3 @@
+"""vistune: visual instruction tuning (LLaVA) as a toolkit."""
+
+__version__ = "0.1.0"
