@@ -74,6 +74,13 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, default=0, help="random seed")
+    synth.add_argument("--min-objects", type=int, default=1, help="fewest objects per image")
+    synth.add_argument("--max-objects", type=int, default=5, help="most objects per image")
+    synth.add_argument("--size", type=int, default=224, help="image side in pixels")
+    synth.add_argument("--min-object-size", type=float, default=None,
+                       help="smallest object (longest side / image side; default depends on --max-objects)")
+    synth.add_argument("--max-object-size", type=float, default=None,
+                       help="largest object (longest side / image side; default depends on --max-objects)")
     synth.set_defaults(func=_handler("vistune.data.synth:synth_command"))
 
     gen = sub.add_parser("generate", help="write LLaVA instruction data from captions + boxes with a teacher")
@@ -97,6 +104,13 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--max-tokens", type=int, default=1024, help="teacher completion limit")
     gen.add_argument("--price-in", type=float, default=None, help="price per million prompt tokens")
     gen.add_argument("--price-out", type=float, default=None, help="price per million completion tokens")
+    gen.add_argument("--retry-base-delay", type=float, default=1.0,
+                     help="openai: first backoff wait in seconds (doubles per retry, with jitter)")
+    gen.add_argument("--retry-max-delay", type=float, default=60.0,
+                     help="openai: longest backoff wait in seconds (a server's Retry-After is honoured in full)")
+    gen.add_argument("--reject-retries", type=int, default=2,
+                     help="openai: re-ask at most this many times when an output fails validation")
+    gen.add_argument("--no-progress", action="store_true", help="openai: no progress bar")
     gen.set_defaults(func=_handler("vistune.datagen.build:generate_command"))
 
     pre = sub.add_parser("pretrain-data", help="write stage-1 caption data")
