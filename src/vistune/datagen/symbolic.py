@@ -1,0 +1,610 @@
+"""The symbolic teacher: instruction data computed from captions + boxes, correct by construction.
+
+It sees what a text-only teacher sees (an `ImageContext`: captions and labelled normalised boxes)
+and writes the paper's three kinds of records:
+
+- `conversation`: 2-5 turns of questions with definite answers (kinds, counts, colours, absolute
+  and relative positions, existence). About half of the turns are short-answer turns: the
+  question ends with `SHORT_ANSWER_INSTRUCTION` and the answer is one word or number.
+- `detail`: a paragraph describing every object and the background.
+- `complex`: a question that needs a few reasoning steps; the answer shows them, then concludes.
+
+Labels of the form "<colour> <kind>" (the synthetic world's categories, e.g. "red star") give an
+object a colour; other labels ("person") have no colour, and colour questions are not asked
+about them. Position rules match the benchmark's: absolute left/right (top/bottom) only when the
+box centre is at least `ABS_MARGIN` from the midline, relative ones only when centres differ by
+at least `REL_MARGIN`; an object is named only by a phrase that picks it out uniquely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from vistune.data.synth import (
+    ABS_MARGIN,
+    COLOURS,
+    REL_MARGIN,
+    SHAPES,
+    SHORT_ANSWER_INSTRUCTION,
+    article,
+    number_word,
+    region_phrase,
+    size_word,
+)
+from vistune.datagen.context import ImageContext, make_record
+
+TYPES = ("conversation", "detail", "complex")
+TEACHER = "symbolic"
+
+_IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
+              "sheep": "sheep", "skis": "skis", "scissors": "scissors", "glasses": "glasses", "fish": "fish",
+              "knife": "knives", "shelf": "shelves", "leaf": "leaves", "foot": "feet", "tooth": "teeth"}
+
+
+def plural(noun: str) -> str:
+    """Simple English plural of the last word of `noun`."""
+    head, _, last = noun.rpartition(" ")
+    if last in _IRREGULAR:
+        p = _IRREGULAR[last]
+    elif last.endswith(("s", "x", "z", "ch", "sh")):
+        p = last + "es"
+    elif last.endswith("y") and last[-2:-1] not in ("a", "e", "i", "o", "u"):
+        p = last[:-1] + "ies"
+    else:
+        p = last + "s"
+    return f"{head} {p}" if head else p
+
+
+def parse_label(label: str) -> tuple[str | None, str]:
+    """"red star" -> ("red", "star"); "person" -> (None, "person")."""
+    words = label.strip().split()
+    if len(words) >= 2 and words[0].lower() in COLOURS:
+        return words[0].lower(), " ".join(words[1:])
+    return None, label.strip()
+
+
+@dataclass
+class Obj:
+    colour: str | None
+    kind: str
+    box: tuple[float, float, float, float]
+
+    @property
+    def cx(self) -> float:
+        return (self.box[0] + self.box[2]) / 2
+
+    @property
+    def cy(self) -> float:
+        return (self.box[1] + self.box[3]) / 2
+
+    @property
+    def w(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def h(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return self.w * self.h
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.kind}" if self.colour else self.kind
+
+
+def _a(phrase: str) -> str:
+    return f"{article(phrase)} {phrase}"
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _count_phrase(n: int, singular: str) -> str:
+    return f"{number_word(n)} {singular if n == 1 else plural(singular)}"
+
+
+class Scene:
+    """One image's objects plus the referring and counting helpers every generator uses."""
+
+    def __init__(self, ctx: ImageContext, kinds_vocab: Sequence[str], colours_vocab: Sequence[str]):
+        self.ctx = ctx
+        self.objs = [Obj(*parse_label(i.category), tuple(i.bbox)) for i in ctx.instances]
+        self.kinds_vocab = list(kinds_vocab)
+        self.colours_vocab = list(colours_vocab)
+        self.noun = "shape" if self.objs and all(o.kind in SHAPES for o in self.objs) else "object"
+        self.coloured = bool(self.objs) and all(o.colour for o in self.objs)
+        self.background = _background_from_captions(ctx.captions)
+
+    def count_kind(self, kind: str) -> int:
+        return sum(o.kind == kind for o in self.objs)
+
+    def count_colour(self, colour: str) -> int:
+        return sum(o.colour == colour for o in self.objs)
+
+    def refer(self, o: Obj) -> str | None:
+        """A phrase that picks out `o` alone: its kind, else colour + kind, else None."""
+        if self.count_kind(o.kind) == 1:
+            return o.kind
+        if o.colour and sum(p.kind == o.kind and p.colour == o.colour for p in self.objs) == 1:
+            return o.name
+        return None
+
+    def groups(self) -> list[str]:
+        """"two red stars", "a blue circle" ... in first-seen order."""
+        c: Counter = Counter(o.name for o in self.objs)
+        return [(_a(n) if k == 1 else _count_phrase(k, n)) for n, k in c.items()]
+
+
+_BG = re.compile(r"\bon (?:a|an) ([a-z][a-z -]*?) background\b", re.IGNORECASE)
+
+
+def _background_from_captions(captions: Iterable[str]) -> str | None:
+    for c in captions:
+        m = _BG.search(c)
+        if m:
+            return m.group(1).lower()
+    return None
+
+
+# ----------------------------------------------------------------------------- conversation items
+
+
+@dataclass
+class QA:
+    kind: str          # question family, e.g. "count", "colour"
+    question: str      # the question, without any instruction
+    long: str          # full-sentence answer
+    short: str | None  # one word/number, or None if no short form exists
+
+
+def _pick(rng: random.Random, pool: Sequence[str], **kw: str) -> str:
+    return rng.choice(pool).format(**kw)
+
+
+P_COLOUR = ["What color is the {r}?", "What is the color of the {r}?", "Which color does the {r} have?",
+            "Can you tell me the color of the {r}?", "What colour is the {r}?"]
+P_SHAPE = ["What shape is the {c} {n}?", "Which shape is {c}?", "What kind of shape is the {c} one?",
+           "What is the {c} {n}?", "Which {n} is {c}?"]
+P_OBJECT_KIND = ["What is the {c} object?", "What kind of object is {c}?"]
+P_COUNT_KIND = ["How many {pl} are there?", "How many {pl} can you see?", "How many {pl} are in the picture?",
+                "Count the {pl} in the image.", "What is the number of {pl} in the image?"]
+P_COUNT_COLOUR = ["How many {c} {npl} are there?", "How many {c} {npl} can you see?", "How many {npl} are {c}?",
+                  "Count the {c} {npl}."]
+P_COUNT_ALL = ["How many {npl} are there in total?", "How many {npl} can you see in the image?",
+               "How many {npl} does the image contain?", "What is the total number of {npl}?"]
+P_EXIST_KIND = ["Is there {a} in the image?", "Can you see {a}?", "Does the picture show {a}?",
+                "Is {a} present in the image?"]
+P_EXIST_COLOUR = ["Is there {a} in the picture?", "Does the image contain {a}?", "Can you spot {a}?",
+                  "Is there {a} anywhere in the image?"]
+P_ABS_LR = ["Is the {r} on the left or the right side of the image?", "Is the {r} on the left or on the right?",
+            "Which side of the image is the {r} on, left or right?", "Is the {r} located on the left or the right?"]
+P_ABS_TB = ["Is the {r} in the top or the bottom half of the image?", "Is the {r} near the top or the bottom?",
+            "Is the {r} located at the top or at the bottom of the image?",
+            "Which half of the image is the {r} in, top or bottom?"]
+P_REL_LR = ["Is the {r} to the left or to the right of the {r2}?", "Is the {r} left or right of the {r2}?",
+            "Relative to the {r2}, is the {r} on the left or on the right?"]
+P_REL_AB = ["Is the {r} above or below the {r2}?", "Is the {r} located above or below the {r2}?",
+            "Relative to the {r2}, is the {r} above or below?"]
+P_WHERE = ["Where is the {r}?", "Where is the {r} located in the image?", "In which part of the image is the {r}?"]
+P_LIST = ["What {npl} can you see in the image?", "Which {npl} are in the picture?", "What does the image show?",
+          "List the {npl} in the image."]
+
+
+def _near_threshold(v: float, margin: float = 0.05) -> bool:
+    return any(abs(v - t) < margin for t in (1 / 3, 2 / 3))
+
+
+def conversation_items(s: Scene, rng: random.Random) -> dict[str, list[QA]]:
+    """Every definite question this scene supports, grouped by family."""
+    items: dict[str, list[QA]] = {k: [] for k in ("colour", "shape", "count", "existence", "absolute_position",
+                                                  "relative_position", "where", "list")}
+    n, npl = s.noun, plural(s.noun)
+    for o in s.objs:
+        r = s.refer(o)
+        if r is not None and o.colour and r == o.kind:
+            items["colour"].append(QA("colour", _pick(rng, P_COLOUR, r=r), f"The {r} is {o.colour}.", o.colour))
+    for c in s.colours_vocab:
+        same = [o for o in s.objs if o.colour == c]
+        if len(same) == 1:
+            k = same[0].kind
+            q = _pick(rng, P_SHAPE if s.noun == "shape" else P_OBJECT_KIND, c=c, n=n)
+            short = k if " " not in k else None
+            items["shape"].append(QA("shape", q, f"The {c} {n} is {_a(k)}.", short))
+    # counts: by kind (present or absent), by colour, all
+    for k in s.kinds_vocab:
+        m = s.count_kind(k)
+        cols = Counter(o.colour for o in s.objs if o.kind == k)
+        if m == 0:
+            long = f"There are no {plural(k)} in the image."
+        elif len(cols) == 1:
+            col = next(iter(cols))
+            long = f"There {'is' if m == 1 else 'are'} {_count_phrase(m, f'{col} {k}' if col else k)}."
+        else:
+            parts = _join([f"{number_word(v)} {c}" for c, v in cols.items()])
+            long = f"There are {_count_phrase(m, k)}: {parts}."
+        items["count"].append(QA("count", _pick(rng, P_COUNT_KIND, pl=plural(k)), _cap(long), str(m)))
+    if s.coloured:
+        for c in s.colours_vocab:
+            m = s.count_colour(c)
+            long = (f"There are no {c} {npl}." if m == 0 else
+                    f"There {'is' if m == 1 else 'are'} {_count_phrase(m, f'{c} {n}')}.")
+            items["count"].append(QA("count", _pick(rng, P_COUNT_COLOUR, c=c, npl=npl), long, str(m)))
+    if s.objs:
+        total = len(s.objs)
+        items["count"].append(QA("count", _pick(rng, P_COUNT_ALL, npl=npl),
+                                 f"There {'is' if total == 1 else 'are'} {_count_phrase(total, n)} in total: "
+                                 f"{_join(s.groups())}.", str(total)))
+    # existence: a kind, or colour + kind (a hard negative when the kind is there in another colour)
+    present_kinds = {o.kind for o in s.objs}
+    for k in s.kinds_vocab:
+        if k in present_kinds:
+            long = f"Yes, there {'is' if s.count_kind(k) == 1 else 'are'} {_count_phrase(s.count_kind(k), k)} in the image."
+            items["existence"].append(QA("existence", _pick(rng, P_EXIST_KIND, a=_a(k)), long, "yes"))
+        else:
+            items["existence"].append(QA("existence", _pick(rng, P_EXIST_KIND, a=_a(k)),
+                                         f"No, there is no {k} in the image.", "no"))
+        if s.coloured and k in present_kinds:
+            have = sorted({o.colour for o in s.objs if o.kind == k})
+            for c in s.colours_vocab:
+                q = _pick(rng, P_EXIST_COLOUR, a=_a(f"{c} {k}"))
+                if c in have:
+                    items["existence"].append(QA("existence", q, f"Yes, there is {_a(f'{c} {k}')} in the image.", "yes"))
+                else:
+                    other = _join(have)
+                    its = "it is" if s.count_kind(k) == 1 else "they are"
+                    items["existence"].append(QA(
+                        "existence", q, f"No. There is {'a' if s.count_kind(k) == 1 else 'more than one'} {k}, "
+                        f"but {its} {other}, not {c}.", "no"))
+    # positions
+    for o in s.objs:
+        r = s.refer(o)
+        if r is None:
+            continue
+        if abs(o.cx - 0.5) >= ABS_MARGIN:
+            side = "left" if o.cx < 0.5 else "right"
+            items["absolute_position"].append(QA("absolute_position", _pick(rng, P_ABS_LR, r=r),
+                                                 f"The {r} is on the {side} side of the image.", side))
+        if abs(o.cy - 0.5) >= ABS_MARGIN:
+            half = "top" if o.cy < 0.5 else "bottom"
+            items["absolute_position"].append(QA("absolute_position", _pick(rng, P_ABS_TB, r=r),
+                                                 f"The {r} is in the {half} half of the image.", half))
+        if not (_near_threshold(o.cx) or _near_threshold(o.cy)):
+            items["where"].append(QA("where", _pick(rng, P_WHERE, r=r),
+                                     f"The {r} is {region_phrase(o.cx, o.cy)} of the image.", None))
+        for p in s.objs:
+            r2 = s.refer(p)
+            if p is o or r2 is None:
+                continue
+            if abs(o.cx - p.cx) >= REL_MARGIN:
+                rel = "left" if o.cx < p.cx else "right"
+                items["relative_position"].append(QA("relative_position", _pick(rng, P_REL_LR, r=r, r2=r2),
+                                                     f"The {r} is to the {rel} of the {r2}.", rel))
+            if abs(o.cy - p.cy) >= REL_MARGIN:
+                rel = "above" if o.cy < p.cy else "below"
+                items["relative_position"].append(QA("relative_position", _pick(rng, P_REL_AB, r=r, r2=r2),
+                                                     f"The {r} is {rel} the {r2}.", rel))
+    if s.objs:
+        items["list"].append(QA("list", _pick(rng, P_LIST, npl=npl),
+                                _cap(f"The image shows {_join(s.groups())}."), None))
+    return items
+
+
+def _choose(rng: random.Random, qas: list[QA], family: str) -> QA:
+    """Pick one item of a family, balancing answers: first a random answer, then an item with it."""
+    if family in ("existence", "count", "absolute_position", "relative_position", "colour", "shape"):
+        answers = sorted({q.short or "" for q in qas})
+        want = rng.choice(answers)
+        qas = [q for q in qas if (q.short or "") == want]
+    return rng.choice(qas)
+
+
+def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5, min_turns: int = 2,
+                      max_turns: int = 5) -> list[dict] | None:
+    items = conversation_items(s, rng)
+    families = [f for f, v in items.items() if v]
+    if not families:
+        return None
+    n_turns = rng.randint(min_turns, max_turns)
+    turns: list[dict] = []
+    asked: set[str] = set()
+    used: list[str] = []
+    for _ in range(n_turns):
+        # decide the answer style first, so about `short_fraction` of the turns are short-answer turns
+        want_short = rng.random() < short_fraction
+
+        def open_families(short: bool) -> list[str]:
+            return [f for f in families
+                    if any(q.question not in asked and (q.short is not None or not short) for q in items[f])]
+
+        fams = open_families(want_short)
+        if not fams and want_short:
+            want_short = False
+            fams = open_families(False)
+        if not fams:
+            break
+        fam = rng.choice([f for f in fams if f not in used] or fams)
+        used.append(fam)
+        pool = [q for q in items[fam] if q.question not in asked and (q.short is not None or not want_short)]
+        qa = _choose(rng, pool, fam)
+        asked.add(qa.question)
+        if want_short:
+            q, a = f"{qa.question}\n{SHORT_ANSWER_INSTRUCTION}", qa.short
+        else:
+            q, a = qa.question, qa.long
+        if not turns:
+            q = "<image>\n" + q
+        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return turns or None
+
+
+# ----------------------------------------------------------------------------- detail
+
+P_DETAIL = [
+    "Describe the image in detail.",
+    "Give a detailed description of this image.",
+    "What is in this picture? Please describe it thoroughly.",
+    "Describe everything you can see in the image.",
+    "Write a detailed account of the scene in the image.",
+    "Can you describe this image as completely as possible?",
+    "Explain in detail what the image contains.",
+    "Provide a thorough description of the picture, including where everything is.",
+]
+
+
+def make_detail(s: Scene, rng: random.Random) -> list[dict] | None:
+    if not s.objs:
+        return None
+    n = s.noun
+    total = len(s.objs)
+    bg = f" on {_a(s.background)} background" if s.background else ""
+    intro = rng.choice([
+        f"The image shows {_count_phrase(total, n)}{bg}.",
+        f"This picture contains {_count_phrase(total, n)}{bg}.",
+        f"In this image there {'is' if total == 1 else 'are'} {_count_phrase(total, n)}{bg}.",
+    ])
+    sents = [intro]
+    objs = sorted(s.objs, key=lambda o: (o.cx, o.cy))
+    for i, o in enumerate(objs):
+        desc = f"{size_word(o.w, o.h)} {o.name}"
+        where = region_phrase(o.cx, o.cy)
+        if i == 0:
+            lead = rng.choice(["Starting from the left, ", "On the far left, ", "The leftmost one is "])
+            if lead.endswith("is "):
+                sents.append(f"{lead}{_a(desc)}, {where} of the image.")
+            else:
+                sents.append(f"{lead}there is {_a(desc)} {where} of the image.")
+        else:
+            prev = objs[i - 1]
+            rel = []
+            if abs(o.cx - prev.cx) >= REL_MARGIN:
+                rel.append("to the right of")
+            if abs(o.cy - prev.cy) >= REL_MARGIN:
+                rel.append("above" if o.cy < prev.cy else "below")
+            prev_ref = s.refer(prev)
+            rel_s = f", {' and '.join(rel)} the {prev_ref}" if rel and prev_ref else ""
+            sents.append(_cap(rng.choice([f"{_a(desc)} is {where}{rel_s}.",
+                                          f"next, {_a(desc)} appears {where}{rel_s}."])))
+    for i, o in enumerate(s.objs):
+        for p in s.objs[i + 1:]:
+            ix = min(o.box[2], p.box[2]) - max(o.box[0], p.box[0])
+            iy = min(o.box[3], p.box[3]) - max(o.box[1], p.box[1])
+            ro, rp = s.refer(o), s.refer(p)
+            if ix > 0 and iy > 0 and ro and rp:
+                sents.append(f"The {ro} and the {rp} are very close to each other.")
+    if s.coloured and total > 1:
+        cols = Counter(o.colour for o in s.objs)
+        sents.append("In total there " + ("is " if next(iter(cols.values())) == 1 else "are ")
+                     + _join([_count_phrase(k, f"{c} {n}") for c, k in cols.items()]) + ".")
+    if s.background:
+        sents.append(f"The background is {_a(s.background)} surface with nothing else on it."
+                     if s.noun == "shape" else f"The background is {s.background}.")
+    q = "<image>\n" + rng.choice(P_DETAIL)
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": " ".join(sents)}]
+
+
+# ----------------------------------------------------------------------------- complex reasoning
+
+_CORNERS = {"top-left": (0.0, 0.0), "top-right": (1.0, 0.0), "bottom-left": (0.0, 1.0), "bottom-right": (1.0, 1.0)}
+
+
+def _pos(o: Obj) -> str:
+    return f"the {o.name} is {region_phrase(o.cx, o.cy)}"
+
+
+def _cx_remove_colour(s: Scene, rng: random.Random) -> tuple[str, str] | None:
+    if not s.coloured or len(s.objs) < 2:
+        return None
+    c = rng.choice(sorted({o.colour for o in s.objs}))
+    n, npl = s.noun, plural(s.noun)
+    total, m = len(s.objs), s.count_colour(c)
+    q = rng.choice([f"If you removed all the {c} {npl}, how many {npl} would remain?",
+                    f"Suppose every {c} {n} were taken away. How many {npl} would be left?"])
+    rest = [o for o in s.objs if o.colour != c]
+    steps = [f"First, count all the {npl}: there {'is' if total == 1 else 'are'} {number_word(total)} "
+             f"({_join(s.groups())}).",
+             f"Next, count the {c} ones: {number_word(m)}.",
+             f"Removing them leaves {number_word(total)} - {number_word(m)} = {number_word(total - m)}"
+             + (f" ({_join([_a(o.name) for o in rest])})." if rest else ".")]
+    return q, " ".join(steps) + f" So {number_word(total - m)} {n if total - m == 1 else npl} would remain."
+
+
+def _cx_corner(s: Scene, rng: random.Random) -> tuple[str, str] | None:
+    if len(s.objs) < 2:
+        return None
+    name, (x, y) = rng.choice(sorted(_CORNERS.items()))
+    d = sorted(((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5 for o in s.objs)
+    best = min(s.objs, key=lambda o: ((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5)
+    r = s.refer(best)
+    if r is None or d[1] - d[0] < 0.08:
+        return None
+    q = rng.choice([f"Which {s.noun} is closest to the {name} corner of the image?",
+                    f"Of all the {plural(s.noun)}, which one lies nearest the {name} corner?"])
+    steps = ["Let me locate each one: " + "; ".join(_pos(o) for o in s.objs) + ".",
+             f"The {name} corner is where the {name.split('-')[0]} edge meets the {name.split('-')[1]} edge.",
+             "Measuring from the corner to the middle of each: "
+             + "; ".join(f"the {o.name} is about {((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5:.2f} image widths away"
+                         for o in s.objs) + ".",
+             f"The {best.name} has the smallest distance, with a clear gap to the next one."]
+    return q, " ".join(steps) + f" So the answer is the {r}."
+
+
+def _cx_largest(s: Scene, rng: random.Random) -> tuple[str, str] | None:
+    if len(s.objs) < 2:
+        return None
+    objs = sorted(s.objs, key=lambda o: -o.area)
+    big = objs[0]
+    r = s.refer(big)
+    if r is None or objs[0].area < 1.3 * objs[1].area:
+        return None
+    q = rng.choice([f"Which {s.noun} is the largest?", f"Which is the biggest {s.noun} in the image?"])
+    steps = ["Comparing the sizes: " + "; ".join(f"the {o.name} is {size_word(o.w, o.h)}" for o in objs) + ".",
+             f"The {big.name} covers noticeably more of the image than any other {s.noun}."]
+    return q, " ".join(steps) + f" So the largest is the {r}."
+
+
+def _cx_compare_colours(s: Scene, rng: random.Random) -> tuple[str, str] | None:
+    if not s.coloured or len(s.colours_vocab) < 2:
+        return None
+    c1 = rng.choice(sorted({o.colour for o in s.objs}))
+    c2 = rng.choice([c for c in s.colours_vocab if c != c1])
+    if rng.random() < 0.5:
+        c1, c2 = c2, c1
+    npl = plural(s.noun)
+    m1, m2 = s.count_colour(c1), s.count_colour(c2)
+    q = rng.choice([f"Are there more {c1} {npl} than {c2} {npl}?",
+                    f"Does the image have more {c1} {npl} than {c2} ones?"])
+    steps = f"There {'is' if m1 == 1 else 'are'} {number_word(m1)} {c1} and {number_word(m2)} {c2}."
+    if m1 > m2:
+        concl = f"Yes, {number_word(m1)} is more than {number_word(m2)}, so there are more {c1} {npl}."
+    elif m1 == m2:
+        concl = f"No, the numbers are equal ({number_word(m1)} each)."
+    else:
+        concl = f"No, {number_word(m1)} is fewer than {number_word(m2)}, so there are more {c2} {npl}."
+    return q, f"Counting by color: {steps} {concl}"
+
+
+def _cx_extreme(s: Scene, rng: random.Random) -> tuple[str, str] | None:
+    if len(s.objs) < 2:
+        return None
+    side = rng.choice(["left", "right", "top", "bottom"])
+    key = {"left": lambda o: o.cx, "right": lambda o: -o.cx, "top": lambda o: o.cy, "bottom": lambda o: -o.cy}[side]
+    objs = sorted(s.objs, key=key)
+    r = s.refer(objs[0])
+    if r is None or abs(key(objs[1]) - key(objs[0])) < 0.08:
+        return None
+    q = {"left": f"Which {s.noun} is furthest to the left?", "right": f"Which {s.noun} is furthest to the right?",
+         "top": f"Which {s.noun} is highest in the image?", "bottom": f"Which {s.noun} is lowest in the image?"}[side]
+    axis = "horizontal" if side in ("left", "right") else "vertical"
+    steps = (f"Looking at the {axis} position of each {s.noun}: " + "; ".join(_pos(o) for o in s.objs) + ". "
+             f"The {objs[0].name} is nearer the {side} edge than the {objs[1].name}, the next one.")
+    extra = f" It is {objs[0].colour}." if objs[0].colour and r == objs[0].kind else ""
+    return q, f"{steps} So it is the {r}.{extra}"
+
+
+def _cx_distinct(s: Scene, rng: random.Random) -> tuple[str, str] | None:
+    if not s.objs:
+        return None
+    if s.coloured and rng.random() < 0.5:
+        cols = sorted({o.colour for o in s.objs}, key=[o.colour for o in s.objs].index)
+        q = "How many different colors appear among the shapes?" if s.noun == "shape" else \
+            "How many different colors do the objects have?"
+        steps = "Going through them: " + "; ".join(f"the {o.kind} is {o.colour}" for o in s.objs) + "."
+        return q, f"{steps} The distinct colors are {_join(cols)}, so there {'is' if len(cols) == 1 else 'are'} " \
+                  f"{_count_phrase(len(cols), 'color')}."
+    kinds = sorted({o.kind for o in s.objs}, key=[o.kind for o in s.objs].index)
+    q = f"How many different kinds of {plural(s.noun)} are in the image?"
+    steps = "Listing them: " + _join(s.groups()) + "."
+    return q, f"{steps} The distinct kinds are {_join([plural(k) if s.count_kind(k) > 1 else k for k in kinds])}, " \
+              f"so there {'is' if len(kinds) == 1 else 'are'} {_count_phrase(len(kinds), 'kind')}."
+
+
+COMPLEX_GENERATORS: list[Callable[[Scene, random.Random], tuple[str, str] | None]] = [
+    _cx_remove_colour, _cx_corner, _cx_largest, _cx_compare_colours, _cx_extreme, _cx_distinct]
+
+
+def make_complex(s: Scene, rng: random.Random) -> list[dict] | None:
+    gens = COMPLEX_GENERATORS[:]
+    rng.shuffle(gens)
+    for g in gens:
+        out = g(s, rng)
+        if out is not None:
+            q, a = out
+            return [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}]
+    return None
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _stem(image: str) -> str:
+    p = Path(image)
+    return str(p.with_suffix("")).replace("/", "_").replace("\\", "_")
+
+
+def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = TYPES, seed: int = 0,
+                      short_fraction: float = 0.5, min_turns: int = 2, max_turns: int = 5,
+                      skips: Counter | None = None) -> list[dict]:
+    """LLaVA records for `contexts`; each (image, type) draws from its own seeded generator, so a
+    record does not change when other images are added or removed. Images for which a kind has
+    no definite content (e.g. no boxes) are counted in `skips` as `no_<type>`."""
+    unknown = [t for t in types if t not in TYPES]
+    if unknown:
+        raise ValueError(f"unknown types {unknown}; choose from {list(TYPES)}")
+    if not 1 <= min_turns <= max_turns:
+        raise ValueError("need 1 <= min_turns <= max_turns")
+    kinds = sorted({parse_label(i.category)[1] for c in contexts for i in c.instances})
+    colours = [c for c in COLOURS if any(parse_label(i.category)[0] == c for ctx in contexts for i in ctx.instances)]
+    skips = skips if skips is not None else Counter()
+    makers = {"conversation": lambda sc, r: make_conversation(sc, r, short_fraction, min_turns, max_turns),
+              "detail": make_detail, "complex": make_complex}
+    records, seen = [], Counter()
+    for ctx in contexts:
+        scene = Scene(ctx, kinds, colours)
+        stem = _stem(ctx.image)
+        seen[stem] += 1
+        if seen[stem] > 1:
+            stem = f"{stem}~{seen[stem] - 1}"
+        for t in types:
+            rng = random.Random(f"{seed}:{t}:{stem}")
+            conv = makers[t](scene, rng)
+            if conv is None:
+                skips[f"no_{t}"] += 1
+                continue
+            records.append(make_record(f"{stem}-{t}-0", ctx.image, conv, t, TEACHER))
+    return records
+
+
+def symbolic_command(args: argparse.Namespace, contexts: list[ImageContext], load_skips: Counter) -> int:
+    """Write the records for `generate --teacher symbolic` (contexts already loaded)."""
+    from vistune.datagen.context import format_skips
+    from vistune.utils.io import atomic_write_json
+
+    types = [t.strip() for t in (args.types or "").split(",") if t.strip()]
+    skips: Counter = Counter()
+    kw = {}
+    if getattr(args, "short_fraction", None) is not None:
+        kw["short_fraction"] = args.short_fraction
+    records = generate_symbolic(contexts, types, seed=args.seed, skips=skips, **kw)
+    atomic_write_json(args.out, records)
+    per_type = Counter(r["metadata"]["type"] for r in records)
+    print(f"wrote {len(records)} records from {len(contexts)} images to {args.out}: "
+          + ", ".join(f"{t}={per_type.get(t, 0)}" for t in types))
+    print("input " + format_skips(load_skips))
+    print("generation " + format_skips(skips))
+    return 0
