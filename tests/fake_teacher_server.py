@@ -12,6 +12,7 @@ the socket without a response), garbage, empty, truncated (finish_reason "length
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -44,10 +45,15 @@ class Attempt:
 Chooser = Callable[[str, str, int], "Fault | str"]
 
 
+def image_key(context: str) -> str:
+    """`scene-NNNN` from the test contexts, else a digest of the whole context."""
+    match = KEY.search(context)
+    return match.group(0) if match else "ctx-" + hashlib.sha1(context.encode()).hexdigest()[:12]
+
+
 def canned_answer(type_: str, context: str) -> str:
     """A valid teacher answer for the request's context; tests recompute it to check records."""
-    key_match = KEY.search(context)
-    key = key_match.group(0) if key_match else "unknown"
+    key = image_key(context)
     labels = BOX_LINE.findall(context)
     first = context.splitlines()[0] if context else ""
     if type_ == "conversation":
@@ -138,8 +144,7 @@ class FakeTeacher:
     def _register(self, messages: list[dict], headers: dict[str, str]) -> tuple[Attempt, Fault]:
         system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
         type_ = self.system_to_type.get(system, "unknown")
-        match = KEY.search(context_of(messages)) if messages else None
-        key = match.group(0) if match else "unknown"
+        key = image_key(context_of(messages)) if messages else "unknown"
         with self._lock:
             n = sum(1 for a in self.attempts if a.key == key and a.type == type_)
             fault = self._fault(key, type_, n)

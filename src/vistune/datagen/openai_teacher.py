@@ -343,6 +343,8 @@ def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collect
         raise UsageError("give either --input or --captions/--instances, not both")
     if not args.input and not args.captions:
         raise UsageError("--teacher openai needs --input JSONL or --captions (and --instances)")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
     try:
         if args.input:
             contexts, skips = load_context_jsonl(args.input)
@@ -358,7 +360,9 @@ def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collect
             unique[ctx.image] = ctx
     contexts = list(unique.values())
     if args.limit is not None:
-        contexts = contexts[: max(0, args.limit)]
+        contexts = contexts[: args.limit]
+    if not contexts:
+        raise UsageError(f"no usable images in the input ({format_skips(skips)})")
     return contexts, skips
 
 

@@ -1,0 +1,453 @@
+"""Conversation templates and rendering: structured messages -> `input_ids` and `labels` in one pass.
+
+Every template turns messages into a list of pieces, each with a supervision rule; the renderer tokenizes
+piece by piece and appends ids and labels together, so the loss mask can never drift from the ids. The
+image placeholder becomes exactly `num_image_tokens` positions holding `IMAGE_TOKEN_ID`. Anything
+inconsistent (roles out of order, a missing or extra image, an answer with no tokens) raises
+`RenderError`; a sample is never silently left without supervision.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable, Literal, Sequence
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN_ID = -200
+IMAGE_PLACEHOLDER = "<image>"
+
+Role = Literal["system", "user", "assistant"]
+Placement = Literal["front", "back", "random"]
+
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+V0_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAMA2_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that "
+    "the user provides, and assist the user with a variety of tasks using natural language."
+)
+
+
+class RenderError(ValueError):
+    """A conversation that cannot be rendered consistently."""
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of text (or explicit ids) and how much of it is supervised.
+
+    supervise: "none" | "all" | "first" (only the first token: an end-of-turn marker that leads a template's glue).
+    """
+
+    text: str = ""
+    supervise: str = "none"
+    ids: tuple[int, ...] | None = None
+    image: bool = False
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    labels: list[int]
+    image_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each image's positions
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def messages_from_llava(conversations: Sequence[dict]) -> list[Message]:
+    """LLaVA `conversations` ([{"from": "human"|"gpt", "value"}]) -> messages; raises RenderError on bad shape."""
+    messages = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RenderError(f"turn {i} is not an object with 'from' and 'value'")
+        role = LLAVA_ROLES.get(turn["from"])
+        if role is None:
+            raise RenderError(f"turn {i} has unknown speaker {turn['from']!r}")
+        if not isinstance(turn["value"], str):
+            raise RenderError(f"turn {i} value is not a string")
+        messages.append(Message(role, turn["value"].strip()))
+    return messages
+
+
+def validate_messages(messages: Sequence[Message], *, for_generation: bool) -> None:
+    """System first (optional), then user/assistant alternating from user; ends with assistant (training) or
+    user (generation); no empty turns."""
+    body = list(messages)
+    if body and body[0].role == "system":
+        body = body[1:]
+    if not body:
+        raise RenderError("conversation has no turns")
+    for i, m in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m.role != expected:
+            if i == 0:
+                raise RenderError(f"first turn must be from the human, got {m.role!r}")
+            raise RenderError(f"roles do not alternate: turn {i} is {m.role!r}, expected {expected!r}")
+        if not m.content.strip():
+            raise RenderError(f"turn {i} ({m.role}) is empty")
+    last = body[-1].role
+    if for_generation and last != "user":
+        raise RenderError("a prompt for generation must end with a user turn")
+    if not for_generation and last != "assistant":
+        raise RenderError("a training conversation must end with an assistant turn")
+
+
+def place_image(messages: Sequence[Message], placement: Placement, rng: random.Random | None) -> list[Message]:
+    """Move the single image placeholder of the first user turn before or after its question."""
+    out = list(messages)
+    for i, m in enumerate(out):
+        if m.role == "user" and IMAGE_PLACEHOLDER in m.content:
+            if m.content.count(IMAGE_PLACEHOLDER) != 1:
+                return out  # several images in one turn: keep the author's layout
+            question = m.content.replace(IMAGE_PLACEHOLDER, "").strip()
+            if placement == "random":
+                if rng is None:
+                    raise ValueError("random image placement needs an rng")
+                placement = "front" if rng.random() < 0.5 else "back"
+            if not question:
+                content = IMAGE_PLACEHOLDER
+            elif placement == "front":
+                content = f"{IMAGE_PLACEHOLDER}\n{question}"
+            else:
+                content = f"{question}\n{IMAGE_PLACEHOLDER}"
+            out[i] = Message(m.role, content)
+            return out
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Templates: messages -> pieces
+
+
+class Template:
+    name: str = ""
+    answer_prefix: str = ""
+    """Text the template puts before every answer; supervised with it."""
+    stop_strings: tuple[str, ...] = ()
+
+    def pieces(self, messages: Sequence[Message], tokenizer, add_generation_prompt: bool) -> list[Piece]:
+        raise NotImplementedError
+
+    def end_of_turn_ids(self, tokenizer) -> list[int]:
+        """Token ids that end an assistant turn (generation stops at them)."""
+        return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _system_and_body(messages: Sequence[Message], default: str) -> tuple[str, list[Message]]:
+    if messages and messages[0].role == "system":
+        return messages[0].content, list(messages[1:])
+    return default, list(messages)
+
+
+def _special_id(tokenizer, token: str | None, what: str) -> int:
+    if token is None:
+        raise RenderError(f"this template needs the tokenizer's {what} token, which it does not define")
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+class PlainTemplate(Template):
+    """Stage 1: the image, then the caption and a newline; the instruction is dropped."""
+
+    name = "plain"
+    stop_strings = ("\n",)
+
+    def pieces(self, messages, tokenizer, add_generation_prompt):
+        _, body = _system_and_body(messages, "")
+        if len(body) not in (1, 2) or body[0].role != "user":
+            raise RenderError("the plain template takes one user turn (with the image) and one answer")
+        images = body[0].content.count(IMAGE_PLACEHOLDER)
+        if images != 1:
+            raise RenderError(f"the plain template needs exactly one image in the user turn, found {images}")
+        out = [Piece(image=True)]
+        if len(body) == 2:
+            out.append(Piece(body[1].content + "\n", "all"))
+        elif not add_generation_prompt:
+            raise RenderError("a training conversation must end with an assistant turn")
+        return out
+
+    def end_of_turn_ids(self, tokenizer):
+        return super().end_of_turn_ids(tokenizer)
+
+
+class SeparatorTemplate(Template):
+    """Templates written as text with role tags (v0, vicuna_v1)."""
+
+    system: str = ""
+    user_tag: str = ""
+    assistant_tag: str = ""
+    system_suffix: str = ""
+    user_suffix: str = ""
+
+    def answer_end(self, tokenizer) -> Piece:
+        raise NotImplementedError
+
+    def pieces(self, messages, tokenizer, add_generation_prompt):
+        system, body = _system_and_body(messages, self.system)
+        out = [Piece(system + self.system_suffix)]
+        for m in body:
+            if m.role == "user":
+                out += [Piece(self.user_tag), Piece(m.content), Piece(self.user_suffix + self.assistant_tag)]
+            else:
+                out += [Piece(self.answer_prefix + m.content, "all"), self.answer_end(tokenizer)]
+        if not add_generation_prompt and body and body[-1].role == "user":
+            raise RenderError("a training conversation must end with an assistant turn")
+        return out
+
+
+class V0Template(SeparatorTemplate):
+    """The paper's format: `### Human: …` / `### Assistant: …`, each answer closed by `###`."""
+
+    name = "v0"
+    system = V0_SYSTEM
+    system_suffix = "\n###"
+    user_tag = " Human: "
+    user_suffix = "\n###"
+    assistant_tag = " Assistant:"
+    answer_prefix = " "
+    stop_strings = ("###",)
+
+    def answer_end(self, tokenizer):
+        return Piece("\n###", "all")
+
+
+class VicunaV1Template(SeparatorTemplate):
+    """LLaVA v1/v1.5: `SYSTEM USER: … ASSISTANT: …</s>` rounds."""
+
+    name = "vicuna_v1"
+    system = VICUNA_SYSTEM
+    user_tag = " USER: "
+    assistant_tag = " ASSISTANT:"
+    answer_prefix = " "
+    stop_strings = ("</s>",)
+
+    def answer_end(self, tokenizer):
+        return Piece(ids=(_special_id(tokenizer, tokenizer.eos_token, "end-of-sequence"),), supervise="all")
+
+
+class Llama2Template(Template):
+    """`[INST] <<SYS>>\\n…\\n<</SYS>>\\n\\n… [/INST] answer </s><s>[INST] … [/INST]`."""
+
+    name = "llama_2"
+    answer_prefix = " "
+    stop_strings = ("</s>",)
+
+    def pieces(self, messages, tokenizer, add_generation_prompt):
+        system, body = _system_and_body(messages, LLAMA2_SYSTEM)
+        bos = _special_id(tokenizer, tokenizer.bos_token, "beginning-of-sequence")
+        eos = _special_id(tokenizer, tokenizer.eos_token, "end-of-sequence")
+        out: list[Piece] = []
+        for i, m in enumerate(body):
+            if m.role == "user":
+                if i > 0:
+                    out.append(Piece(ids=(bos,)))
+                sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if i == 0 and system else ""
+                out += [Piece(f"[INST] {sys_block}"), Piece(m.content), Piece(" [/INST]")]
+            else:
+                out += [Piece(self.answer_prefix + m.content + " ", "all"), Piece(ids=(eos,), supervise="all")]
+        if not add_generation_prompt and body and body[-1].role == "user":
+            raise RenderError("a training conversation must end with an assistant turn")
+        return out
+
+
+class ChatTemplate(Template):
+    """The tokenizer's own chat template (ChatML for SmolLM2/Qwen, Llama 3's, …).
+
+    The template is rendered once per role sequence with markers in place of contents; the text between
+    markers is the template's glue. Answers are supervised, and so is the first token of the glue that
+    follows each answer (the template's end-of-turn token, e.g. `<|im_end|>`).
+    """
+
+    name = "chat_template"
+
+    def pieces(self, messages, tokenizer, add_generation_prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise RenderError("the tokenizer has no chat template; choose another template")
+        glue = _chat_layout(tokenizer, tuple(m.role for m in messages), add_generation_prompt)
+        out = [Piece(glue[0])]
+        for m, after in zip(messages, glue[1:]):
+            if m.role == "assistant":
+                out += [Piece(m.content, "all"), Piece(after, "first")]
+            else:
+                out += [Piece(m.content), Piece(after)]
+        return out
+
+    def end_of_turn_ids(self, tokenizer):
+        glue = _chat_layout(tokenizer, ("user", "assistant"), False)
+        ids = tokenizer.encode(glue[2], add_special_tokens=False)
+        eot = [ids[0]] if ids else []
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eot:
+            eot.append(tokenizer.eos_token_id)
+        return eot
+
+
+def _marker(i: int) -> str:
+    return f"\u27e6vistune-content-{i}\u27e7"
+
+
+@lru_cache(maxsize=256)
+def _chat_layout_cached(template: str, tok_key: int, roles: tuple[str, ...], add_generation_prompt: bool,
+                        tokenizer_ref) -> tuple[str, ...]:
+    tokenizer = tokenizer_ref()
+    msgs = [{"role": r, "content": _marker(i)} for i, r in enumerate(roles)]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    parts = re.split("\u27e6vistune-content-(\\d+)\u27e7", text)
+    found = [int(x) for x in parts[1::2]]
+    if found != list(range(len(roles))):
+        raise RenderError(
+            "the tokenizer's chat template does not place each message's content exactly once and in order "
+            f"(found contents {found} for roles {list(roles)}); choose another template"
+        )
+    return tuple(parts[0::2])
+
+
+def _chat_layout(tokenizer, roles: tuple[str, ...], add_generation_prompt: bool) -> tuple[str, ...]:
+    import weakref
+
+    return _chat_layout_cached(tokenizer.chat_template, id(tokenizer), roles, add_generation_prompt,
+                               weakref.ref(tokenizer))
+
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t for t in (PlainTemplate(), V0Template(), VicunaV1Template(), Llama2Template(), ChatTemplate())
+}
+TEMPLATE_NAMES = tuple(TEMPLATES)
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown template {name!r}; expected one of {list(TEMPLATES)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering: pieces -> ids + labels
+
+
+def _is_special(tokenizer, token_id: int) -> bool:
+    if token_id in set(tokenizer.all_special_ids):
+        return True
+    added = tokenizer.added_tokens_decoder.get(token_id)
+    return bool(added is not None and added.special)
+
+
+class Renderer:
+    """Renders messages with one template and tokenizer; `num_image_tokens` positions per image."""
+
+    def __init__(self, tokenizer, template: str | Template, num_image_tokens: int) -> None:
+        if num_image_tokens <= 0:
+            raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
+        self.tokenizer = tokenizer
+        self.template = get_template(template) if isinstance(template, str) else template
+        self.num_image_tokens = num_image_tokens
+        probe = tokenizer("a", add_special_tokens=True).input_ids
+        self.bos_id: int | None = (
+            tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
+            else None
+        )
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return self.template.stop_strings
+
+    def end_of_turn_ids(self) -> list[int]:
+        return self.template.end_of_turn_ids(self.tokenizer)
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        num_images: int | None = None,
+        placement: Placement = "front",
+        rng: random.Random | None = None,
+        add_generation_prompt: bool = False,
+    ) -> Rendered:
+        """Render a conversation. Training: the last turn is the assistant's. Generation: the last turn is the
+        user's and the output ends where the answer starts. `num_images`, when given, must match the
+        placeholders."""
+        validate_messages(messages, for_generation=add_generation_prompt)
+        found = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages if m.role == "user")
+        if any(IMAGE_PLACEHOLDER in m.content for m in messages if m.role != "user"):
+            raise RenderError("the image placeholder may only appear in user turns")
+        if num_images is not None and found != num_images:
+            raise RenderError(f"the text has {found} image placeholder(s) but {num_images} image(s) were given")
+        messages = place_image(messages, placement, rng)
+        pieces = self.template.pieces(messages, self.tokenizer, add_generation_prompt)
+        return self._tokenize(pieces, add_generation_prompt)
+
+    def _tokenize(self, pieces: Iterable[Piece], for_generation: bool) -> Rendered:
+        ids: list[int] = [] if self.bos_id is None else [self.bos_id]
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
+        spans: list[tuple[int, int]] = []
+        for piece in _split_images(pieces):
+            if piece.image:
+                spans.append((len(ids), len(ids) + self.num_image_tokens))
+                ids.extend([IMAGE_TOKEN_ID] * self.num_image_tokens)
+                labels.extend([IGNORE_INDEX] * self.num_image_tokens)
+                continue
+            tokens = list(piece.ids) if piece.ids is not None else (
+                self.tokenizer.encode(piece.text, add_special_tokens=False) if piece.text else [])
+            ids.extend(tokens)
+            labels.extend(self._labels(piece.supervise, tokens, for_generation))
+        if not for_generation and not any(label != IGNORE_INDEX for label in labels):
+            raise RenderError("the rendered sample has no supervised tokens")
+        return Rendered(ids, labels, spans)
+
+    def _labels(self, supervise: str, tokens: list[int], for_generation: bool) -> list[int]:
+        if supervise == "all":
+            if not tokens:
+                raise RenderError("an assistant answer rendered to no tokens")
+            return list(tokens)
+        if supervise == "first":
+            if not tokens:
+                if for_generation:
+                    return []
+                raise RenderError("the template puts no end-of-turn marker after an assistant answer")
+            if not _is_special(self.tokenizer, tokens[0]):
+                raise RenderError(
+                    "the chat template's text after an answer does not start with a special end-of-turn "
+                    f"token (it starts with {self.tokenizer.convert_ids_to_tokens(tokens[0])!r})"
+                )
+            return tokens[:1] + [IGNORE_INDEX] * (len(tokens) - 1)
+        return [IGNORE_INDEX] * len(tokens)
+
+
+def _split_images(pieces: Iterable[Piece]) -> Iterable[Piece]:
+    """Text pieces holding the image placeholder become text / image / text pieces."""
+    for piece in pieces:
+        if piece.ids is not None or piece.image or IMAGE_PLACEHOLDER not in piece.text:
+            yield piece
+            continue
+        if piece.supervise != "none":
+            raise RenderError("an assistant answer contains the image placeholder")
+        for k, text in enumerate(piece.text.split(IMAGE_PLACEHOLDER)):
+            if k > 0:
+                yield Piece(image=True)
+            if text:
+                yield Piece(text)
+
+
+def sample_rng(seed: int, index: int, epoch: int = 0) -> random.Random:
+    """A per-sample rng that depends only on (seed, epoch, index): reproducible in any worker order."""
+    return random.Random(f"vistune:{seed}:{epoch}:{index}")

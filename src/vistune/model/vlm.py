@@ -1,0 +1,212 @@
+"""The visual assistant: frozen vision tower -> projector -> causal LM, spliced at the image positions.
+
+`input_ids` carry `IMAGE_TOKEN_ID` at every image position (the renderer expands each placeholder to
+exactly `num_image_tokens` positions); `embed` replaces them with projected features and raises when the
+count of positions differs from images x tokens-per-image. The loss applies the LM head only at
+supervised positions, so no full-vocabulary logits are built for prompts, images or padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from vistune.config import ModelConfig
+from vistune.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, Message, Renderer
+from vistune.data.image import ImageProcessor
+from vistune.model.projector import Projector
+from vistune.model.vision import VisionTower
+
+
+class ImageTokenMismatch(ValueError):
+    """The text's image positions and the images' feature count differ."""
+
+
+@dataclass
+class VLMOutput:
+    loss: torch.Tensor | None = None
+    """Mean cross-entropy over supervised tokens of this batch."""
+    loss_sum: torch.Tensor | None = None
+    """Summed cross-entropy (for exact normalisation across micro-batches and processes)."""
+    num_tokens: int = 0
+    """Number of supervised tokens."""
+    logits: torch.Tensor | None = None
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig, vision_tower: VisionTower, projector: Projector, llm: nn.Module,
+                 tokenizer, image_processor: ImageProcessor) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.renderer = Renderer(tokenizer, config.template, vision_tower.num_tokens)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    # ---------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def build(cls, config: ModelConfig, dtype: torch.dtype = torch.float32) -> "VisionLanguageModel":
+        """Assemble a fresh model from the parts named in `config` (pretrained tower and LLM, new projector)."""
+        from vistune.model.llm import load_llm
+        from vistune.model.vision import build_vision_tower
+
+        tower = build_vision_tower(config.vision_tower, config.vision_layer, config.vision_select, dtype)
+        llm, tokenizer = load_llm(config.llm, dtype)
+        return cls.from_parts(config, tower, llm, tokenizer)
+
+    @classmethod
+    def from_parts(cls, config: ModelConfig, tower: VisionTower, llm: nn.Module, tokenizer,
+                   projector: Projector | None = None) -> "VisionLanguageModel":
+        llm_dim = llm.get_input_embeddings().weight.shape[1]
+        if projector is None:
+            projector = Projector(config.projector, tower.hidden_size, llm_dim).to(
+                llm.get_input_embeddings().weight.dtype)
+        processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
+        return cls(config, tower, projector, llm, tokenizer, processor)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_tower.num_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # ---------------------------------------------------------------------------------------------
+    # forward
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (I, 3, H, W) -> (I, N, D_llm)
+        features = self.vision_tower(pixel_values.to(self.device))  # (I, N, D_v), no grad
+        if self.config.feature_norm:
+            features = F.layer_norm(features.float(), features.shape[-1:])
+        return self.projector(features.to(self.projector.linear_1.weight.dtype))
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with image features spliced in; (B, T) -> (B, T, D)."""
+        is_image = input_ids == IMAGE_TOKEN_ID
+        n_positions = int(is_image.sum())
+        n_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_positions != n_features:
+            n_images = 0 if image_features is None else image_features.shape[0]
+            raise ImageTokenMismatch(
+                f"the text has {n_positions} image positions but {n_images} image(s) x "
+                f"{self.num_image_tokens} features = {n_features}"
+            )
+        embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))  # (B, T, D)
+        if n_positions:
+            embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype).reshape(-1))
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                return_logits: bool = False) -> VLMOutput:
+        features = self.encode_images(pixel_values) if pixel_values is not None and len(pixel_values) else None
+        embeds = self.embed(input_ids, features)
+        if labels is None or return_logits:
+            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask).logits
+            out = VLMOutput(logits=logits)
+            if labels is not None:
+                flat_labels = labels[:, 1:].reshape(-1)
+                loss_sum = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), flat_labels,
+                                           ignore_index=IGNORE_INDEX, reduction="sum")
+                out.num_tokens = int((flat_labels != IGNORE_INDEX).sum())
+                out.loss_sum, out.loss = loss_sum, loss_sum / max(out.num_tokens, 1)
+            return out
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        return self.supervised_loss(hidden, labels)
+
+    def supervised_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> VLMOutput:
+        """Cross-entropy from hidden states (B, T, D), applying the LM head only where labels are set."""
+        targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+        keep = targets != IGNORE_INDEX
+        selected = hidden[:, :-1][keep]  # (M, D)
+        logits = self._lm_logits(selected).float()  # (M, V)
+        loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
+        n = int(keep.sum())
+        return VLMOutput(loss=loss_sum / max(n, 1), loss_sum=loss_sum, num_tokens=n)
+
+    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.llm.get_output_embeddings()(hidden)
+        cfg = self.llm.config
+        if getattr(cfg, "logit_scale", None) is not None:
+            logits = logits * cfg.logit_scale
+        if getattr(cfg, "final_logit_softcapping", None) is not None:
+            cap = cfg.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ---------------------------------------------------------------------------------------------
+    # simple generation (the inference engine adds KV-cache reuse, batching and streaming)
+
+    def prompt_messages(self, prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
+                        system: str | None = None) -> list[Message]:
+        """History of (question, answer) turns, then the new prompt; the image goes in the first turn."""
+        messages = [Message("system", system)] if system else []
+        turns = [*history, (prompt, None)]
+        for i, (question, answer) in enumerate(turns):
+            question = question.replace(IMAGE_PLACEHOLDER, "").strip()
+            if i == 0 and has_image:
+                question = f"{IMAGE_PLACEHOLDER}\n{question}"
+            messages.append(Message("user", question))
+            if answer is not None:
+                messages.append(Message("assistant", answer))
+        return messages
+
+    @torch.no_grad()
+    def chat(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
+             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0) -> str:
+        """Answer `prompt` about `image` (None for text only), after earlier (question, answer) turns."""
+        messages = self.prompt_messages(prompt, history, has_image=image is not None)
+        rendered = self.renderer.render(messages, num_images=int(image is not None), add_generation_prompt=True)
+        input_ids = torch.tensor([rendered.input_ids], device=self.device)
+        pixels = self.image_processor.batch([image]) if image is not None else None
+        features = self.encode_images(pixels) if pixels is not None else None
+        embeds = self.embed(input_ids, features)
+        kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens,
+                      eos_token_id=self.renderer.end_of_turn_ids(), pad_token_id=self.tokenizer.pad_token_id)
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.renderer.stop_strings:
+            kwargs.update(stop_strings=list(self.renderer.stop_strings), tokenizer=self.tokenizer)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), **kwargs)
+        return self.decode_answer(out[0].tolist())
+
+    def decode_answer(self, ids: list[int]) -> str:
+        """Text of generated ids, cut at the first end-of-turn id or stop string."""
+        stops = set(self.renderer.end_of_turn_ids())
+        for i, t in enumerate(ids):
+            if t in stops:
+                ids = ids[:i]
+                break
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for s in self.renderer.stop_strings:
+            if s in text:
+                text = text[: text.index(s)]
+        return text.strip()
+
+    # ---------------------------------------------------------------------------------------------
+    # persistence
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        from vistune.model.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        from vistune.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, dtype=dtype, device=device)
