@@ -118,6 +118,10 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--out", required=True, help="output JSON file")
     pre.add_argument("--filter", choices=["none", "concepts"], default="none", help="CC3M-style concept filter")
     pre.add_argument("--seed", type=int, default=0, help="random seed")
+    pre.add_argument("--min-count", type=int, default=3,
+                     help="concept filter: drop noun phrases found in fewer captions than this")
+    pre.add_argument("--max-per-concept", type=int, default=100,
+                     help="concept filter: a phrase contributes at most this many captions")
     pre.set_defaults(func=_handler("vistune.datagen.pretrain:pretrain_data_command"))
 
 

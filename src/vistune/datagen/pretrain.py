@@ -1,0 +1,177 @@
+"""Stage-1 (feature alignment) data: one caption per image, asked for with a brief-description
+instruction.
+
+Input: COCO captions JSON, or JSON/JSONL records `{"image", "caption"}` (several lines may share
+an image) or `{"image", "captions": [...]}`. For each image one caption is chosen at random
+(seeded by the seed and the image name, so a pair does not change when other images come or go).
+
+`--filter concepts` is the paper's CC3M concept filter (`concept_filter`), applied to the chosen
+pairs:
+
+1. extract each caption's noun phrases (spaCy noun chunks if installed, else the built-in
+   extractor in `nounphrases.py`) and count, for every phrase, how many captions contain it;
+2. drop phrases contained in fewer than `min_count` (3) captions: they are rare combinations that
+   other captions already cover;
+3. go through the surviving phrases from the least to the most frequent (ties by phrase text);
+   for each, add the captions that contain it to the kept set; when more than `max_per_concept`
+   (100) captions contain it, add a seeded random sample of `max_per_concept` of them instead;
+4. keep exactly the captions added at least once, in input order.
+
+A caption with no surviving phrase is dropped. Because a caption can be added through several
+phrases, a frequent phrase can end up in more than `max_per_concept` kept captions; the cap
+bounds how many captions each phrase contributes, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+from vistune.utils.io import atomic_write_json, read_json_or_jsonl
+
+BRIEF_INSTRUCTIONS = (
+    "Describe the image briefly.",
+    "Give a short description of this picture.",
+    "What does this image show? Answer in one sentence.",
+    "Summarize the picture in a few words.",
+    "Write a one-sentence caption for the image.",
+    "Provide a concise caption for this image.",
+    "Tell me briefly what is in the picture.",
+    "Caption this image.",
+    "In one sentence, what do you see here?",
+    "Offer a short summary of the image.",
+    "Briefly say what the picture contains.",
+)
+
+
+def load_caption_sets(path: str | Path) -> tuple[list[tuple[str, list[str]]], Counter]:
+    """(image, captions) per image in first-seen order, plus skip counts."""
+    skips: Counter = Counter()
+    text_start = Path(path).read_text(encoding="utf-8").lstrip()[:1]
+    if text_start == "{":
+        try:
+            import json
+
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            from vistune.datagen.context import load_coco
+
+            contexts, skips = load_coco(path)
+            return [(c.image, c.captions) for c in contexts if c.captions], skips
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rec in read_json_or_jsonl(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) or not rec["image"]:
+            skips["record_malformed"] += 1
+            continue
+        caps = rec.get("captions", rec.get("caption"))
+        caps = [caps] if isinstance(caps, str) else (caps if isinstance(caps, list) else [])
+        good = [" ".join(c.split()) for c in caps if isinstance(c, str) and c.strip()]
+        if not good:
+            skips["caption_malformed"] += 1
+            continue
+        groups[rec["image"]].extend(good)
+    return list(groups.items()), skips
+
+
+def choose_pairs(caption_sets: Sequence[tuple[str, list[str]]], seed: int = 0) -> list[tuple[str, str]]:
+    """One (image, caption) per image, chosen by a generator seeded with (seed, image)."""
+    return [(image, random.Random(f"{seed}:caption:{image}").choice(caps)) for image, caps in caption_sets]
+
+
+def concept_filter(
+    captions: Sequence[str],
+    min_count: int = 3,
+    max_per_concept: int = 100,
+    seed: int = 0,
+    extractor: Callable[[list[str]], list[set[str]]] | None = None,
+) -> tuple[list[int], dict]:
+    """Indices of the captions to keep (ascending) and statistics; see the module docstring."""
+    if min_count < 1 or max_per_concept < 1:
+        raise ValueError("min_count and max_per_concept must be at least 1")
+    if extractor is None:
+        from vistune.datagen.nounphrases import noun_phrases_many
+
+        extractor = noun_phrases_many
+    phrases = extractor(list(captions))
+    holders: dict[str, list[int]] = defaultdict(list)
+    for i, ps in enumerate(phrases):
+        for p in sorted(ps):
+            holders[p].append(i)
+    surviving = sorted((p for p, idx in holders.items() if len(idx) >= min_count),
+                       key=lambda p: (len(holders[p]), p))
+    rng = random.Random(f"{seed}:concepts")
+    keep: set[int] = set()
+    capped = 0
+    for p in surviving:
+        idx = holders[p]
+        if len(idx) > max_per_concept:
+            idx = sorted(rng.sample(idx, max_per_concept))
+            capped += 1
+        keep.update(idx)
+    stats = {"captions_in": len(captions), "captions_kept": len(keep), "concepts_total": len(holders),
+             "concepts_kept": len(surviving), "concepts_capped": capped,
+             "min_count": min_count, "max_per_concept": max_per_concept}
+    return sorted(keep), stats
+
+
+def _stem(image: str) -> str:
+    return str(Path(image).with_suffix("")).replace("/", "_").replace("\\", "_")
+
+
+def build_pretrain_records(pairs: Sequence[tuple[str, str]], seed: int = 0) -> list[dict]:
+    """LLaVA stage-1 records: a brief-description instruction (seeded per image) and the caption."""
+    records, seen = [], Counter()
+    for image, caption in pairs:
+        stem = _stem(image)
+        seen[stem] += 1
+        rid = stem if seen[stem] == 1 else f"{stem}~{seen[stem] - 1}"
+        instr = random.Random(f"{seed}:instruction:{rid}").choice(BRIEF_INSTRUCTIONS)
+        records.append({"id": rid, "image": image, "conversations": [
+            {"from": "human", "value": f"<image>\n{instr}"}, {"from": "gpt", "value": caption}]})
+    return records
+
+
+def make_pretrain_data(captions_path: str | Path, out: str | Path, seed: int = 0, filter: str = "none",
+                       min_count: int = 3, max_per_concept: int = 100) -> dict:
+    """Read captions, choose one per image, optionally filter by concepts, write the JSON list."""
+    sets, skips = load_caption_sets(captions_path)
+    pairs = choose_pairs(sets, seed)
+    stats: dict = {"images": len(sets), "skipped": dict(skips)}
+    if filter == "concepts":
+        keep, fstats = concept_filter([c for _, c in pairs], min_count, max_per_concept, seed)
+        pairs = [pairs[i] for i in keep]
+        from vistune.datagen.nounphrases import extractor_name
+
+        stats.update(fstats, extractor=extractor_name())
+    elif filter != "none":
+        raise ValueError(f"unknown filter {filter!r}")
+    records = build_pretrain_records(pairs, seed)
+    atomic_write_json(out, records)
+    stats["pairs"] = len(records)
+    return stats
+
+
+def pretrain_data_command(args: argparse.Namespace) -> int:
+    from vistune.datagen.context import format_skips
+
+    try:
+        stats = make_pretrain_data(args.captions, args.out, seed=args.seed, filter=args.filter,
+                                   min_count=getattr(args, "min_count", 3),
+                                   max_per_concept=getattr(args, "max_per_concept", 100))
+    except (OSError, ValueError) as e:
+        print(f"vistune pretrain-data: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {stats['pairs']} image-caption pairs from {stats['images']} images to {args.out}")
+    if args.filter == "concepts":
+        print(f"concept filter ({stats['extractor']} noun phrases): {stats['concepts_kept']} of "
+              f"{stats['concepts_total']} concepts seen >= {stats['min_count']} times "
+              f"({stats['concepts_capped']} capped at {stats['max_per_concept']}); "
+              f"{stats['captions_kept']} of {stats['captions_in']} pairs kept")
+    print(format_skips(Counter(stats["skipped"])))
+    return 0
