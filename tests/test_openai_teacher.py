@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -23,7 +24,7 @@ from vistune.cli import build_parser  # noqa: E402
 from vistune.datagen import openai_teacher as ot  # noqa: E402
 from vistune.datagen.context import ImageContext, Instance, format_context  # noqa: E402
 from vistune.datagen.parse import Rejected, parse_exchanges, parse_output, parse_single  # noqa: E402
-from vistune.datagen.teacher_client import RetryPolicy, parse_retry_after  # noqa: E402
+from vistune.datagen.teacher_client import RetryPolicy, parse_retry_after, retry_after_seconds  # noqa: E402
 
 TYPES = ["conversation", "detail", "complex"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -198,6 +199,8 @@ def test_retry_after_parsing_and_backoff() -> None:
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert 28 <= parse_retry_after(date, now=now) <= 31
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert retry_after_seconds(httpx.Headers({"retry-after-ms": "250", "retry-after": "1"})) == 0.25
+    assert retry_after_seconds(httpx.Headers({"retry-after": "2"})) == 2.0
     policy, rng = RetryPolicy(max_retries=5, base_delay=1.0, max_delay=8.0), random.Random(0)
     for n in range(6):
         step = min(8.0, 2.0**n)
@@ -300,6 +303,7 @@ def test_clean_run_writes_one_record_per_pair(tmp_path, server_factory, capsys) 
     summary = capsys.readouterr().out
     assert "tokens: 1800 prompt, 360 completion" in summary  # 18 requests x (100, 20)
     assert "cost: 0.0081" in summary  # 1800 * 2.5e-6 + 360 * 10e-6
+    assert "requests: 18 sent, 0 retried" in summary
 
 
 def test_coco_input_and_limit(tmp_path, server_factory) -> None:

@@ -407,6 +407,9 @@ class RunStats:
     completion_tokens: int = 0
     consecutive_failures: int = 0
     stop_reason: str | None = None
+    requests: int = 0
+    retries: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
 
     def cost(self, price_in: float | None, price_out: float | None) -> float | None:
         if price_in is None and price_out is None:
@@ -447,6 +450,9 @@ class Generator:
             pass
         finally:
             await client.aclose()
+            self.stats.requests = client.stats.requests
+            self.stats.retries = client.stats.retries
+            self.stats.errors = dict(client.stats.errors)
 
     async def _worker(self, client: TeacherClient, queue: collections.deque[Job]) -> None:
         while queue:
@@ -523,6 +529,8 @@ def summary_lines(stats: RunStats, settings: Settings) -> list[str]:
         f"pairs: {stats.total} total, {stats.skipped} already present, {stats.written} written, "
         f"{stats.failed} failed",
         f"tokens: {stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
+        f"requests: {stats.requests} sent, {stats.retries} retried"
+        + ("; errors: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.errors.items())) if stats.errors else ""),
     ]
     if stats.rejected:
         lines.append("rejected outputs: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.rejected.items())))

@@ -2,7 +2,7 @@
 
 Retried (exponential backoff with jitter, up to `RetryPolicy.max_retries` times): HTTP 429 and
 5xx, 408, connection errors (refused, reset, closed without a response) and timeouts. A
-`Retry-After` header (seconds or an HTTP date) sets the wait instead of the backoff, and pauses
+`Retry-After` header (seconds or an HTTP date; or `retry-after-ms`) sets the wait instead of the backoff, and pauses
 every request of this client until then, since a rate limit applies to the whole key.
 
 Not retried: 401/403 raise `AuthError` (the caller stops the run at once); other 4xx raise
@@ -105,6 +105,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """The server's requested wait: `retry-after-ms` (sent by some APIs) or `Retry-After`."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def error_message(response: httpx.Response) -> str:
@@ -238,6 +249,6 @@ class TeacherClient:
         if response.status_code in (401, 403):
             raise AuthError(f"HTTP {response.status_code} from {self.url}: {message}")
         if response.status_code in RETRY_STATUS or response.status_code >= 500:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = retry_after_seconds(response.headers)
             raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
         raise RequestFailed(f"HTTP {response.status_code} from {self.url}: {message}")
