@@ -312,8 +312,9 @@ def test_coco_input_and_limit(tmp_path, server_factory) -> None:
     server, url = server_factory()
     out = tmp_path / "data.jsonl"
     code = run_gen(gen_argv(url, out, "--captions", str(caps), "--instances", str(inst), "--limit", "3",
-                            "--types", "conversation,detail"))
+                            "--types", "conversation,detail", "--api-key-env", ""))
     assert code == 0
+    assert all("authorization" not in a.headers for a in server.attempts)
     records = assert_complete(out, contexts[:3], ["conversation", "detail"])
     last_user = server.attempts_for("scene-0000", "detail")[0].messages[-1]["content"]
     assert "\n" + contexts[0]["instances"][0]["category"] + ": [" in last_user
