@@ -559,17 +559,27 @@ def _stem(image: str) -> str:
 
 def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = TYPES, seed: int = 0,
                       short_fraction: float = 0.5, min_turns: int = 2, max_turns: int = 5,
-                      skips: Counter | None = None) -> list[dict]:
-    """LLaVA records for `contexts`; each (image, type) draws from its own seeded generator, so a
-    record does not change when other images are added or removed. Images for which a kind has
-    no definite content (e.g. no boxes) are counted in `skips` as `no_<type>`."""
+                      skips: Counter | None = None, kinds: Sequence[str] | None = None,
+                      colours: Sequence[str] | None = None) -> list[dict]:
+    """LLaVA records for `contexts`.
+
+    Each (image, type) draws from its own generator seeded by (seed, type, image), so a record
+    depends only on its image, the seed and the vocabulary: the object kinds and colours that
+    count/existence questions may ask about (also absent ones). By default the vocabulary is the
+    synthetic world's (all shapes and colours) when every label is a "<colour> <shape>", else the
+    kinds and colours seen across `contexts`. Images for which a kind has no definite content
+    (e.g. no boxes) are counted in `skips` as `no_<type>`."""
     unknown = [t for t in types if t not in TYPES]
     if unknown:
         raise ValueError(f"unknown types {unknown}; choose from {list(TYPES)}")
     if not 1 <= min_turns <= max_turns:
         raise ValueError("need 1 <= min_turns <= max_turns")
-    kinds = sorted({parse_label(i.category)[1] for c in contexts for i in c.instances})
-    colours = [c for c in COLOURS if any(parse_label(i.category)[0] == c for ctx in contexts for i in ctx.instances)]
+    labels = [parse_label(i.category) for c in contexts for i in c.instances]
+    synthetic = bool(labels) and all(col is not None and k in SHAPES for col, k in labels)
+    if kinds is None:
+        kinds = list(SHAPES) if synthetic else sorted({k for _, k in labels})
+    if colours is None:
+        colours = list(COLOURS) if synthetic else [c for c in COLOURS if any(col == c for col, _ in labels)]
     skips = skips if skips is not None else Counter()
     makers = {"conversation": lambda sc, r: make_conversation(sc, r, short_fraction, min_turns, max_turns),
               "detail": make_detail, "complex": make_complex}
