@@ -175,6 +175,7 @@ class EfficientNetTower(VisionTower):
         channels = [self.model._bn0.num_features] + [b._project_conv.out_channels for b in self.model._blocks]
         channels.append(self.model._bn1.num_features)
         self.hidden_size = channels[self.layer]
+        self.freeze()  # before any forward: batch-norm running statistics must never move
         with torch.no_grad():
             probe = self.features(torch.zeros(1, 3, self.image_size, self.image_size))
         self.num_tokens = probe.shape[1]
