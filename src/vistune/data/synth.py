@@ -379,8 +379,8 @@ def refer(objs: list[SceneObject], o: SceneObject) -> str | None:
     return None
 
 
-def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple[str, str]]]:
-    """All definite (question, answer) pairs per type for one scene.
+def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple[str, str, str]]]:
+    """All definite (question, answer, form) triples per type for one scene.
 
     Rules: colour of a shape only when exactly one object has that shape; shape of "the <colour>
     object" only when exactly one object has that colour; counts of a shape, a colour, or all
@@ -389,33 +389,34 @@ def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple
     ABS_MARGIN from the midline; relative left/right (above/below) only when centres differ by
     at least REL_MARGIN along that axis; objects are named by a unique referring phrase.
     """
-    c: dict[str, list[tuple[str, str]]] = {t: [] for t in BENCH_TYPES}
+    c: dict[str, list[tuple[str, str, str]]] = {t: [] for t in BENCH_TYPES}
     for s in SHAPES:
         same = [o for o in objs if o.shape == s]
         if len(same) == 1:
             c["colour"].append((rng_free(["What color is the {x}?", "Which color is the {x}?"], s).format(x=s),
-                                same[0].colour))
+                                same[0].colour, "colour"))
     for col in COLOURS:
         same = [o for o in objs if o.colour == col]
         if len(same) == 1:
             c["shape"].append((rng_free(["What shape is the {x} object?", "What is the shape of the {x} object?"],
-                                        col).format(x=col), same[0].shape))
-    c["count"].append(("How many shapes are there in the image?", str(len(objs))))
+                                        col).format(x=col), same[0].shape, "shape"))
+    c["count"].append(("How many shapes are there in the image?", str(len(objs)), "all"))
     for s in SHAPES:
         k = sum(o.shape == s for o in objs)
-        c["count"].append((f"How many {SHAPE_PLURALS[s]} are there?", str(k)))
+        c["count"].append((f"How many {SHAPE_PLURALS[s]} are there?", str(k), "shape"))
     for col in COLOURS:
         k = sum(o.colour == col for o in objs)
-        c["count"].append((f"How many {col} shapes are in the image?", str(k)))
+        c["count"].append((f"How many {col} shapes are in the image?", str(k), "colour"))
     present = {(o.colour, o.shape) for o in objs}
     shapes_present = {o.shape for o in objs}
     for s in SHAPES:
-        c["existence"].append((f"Is there {article(s)} {s} in the image?", "yes" if s in shapes_present else "no"))
+        c["existence"].append((f"Is there {article(s)} {s} in the image?", "yes" if s in shapes_present else "no",
+                               "shape"))
         for col in COLOURS:
             if (col, s) in present or s in shapes_present:  # the colour+shape query, or a hard negative
                 desc = f"{col} {s}"
                 c["existence"].append((f"Does the image contain {article(col)} {desc}?",
-                                       "yes" if (col, s) in present else "no"))
+                                       "yes" if (col, s) in present else "no", "colour_shape"))
     for o in objs:
         r = refer(objs, o)
         if r is None:
@@ -423,10 +424,10 @@ def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple
         cx, cy = o.centre(size)
         if abs(cx - 0.5) >= ABS_MARGIN:
             c["absolute_position"].append((f"Is the {r} on the left or the right side of the image?",
-                                           "left" if cx < 0.5 else "right"))
+                                           "left" if cx < 0.5 else "right", "horizontal"))
         if abs(cy - 0.5) >= ABS_MARGIN:
             c["absolute_position"].append((f"Is the {r} in the top or the bottom half of the image?",
-                                           "top" if cy < 0.5 else "bottom"))
+                                           "top" if cy < 0.5 else "bottom", "vertical"))
         for p in objs:
             rp = refer(objs, p)
             if p is o or rp is None:
@@ -434,10 +435,10 @@ def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple
             px, py = p.centre(size)
             if abs(cx - px) >= REL_MARGIN:
                 c["relative_position"].append((f"Is the {r} to the left or to the right of the {rp}?",
-                                               "left" if cx < px else "right"))
+                                               "left" if cx < px else "right", "horizontal"))
             if abs(cy - py) >= REL_MARGIN:
                 c["relative_position"].append((f"Is the {r} above or below the {rp}?",
-                                               "above" if cy < py else "below"))
+                                               "above" if cy < py else "below", "vertical"))
     return c
 
 
@@ -446,24 +447,32 @@ def rng_free(options: list[str], key: str) -> str:
     return options[sum(map(ord, key)) % len(options)]
 
 
-def select_balanced(cands_per_image: list[tuple[str, dict[str, list[tuple[str, str]]]]], seed: int
+def select_balanced(cands_per_image: list[tuple[str, dict[str, list[tuple[str, str, str]]]]], seed: int
                     ) -> list[dict]:
-    """One question per type per image; the answer is the least used one so far among those the
-    image can give, so answers within each type come out close to uniform."""
+    """One question per type per image, keeping answers close to uniform both within each type
+    and within each question form (count all / a shape / a colour, left-right / top-bottom, ...),
+    so that neither the type nor the wording predicts the answer.
+
+    Among the (form, answer) pairs the image allows, take the one with the smallest
+    `uses of the answer in the type + uses of the answer in that form` (random among ties)."""
     rng = random.Random(f"bench:{seed}")
-    used: dict[str, dict[str, int]] = {t: {} for t in BENCH_TYPES}
+    by_type: dict[str, dict[str, int]] = {t: {} for t in BENCH_TYPES}
+    by_form: dict[tuple[str, str], dict[str, int]] = {}
     out = []
     for image, cands in cands_per_image:
         stem = Path(image).stem
         for t in BENCH_TYPES:
-            pairs = cands[t]
-            if not pairs:
+            triples = cands[t]
+            if not triples:
                 continue
-            answers = sorted({a for _, a in pairs})
-            low = min(used[t].get(a, 0) for a in answers)
-            answer = rng.choice([a for a in answers if used[t].get(a, 0) == low])
-            question = rng.choice(sorted(q for q, a in pairs if a == answer))
-            used[t][answer] = used[t].get(answer, 0) + 1
+            options = sorted({(f, a) for _, a, f in triples})
+            cost = {(f, a): by_type[t].get(a, 0) + by_form.get((t, f), {}).get(a, 0) for f, a in options}
+            low = min(cost.values())
+            form, answer = rng.choice([o for o in options if cost[o] == low])
+            question = rng.choice(sorted(q for q, a, f in triples if a == answer and f == form))
+            by_type[t][answer] = by_type[t].get(answer, 0) + 1
+            fc = by_form.setdefault((t, form), {})
+            fc[answer] = fc.get(answer, 0) + 1
             out.append({"id": f"{stem}-{t}", "image": image, "question": _with_instruction(question),
                         "answer": answer, "type": t})
     return out
