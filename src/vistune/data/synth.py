@@ -393,12 +393,12 @@ def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple
     for s in SHAPES:
         same = [o for o in objs if o.shape == s]
         if len(same) == 1:
-            c["colour"].append((rng_free(["What color is the {x}?", "Which color is the {x}?"], s).format(x=s),
+            c["colour"].append((_phrasing_for(["What color is the {x}?", "Which color is the {x}?"], s).format(x=s),
                                 same[0].colour, "colour"))
     for col in COLOURS:
         same = [o for o in objs if o.colour == col]
         if len(same) == 1:
-            c["shape"].append((rng_free(["What shape is the {x} object?", "What is the shape of the {x} object?"],
+            c["shape"].append((_phrasing_for(["What shape is the {x} object?", "What is the shape of the {x} object?"],
                                         col).format(x=col), same[0].shape, "shape"))
     c["count"].append(("How many shapes are there in the image?", str(len(objs)), "all"))
     for s in SHAPES:
@@ -442,7 +442,7 @@ def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple
     return c
 
 
-def rng_free(options: list[str], key: str) -> str:
+def _phrasing_for(options: list[str], key: str) -> str:
     """Pick a phrasing deterministically from a key (keeps candidate lists order-stable)."""
     return options[sum(map(ord, key)) % len(options)]
 
