@@ -9,7 +9,7 @@ supervised positions, so no full-vocabulary logits are built for prompts, images
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,50 +152,40 @@ class VisionLanguageModel(nn.Module):
     def prompt_messages(self, prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
                         system: str | None = None) -> list[Message]:
         """History of (question, answer) turns, then the new prompt; the image goes in the first turn."""
-        messages = [Message("system", system)] if system else []
-        turns = [*history, (prompt, None)]
-        for i, (question, answer) in enumerate(turns):
-            question = question.replace(IMAGE_PLACEHOLDER, "").strip()
-            if i == 0 and has_image:
-                question = f"{IMAGE_PLACEHOLDER}\n{question}"
-            messages.append(Message("user", question))
-            if answer is not None:
-                messages.append(Message("assistant", answer))
-        return messages
+        from vistune.inference.engine import conversation_messages
 
-    @torch.no_grad()
+        return conversation_messages(prompt, history, has_image, system)
+
     def chat(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
-             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0) -> str:
-        """Answer `prompt` about `image` (None for text only), after earlier (question, answer) turns."""
-        messages = self.prompt_messages(prompt, history, has_image=image is not None)
-        rendered = self.renderer.render(messages, num_images=int(image is not None), add_generation_prompt=True)
-        input_ids = torch.tensor([rendered.input_ids], device=self.device)
-        pixels = self.image_processor.batch([image]) if image is not None else None
-        features = self.encode_images(pixels) if pixels is not None else None
-        embeds = self.embed(input_ids, features)
-        kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens,
-                      eos_token_id=self.renderer.end_of_turn_ids(), pad_token_id=self.tokenizer.pad_token_id)
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if self.renderer.stop_strings:
-            kwargs.update(stop_strings=list(self.renderer.stop_strings), tokenizer=self.tokenizer)
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), **kwargs)
-        return self.decode_answer(out[0].tolist())
+             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None) -> str:
+        """Answer `prompt` about `image` (None for text only), after earlier (question, answer) turns.
+        `temperature=0` is greedy."""
+        return "".join(self.chat_stream(image, prompt, history, max_new_tokens, temperature, top_p, seed))
+
+    def chat_stream(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
+                    max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                    seed: int | None = None) -> Iterator[str]:
+        """Like `chat`, yielding text pieces as they are generated (joined: the answer)."""
+        from vistune.inference.engine import Engine, Request
+        from vistune.inference.generate import SamplingParams
+
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        return Engine(self).stream(Request.of(prompt, image, history, params))
 
     def decode_answer(self, ids: list[int]) -> str:
-        """Text of generated ids, cut at the first end-of-turn id or stop string."""
+        """Text of generated ids, cut at the first end-of-turn id or stop string (as the engine cuts it)."""
+        from vistune.inference.generate import TextStream
+
         stops = set(self.renderer.end_of_turn_ids())
-        for i, t in enumerate(ids):
+        stream = TextStream(self.tokenizer, self.renderer.stop_strings)
+        for t in ids:
             if t in stops:
-                ids = ids[:i]
                 break
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for s in self.renderer.stop_strings:
-            if s in text:
-                text = text[: text.index(s)]
-        return text.strip()
+            stream.push(t)
+            if stream.stopped:
+                break
+        return stream.text
 
     # ---------------------------------------------------------------------------------------------
     # persistence

@@ -1,0 +1,136 @@
+"""`vistune infer`: answer a JSONL of questions in batches, resumably.
+
+Questions follow LLaVA's evaluation shape, one object per line: `{"question_id", "image", "text"}` (`image`
+relative to the image folder; absent or empty for a text-only question). Answers are appended one JSON line
+per question, flushed as each is written: `{"question_id", "prompt", "text", "model_id"}`. A re-run skips
+questions already answered; a torn last line (a crash mid-write) is cut off first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from vistune.data.image import ImageLoadError, load_image
+from vistune.inference.engine import Engine, Request, RequestError
+from vistune.inference.generate import SamplingError, SamplingParams
+
+
+class QuestionsError(ValueError):
+    """A questions file that cannot be used as given."""
+
+
+@dataclass
+class InferSummary:
+    answered: int = 0
+    """Questions answered in this run."""
+    already: int = 0
+    """Questions found answered in the output file (skipped)."""
+    failed: dict = field(default_factory=dict)
+    """question_id -> reason, for questions that could not be answered (unreadable image, too long)."""
+
+
+def read_questions(path: str | os.PathLike) -> list[dict]:
+    """Questions from a JSONL file; raises QuestionsError naming the line of any bad record."""
+    questions, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                q = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise QuestionsError(f"{path}:{n}: invalid JSON ({e})") from None
+            if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("text"), str):
+                raise QuestionsError(f"{path}:{n}: expected an object with 'question_id' and 'text'")
+            if q["question_id"] in seen:
+                raise QuestionsError(f"{path}:{n}: duplicate question_id {q['question_id']!r}")
+            if q.get("image") is not None and not isinstance(q["image"], str):
+                raise QuestionsError(f"{path}:{n}: 'image' must be a path string")
+            seen.add(q["question_id"])
+            questions.append(q)
+    return questions
+
+
+def answered_ids(path: str | os.PathLike) -> set:
+    """question_ids already in an answers file, after cutting off a torn last line."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    good = len(data)
+    if data and not data.endswith(b"\n"):  # a torn last record
+        good = data.rfind(b"\n") + 1
+    lines = data[:good].splitlines()
+    done = set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            done.add(json.loads(line)["question_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise QuestionsError(f"{path}:{n}: not an answer record; refusing to append to this file") from None
+    if good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return done
+
+
+def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.PathLike, out_path: str | os.PathLike,
+          params: SamplingParams, batch_size: int = 8, model_id: str = "vistune") -> InferSummary:
+    """Answer `questions` in order, appending to `out_path` (skipping those already there)."""
+    summary = InferSummary()
+    done = answered_ids(out_path)
+    todo = [q for q in questions if q["question_id"] not in done]
+    summary.already = len(questions) - len(todo)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "a", encoding="utf-8") as out:
+        for start in range(0, len(todo), batch_size):
+            chunk, requests = [], []
+            for q in todo[start:start + batch_size]:
+                try:
+                    image = load_image(Path(image_folder) / q["image"]) if q.get("image") else None
+                    request = Request.of(q["text"], image, params=params)
+                    engine.render(request)
+                except (ImageLoadError, RequestError) as e:
+                    summary.failed[q["question_id"]] = str(e)
+                    continue
+                chunk.append(q)
+                requests.append(request)
+            if not requests:
+                continue
+            for q, answer in zip(chunk, engine.generate_batch(requests)):
+                record = {"question_id": q["question_id"], "prompt": q["text"], "text": answer, "model_id": model_id}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                summary.answered += 1
+            os.fsync(out.fileno())
+    return summary
+
+
+def infer_command(args: argparse.Namespace) -> int:
+    try:
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+        if args.batch_size < 1:
+            raise SamplingError(f"--batch-size must be positive, got {args.batch_size}")
+        questions = read_questions(args.questions)
+        answered_ids(args.out)  # check the output file before loading the model
+    except (SamplingError, QuestionsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not Path(args.images).is_dir():
+        print(f"error: image folder {args.images} does not exist", file=sys.stderr)
+        return 2
+    engine = Engine.from_checkpoint(args.model, max_batch_size=args.batch_size)
+    summary = infer(engine, questions, args.images, args.out, params, args.batch_size,
+                    model_id=Path(args.model).resolve().name)
+    print(f"answered {summary.answered}, already answered {summary.already}, failed {len(summary.failed)} "
+          f"-> {args.out}", file=sys.stderr)
+    for qid, reason in list(summary.failed.items())[:20]:
+        print(f"  {qid}: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0

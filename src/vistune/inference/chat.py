@@ -1,0 +1,170 @@
+"""Multi-turn chat that reuses its KV cache, and the `vistune chat` command.
+
+A `ChatSession` keeps the ids its cache covers (prompt and answer tokens of earlier turns). A new turn
+renders the whole conversation, keeps the cache up to the longest prefix shared with it, and runs the model
+only on the rest: a follow-up question costs its own tokens, not the image and the earlier turns again.
+Re-tokenizing an earlier answer can differ from the ids that were generated; the shared-prefix rule then
+recomputes from the first difference, so the answer always equals re-processing the whole conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from vistune.conversation import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
+from vistune.inference.engine import Engine, Request
+from vistune.inference.generate import BatchDecoder, SamplingParams
+
+
+class ChatSession:
+    """One conversation about (at most) one image."""
+
+    def __init__(self, engine: Engine, image: Image.Image | None = None, params: SamplingParams | None = None,
+                 system: str | None = None) -> None:
+        self.engine = engine
+        self.params = params or SamplingParams()
+        self.system = system
+        self.reset(image)
+
+    def reset(self, image: Image.Image | None = None) -> None:
+        """Forget the conversation (and its cache); optionally switch to another image."""
+        self.image = image
+        self.history: list[tuple[str, str]] = []
+        self._features = None  # (1, N, D): encoded once per conversation
+        self._cache = None
+        self._cached_ids: list[int] = []
+        self.last_prefill_tokens = 0
+        """Positions the model processed before the first answer token of the last turn."""
+
+    def set_image(self, image: Image.Image | None) -> None:
+        self.reset(image)
+
+    def request(self, question: str) -> Request:
+        return Request.of(question, self.image, self.history, self.params, system=self.system)
+
+    @torch.no_grad()
+    def ask_stream(self, question: str, params: SamplingParams | None = None) -> Iterator[str]:
+        """Answer `question`, yielding text pieces; the turn joins the history when the answer is complete."""
+        engine, model = self.engine, self.engine.model
+        params = params or self.params
+        request = self.request(question)
+        ids = engine.render(request)
+        if self.image is not None and self._features is None:
+            self._features = engine.encode_images([self.image])
+        keep = min(_shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
+        while 0 < keep < len(ids) and ids[keep] == IMAGE_TOKEN_ID and ids[keep - 1] == IMAGE_TOKEN_ID:
+            keep -= 1  # never split an image span: its features are spliced in whole
+        past = None
+        if self._cache is not None and keep > 0:
+            past = self._cache
+            drop = past.get_seq_length() - keep
+            if drop > 0:
+                past.crop(-drop)
+        else:
+            keep = 0
+        new_ids = ids[keep:]
+        feats = self._features if IMAGE_TOKEN_ID in new_ids else None
+        embeds = model.embed(torch.tensor([new_ids], device=model.device), feats)[0]  # (T_new, D)
+        prepared_params = engine._clamp(params, len(ids))
+        decoder = BatchDecoder(model.llm, engine.tokenizer, [embeds], [prepared_params], engine.end_of_turn_ids,
+                               engine.stop_strings, past=past)
+        self.last_prefill_tokens = len(new_ids)
+        self._cache, self._cached_ids = None, []  # invalid until this turn completes
+        while not decoder.done:
+            for e in decoder.step():
+                if e.text:
+                    yield e.text
+        row = decoder.finished[0]
+        self._cache = decoder.cache
+        self._cached_ids = ids + row.token_ids[:-1]  # the last sampled token never ran through the model
+        if row.stream.text:  # an empty answer cannot be rendered as a turn: the question is dropped too
+            self.history.append((question, row.stream.text))
+
+    def ask(self, question: str, params: SamplingParams | None = None) -> str:
+        return "".join(self.ask_stream(question, params))
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+# -------------------------------------------------------------------------------------------------
+# command line
+
+HELP = "commands: /image PATH (new conversation about another image), /reset, /quit"
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    from vistune.data.image import ImageLoadError, load_image
+    from vistune.inference.generate import SamplingError
+
+    try:
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, seed=args.seed)
+    except SamplingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    image = None
+    if args.image:
+        try:
+            image = load_image(args.image)
+        except ImageLoadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    engine = Engine.from_checkpoint(args.model)
+    session = engine.session(image, params)
+    if args.prompt is not None:
+        return _answer(session, args.prompt)
+    print(HELP, file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            session.reset(session.image)
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                session.reset(load_image(path) if path else None)
+            except ImageLoadError as e:
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            print(f"(new conversation about {path})" if path else "(new conversation, no image)", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(HELP, file=sys.stderr)
+            continue
+        _answer(session, line.replace(IMAGE_PLACEHOLDER, ""), prefix="assistant> ")
+
+
+def _answer(session: ChatSession, question: str, prefix: str = "") -> int:
+    from vistune.inference.engine import RequestError
+
+    try:
+        print(prefix, end="", flush=True)
+        for piece in session.ask_stream(question):
+            print(piece, end="", flush=True)
+        print(flush=True)
+    except RequestError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    return 0

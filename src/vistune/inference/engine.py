@@ -1,0 +1,308 @@
+"""The inference engine shared by chat, batch inference, the server and evaluation.
+
+    engine = Engine(vistune.load("runs/demo/stage2"))
+    engine.generate_batch([Request.of("What is this?", image), Request.of("And 2+2?")])   # -> list[str]
+    for piece in engine.stream(Request.of("Describe it.", image)): print(piece, end="")
+    session = engine.session(image); session.ask("What is it?"); session.ask("What colour?")
+
+Requests are rendered with the model's template, images are encoded in one tower call per batch, and
+prompts of similar length are batched together (left-padded; answers do not depend on the batching).
+`EngineWorker` owns the engine in one thread and batches requests submitted concurrently (the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from vistune.conversation import IMAGE_PLACEHOLDER, Message, RenderError
+from vistune.inference.generate import BatchDecoder, FinishReason, SamplingParams, StepEvent
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the model cannot answer as given (bad conversation, image count, too long)."""
+
+
+@dataclass
+class Request:
+    """One conversation to continue: messages ending with a user turn, the images its placeholders refer to."""
+
+    messages: list[Message]
+    """System (optional), then alternating user/assistant turns ending with the user's; `<image>` marks images."""
+    images: list[Image.Image] = field(default_factory=list)
+    """One image per `<image>` placeholder, in order."""
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    @classmethod
+    def of(cls, prompt: str, image: Image.Image | None = None, history: Sequence[tuple[str, str]] = (),
+           params: SamplingParams | None = None, system: str | None = None, **sampling) -> "Request":
+        """A request from a question, an optional image (placed in the first turn) and earlier (q, a) turns."""
+        messages = conversation_messages(prompt, history, has_image=image is not None, system=system)
+        if params is None:
+            params = SamplingParams(**sampling)
+        return cls(messages, [image] if image is not None else [], params)
+
+
+def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
+                          system: str | None = None) -> list[Message]:
+    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
+    messages = [Message("system", system)] if system else []
+    for i, (question, answer) in enumerate([*history, (prompt, None)]):
+        question = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        if i == 0 and has_image:
+            question = f"{IMAGE_PLACEHOLDER}\n{question}"
+        messages.append(Message("user", question))
+        if answer is not None:
+            messages.append(Message("assistant", answer))
+    return messages
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    """"stop" (end of turn, EOS or a stop string), "length" (max_new_tokens) or "cancelled"."""
+    prompt_tokens: int
+    """Prompt length in positions (image positions included)."""
+    completion_tokens: int
+    """Tokens generated (an end-of-turn token included)."""
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A rendered request: its ids (image positions as IMAGE_TOKEN_ID) and its input embeddings."""
+
+    input_ids: list[int]
+    embeds: torch.Tensor  # (T, D)
+    params: SamplingParams
+
+
+class Engine:
+    """Generation for one VisionLanguageModel (inference mode, no gradients)."""
+
+    def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None) -> None:
+        self.model = model.eval()
+        self.max_batch_size = max_batch_size
+        cfg = model.llm.config
+        limit = getattr(cfg, "max_position_embeddings", None)
+        self.max_length = max_length or limit or 4096
+        """Longest prompt + answer in positions."""
+        self.end_of_turn_ids = model.renderer.end_of_turn_ids()
+        self.stop_strings = tuple(model.renderer.stop_strings)
+
+    @classmethod
+    def from_checkpoint(cls, path, dtype: torch.dtype = torch.float32, device="cpu", **kwargs) -> "Engine":
+        from vistune.model.checkpoint import load_checkpoint
+
+        return cls(load_checkpoint(path, dtype=dtype, device=device), **kwargs)
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    # ---------------------------------------------------------------------------------------------
+    # preparing prompts
+
+    def render(self, request: Request) -> list[int]:
+        """Prompt ids (image positions as IMAGE_TOKEN_ID); raises RequestError."""
+        try:
+            rendered = self.model.renderer.render(request.messages, num_images=len(request.images),
+                                                  add_generation_prompt=True)
+        except RenderError as e:
+            raise RequestError(str(e)) from None
+        n = len(rendered.input_ids)
+        if n + 1 > self.max_length:
+            raise RequestError(f"the prompt is {n} tokens long; this model handles at most {self.max_length}")
+        return rendered.input_ids
+
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor | None:  # -> (I, N, D)
+        if not images:
+            return None
+        pixels = self.model.image_processor.batch(list(images)).to(self.model.device,
+                                                                   self.model.projector.linear_1.weight.dtype)
+        return self.model.encode_images(pixels)
+
+    @torch.no_grad()
+    def prepare(self, requests: Sequence[Request]) -> list[Prepared]:
+        """Render and embed requests, encoding all their images in one tower call."""
+        ids = [self.render(r) for r in requests]
+        features = self.encode_images([im for r in requests for im in r.images])
+        out, k = [], 0
+        for r, input_ids in zip(requests, ids):
+            n = len(r.images)
+            feats = features[k:k + n] if n else None
+            k += n
+            embeds = self.model.embed(torch.tensor([input_ids], device=self.model.device), feats)[0]  # (T, D)
+            out.append(Prepared(input_ids, embeds, self._clamp(r.params, len(input_ids))))
+        return out
+
+    def _clamp(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
+        room = self.max_length - prompt_len
+        if params.max_new_tokens <= room:
+            return params
+        return SamplingParams(room, params.temperature, params.top_p, params.seed, params.stop)
+
+    def decoder(self, prepared: Sequence[Prepared], indices: Sequence[int] | None = None, past=None) -> BatchDecoder:
+        return BatchDecoder(self.model.llm, self.tokenizer, [p.embeds for p in prepared],
+                            [p.params for p in prepared], self.end_of_turn_ids, self.stop_strings, past=past,
+                            indices=indices)
+
+    # ---------------------------------------------------------------------------------------------
+    # generating
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[Request], on_event: Callable[[StepEvent], None] | None = None,
+                 batch_size: int | None = None) -> list[Completion]:
+        """Answer every request; similar prompt lengths are batched together. `on_event` sees text as it comes."""
+        batch_size = batch_size or self.max_batch_size
+        lengths = [len(self.render(r)) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: lengths[i])
+        results: dict[int, Completion] = {}
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            prepared = self.prepare([requests[i] for i in chunk])
+            rows = self.decoder(prepared, indices=chunk).run(on_event)
+            for i, p in zip(chunk, prepared):
+                row = rows[i]
+                results[i] = Completion(row.stream.text, row.finish_reason, len(p.input_ids), len(row.token_ids),
+                                        row.token_ids)
+        return [results[i] for i in range(len(requests))]
+
+    def generate_batch(self, requests: Sequence[Request], batch_size: int | None = None) -> list[str]:
+        """Answers (text) to `requests`, in order."""
+        return [c.text for c in self.generate(requests, batch_size=batch_size)]
+
+    def stream(self, request: Request) -> Iterator[str]:
+        """Text pieces of one answer as they are generated (joined: the answer)."""
+        decoder = self.decoder(self.prepare([request]))
+        while not decoder.done:
+            for e in decoder.step():
+                if e.text:
+                    yield e.text
+
+    def session(self, image: Image.Image | None = None, params: SamplingParams | None = None,
+                system: str | None = None):
+        """A multi-turn conversation that reuses its KV cache between turns."""
+        from vistune.inference.chat import ChatSession
+
+        return ChatSession(self, image=image, params=params, system=system)
+
+
+# -------------------------------------------------------------------------------------------------
+# A worker thread that owns the engine and batches concurrent requests
+
+
+@dataclass
+class Job:
+    request: Request
+    on_event: Callable[[str, object], None]
+    """Called from the worker thread with ("text", str), then ("done", Completion) or ("error", Exception)."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class EngineWorker:
+    """Runs `engine` in one thread. Requests waiting when a batch starts are decoded together (up to
+    `max_batch_size`); a cancelled job leaves its batch at the next token."""
+
+    def __init__(self, engine: Engine, max_batch_size: int | None = None) -> None:
+        self.engine = engine
+        self.max_batch_size = max_batch_size or engine.max_batch_size
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="vistune-engine", daemon=True)
+        self.finished: list[tuple[FinishReason, int]] = []
+        """(finish_reason, completion_tokens) of every job answered so far, in order."""
+        self.batch_sizes: list[int] = []
+        """Size of every batch run so far."""
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start(self) -> "EngineWorker":
+        with self._lock:
+            if not self._started:
+                self._thread.start()
+                self._started = True
+        return self
+
+    def submit(self, request: Request, on_event: Callable[[str, object], None]) -> Job:
+        job = Job(request, on_event)
+        self.start()
+        self._queue.put(job)
+        return job
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                jobs.append(nxt)
+            try:
+                self._run(jobs)
+            except Exception as e:  # a failure of the batch: every job in it gets the error
+                log.exception("generation failed")
+                for j in jobs:
+                    _safe_call(j.on_event, "error", e)
+
+    def _run(self, jobs: list[Job]) -> None:
+        live, prepared = [], []
+        for j in jobs:  # bad requests fail alone
+            if j.cancelled.is_set():
+                self.finished.append(("cancelled", 0))
+                _safe_call(j.on_event, "done", Completion("", "cancelled", 0, 0))
+                continue
+            try:
+                prepared.append(self.engine.prepare([j.request])[0])
+                live.append(j)
+            except Exception as e:
+                _safe_call(j.on_event, "error", e)
+        if not live:
+            return
+        self.batch_sizes.append(len(live))
+        decoder = self.engine.decoder(prepared)
+
+        def on_event(e: StepEvent) -> None:
+            if e.text:
+                _safe_call(live[e.index].on_event, "text", e.text)
+
+        rows = decoder.run(on_event, should_cancel=lambda i: live[i].cancelled.is_set())
+        for i, (j, p) in enumerate(zip(live, prepared)):
+            row = rows[i]
+            self.finished.append((row.finish_reason, len(row.token_ids)))
+            _safe_call(j.on_event, "done", Completion(row.stream.text, row.finish_reason, len(p.input_ids),
+                                                      len(row.token_ids), row.token_ids))
+
+
+def _safe_call(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:  # a consumer that went away must not stop the worker
+        log.debug("event consumer failed", exc_info=True)
+

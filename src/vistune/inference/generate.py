@@ -1,0 +1,276 @@
+"""Token generation: sampling, incremental detokenizing with stop strings, and a batched KV-cache decode loop.
+
+`BatchDecoder` runs one batch of prompts (given as embeddings, so image features are already spliced in)
+left-padded to a common length. The attention mask hides the padding and `position_ids` count only real
+tokens, so each row computes exactly what it would compute alone: greedy answers do not depend on what
+they were batched with. Finished or cancelled rows leave the batch (their cache rows are dropped). A single
+row may continue an existing cache (`past`), which is how a chat session reuses earlier turns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+FinishReason = str  # "stop" | "length" | "cancelled"
+
+
+class SamplingError(ValueError):
+    """Sampling parameters out of range."""
+
+
+@dataclass
+class SamplingParams:
+    """How one answer is decoded."""
+
+    max_new_tokens: int = 256
+    """Most tokens generated for the answer (its end-of-turn token included)."""
+    temperature: float = 0.0
+    """Softmax temperature; 0 is greedy decoding (deterministic)."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches `top_p`."""
+    seed: int | None = None
+    """Seed of this answer's sampler (None: a fresh random seed); ignored when greedy."""
+    stop: tuple[str, ...] = ()
+    """Extra stop strings (the template's own stop strings always apply); the answer ends before them."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        self.stop = tuple(s for s in self.stop if s)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def make_generator(params: SamplingParams) -> torch.Generator | None:
+    if params.greedy:
+        return None
+    g = torch.Generator()
+    if params.seed is None:
+        g.seed()
+    else:
+        g.manual_seed(params.seed)
+    return g
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token id from a row of logits (V,)."""
+    if params.greedy:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # drop a token when the tokens ranked above it already reach top_p (the first one always stays)
+        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        pick = torch.multinomial(sorted_probs.cpu(), 1, generator=generator)
+        return int(order[int(pick)])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+class TextStream:
+    """Turns generated ids into text pieces that are safe to show as they come.
+
+    Text that might be the start of a stop string, an incomplete UTF-8 character, and whitespace at either
+    end are held back until they are resolved; the pieces joined equal the final answer exactly.
+    """
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(s for s in stop_strings if s)
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped = False
+        self._text = ""
+
+    def push(self, token_id: int) -> str:
+        """Add a generated id; return the newly safe text (may be empty). Sets `stopped` at a stop string."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        cut = min((text.index(s) for s in self.stop_strings if s in text), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._text = text[:cut].rstrip()
+            return self._take(len(self._text))
+        self._text = text
+        safe = len(text.rstrip())
+        for s in self.stop_strings:  # hold back a tail that could grow into a stop string
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    safe = min(safe, len(text) - k)
+                    break
+        if text.endswith("\ufffd"):
+            safe = min(safe, len(text) - 1)
+        return self._take(safe)
+
+    def finish(self) -> str:
+        """The held-back remainder at the end of the answer."""
+        return self._take(len(self._text.rstrip()))
+
+    @property
+    def text(self) -> str:
+        return self._text.rstrip()
+
+    def _take(self, upto: int) -> str:
+        if upto <= self.emitted:
+            return ""
+        piece = self._text[self.emitted:upto]
+        self.emitted = upto
+        return piece
+
+
+@dataclass
+class Row:
+    """One sequence being generated."""
+
+    index: int
+    """Position of this row's request in the caller's list."""
+    params: SamplingParams
+    stream: TextStream
+    generator: torch.Generator | None = None
+    prompt_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    """Generated ids (the end-of-turn id included when one ended the answer)."""
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class StepEvent:
+    index: int
+    """Request index (as given to the decoder)."""
+    text: str
+    """New text (may be empty)."""
+    finish_reason: FinishReason | None = None
+    """Set on the row's last event."""
+
+
+class BatchDecoder:
+    """Generates for a batch of prompt embeddings, one token per row per `step()`.
+
+    prompts: per row a tensor (T_i, D) of input embeddings (image features spliced in).
+    past: an existing cache to continue (single row only), covering `past_length` earlier positions.
+    """
+
+    def __init__(self, llm, tokenizer, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams],
+                 end_of_turn_ids: Sequence[int], stop_strings: Sequence[str] = (), past=None,
+                 indices: Sequence[int] | None = None) -> None:
+        from transformers import DynamicCache
+
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        if past is not None and len(prompts) != 1:
+            raise ValueError("continuing a cache works for a single row only")
+        self.llm = llm
+        self.eot = set(end_of_turn_ids)
+        indices = list(range(len(prompts))) if indices is None else list(indices)
+        self.rows = [Row(i, p, TextStream(tokenizer, (*stop_strings, *p.stop)), make_generator(p), len(e))
+                     for i, p, e in zip(indices, params, prompts)]
+        self.cache = past if past is not None else DynamicCache(config=llm.config)
+        self._cache_kw = _cache_argument(llm)
+        past_len = self.cache.get_seq_length() if past is not None else 0
+        self._prefill(prompts, past_len)
+
+    @torch.no_grad()
+    def _prefill(self, prompts: Sequence[torch.Tensor], past_len: int) -> None:
+        device = prompts[0].device
+        B, T, D = len(prompts), max(len(p) for p in prompts), prompts[0].shape[-1]
+        embeds = prompts[0].new_zeros(B, T, D)  # (B, T, D), left-padded
+        mask = torch.zeros(B, past_len + T, dtype=torch.long, device=device)  # (B, past + T)
+        mask[:, :past_len] = 1
+        for b, p in enumerate(prompts):
+            embeds[b, T - len(p):] = p
+            mask[b, past_len + T - len(p):] = 1
+        self.mask = mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, past + T): real tokens count 0, 1, 2, ...
+        self.next_pos = positions[:, -1] + 1  # (B,)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions[:, past_len:],
+                       use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache})
+        self.logits = out.logits[:, -1].float()  # (B, V)
+
+    @property
+    def done(self) -> bool:
+        return not self.rows
+
+    def cancel(self, index: int) -> None:
+        """Stop generating for request `index` (its row leaves the batch at the next step)."""
+        for row in self.rows:
+            if row.index == index and row.finish_reason is None:
+                row.finish_reason = "cancelled"
+
+    @torch.no_grad()
+    def step(self) -> list[StepEvent]:
+        """Sample one token per active row, emit text, drop finished rows and run the model once."""
+        events, next_ids = [], []
+        for b, row in enumerate(self.rows):
+            if row.finish_reason is not None:  # cancelled since the last step
+                events.append(StepEvent(row.index, "", row.finish_reason))
+                next_ids.append(0)
+                continue
+            token = sample_token(self.logits[b], row.params, row.generator)
+            row.token_ids.append(token)
+            if token in self.eot:
+                row.finish_reason = "stop"
+                text = row.stream.finish()
+            else:
+                text = row.stream.push(token)
+                if row.stream.stopped:
+                    row.finish_reason = "stop"
+                elif len(row.token_ids) >= row.params.max_new_tokens:
+                    row.finish_reason = "length"
+                if row.finish_reason is not None:
+                    text += row.stream.finish()
+            events.append(StepEvent(row.index, text, row.finish_reason))
+            next_ids.append(token)
+        keep = [b for b, row in enumerate(self.rows) if row.finish_reason is None]
+        self.finished = [row for row in self.rows if row.finish_reason is not None]
+        if not keep:
+            self.rows = []
+            return events
+        if len(keep) < len(self.rows):
+            idx = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(idx)
+            self.mask, self.next_pos = self.mask[idx], self.next_pos[idx]
+            self.rows = [self.rows[b] for b in keep]
+            next_ids = [next_ids[b] for b in keep]
+        ids = torch.tensor(next_ids, device=self.mask.device).unsqueeze(1)  # (B, 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(keep), 1)], dim=1)
+        out = self.llm(input_ids=ids, attention_mask=self.mask, position_ids=self.next_pos.unsqueeze(1),
+                       use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache})
+        self.next_pos = self.next_pos + 1
+        self.logits = out.logits[:, -1].float()
+        return events
+
+    def run(self, on_event: Callable[[StepEvent], None] | None = None,
+            should_cancel: Callable[[int], bool] | None = None) -> dict[int, Row]:
+        """Decode to the end; returns the finished rows by request index."""
+        finished: dict[int, Row] = {}
+        while self.rows:
+            if should_cancel is not None:
+                for row in self.rows:
+                    if should_cancel(row.index):
+                        self.cancel(row.index)
+            events = self.step()
+            for row in self.finished:
+                finished[row.index] = row
+            if on_event is not None:
+                for e in events:
+                    on_event(e)
+        return finished
+
+
+def _cache_argument(llm) -> str:
+    """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` before."""
+    import inspect
+
+    params = inspect.signature(llm.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

@@ -1,0 +1,250 @@
+"""Inference engine: batched = one-at-a-time (greedy), KV-cache reuse = re-processing, streaming, stops,
+sampling, and the `vistune chat` / `vistune infer` commands, on tiny random models."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vistune.cli import main
+from vistune.inference.engine import Engine, Request, RequestError
+from vistune.inference.generate import SamplingError, SamplingParams, TextStream
+from vistune.model.checkpoint import save_checkpoint
+from vistune.model.tiny import tiny_vlm
+
+EXAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "examples" / "data" / "images"
+GOOD_IMAGES = [EXAMPLE_IMAGES / "circles.png", EXAMPLE_IMAGES / "square.png"]
+
+
+def chatty_tiny_vlm(tower: str = "clip", template: str = "chat_template", seed: int = 0):
+    """A tiny random model whose LLM weights are large enough that greedy answers are varied text (at the
+    default init it repeats one token), so that comparisons of answers can fail."""
+    model = tiny_vlm(tower=tower, template=template, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.llm.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def random_image(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(chatty_tiny_vlm(), max_batch_size=8)
+
+
+def mixed_requests(n_tokens: int = 12) -> list[Request]:
+    p = SamplingParams(max_new_tokens=n_tokens)
+    return [
+        Request.of("What is in the picture?", random_image(0), params=p),
+        Request.of("Hi", None, params=p),
+        Request.of("Describe this image in a great deal of detail: every object, colour and position.",
+                   random_image(1, (64, 30)), params=p),
+        Request.of("And the colour?", random_image(2), history=[("What is it?", "A square on grass.")], params=p),
+        Request.of("Count to five, please.", None, params=SamplingParams(max_new_tokens=5)),
+    ]
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(engine):
+    requests = mixed_requests()
+    single = [engine.generate([r])[0] for r in requests]
+    batched = engine.generate(requests, batch_size=8)
+    assert len({len(engine.render(r)) for r in requests}) == len(requests)  # really mixed lengths
+    for s, b in zip(single, batched):
+        assert b.token_ids == s.token_ids
+        assert b.text == s.text
+        assert b.prompt_tokens == s.prompt_tokens
+    assert any(s.text for s in single)
+    assert [c.completion_tokens for c in single] == [12, 12, 12, 12, 5]
+    assert engine.generate_batch(requests, batch_size=2) == [s.text for s in single]
+
+
+def test_followup_with_cache_reuse_equals_reprocessing(engine):
+    image = random_image(3)
+    params = SamplingParams(max_new_tokens=10)
+    session = engine.session(image, params)
+    questions = ["What is in the picture?", "What colour is it?", "Anything else?"]
+    history: list[tuple[str, str]] = []
+    for k, q in enumerate(questions):
+        answer = session.ask(q)
+        full = Request.of(q, image, history=history, params=params)
+        reference = engine.generate([full])[0]
+        assert answer == reference.text
+        assert answer  # non-empty, so the turn joined the history
+        if k > 0:  # only the new question (and the previous answer's tail) ran through the model
+            assert session.last_prefill_tokens < 0.5 * reference.prompt_tokens
+            assert session.last_prefill_tokens < 40
+        history.append((q, answer))
+    assert session.history == history
+    session.reset(random_image(4))
+    assert session.history == [] and session.ask("What is in the picture?") == engine.generate(
+        [Request.of("What is in the picture?", random_image(4), params=params)])[0].text
+
+
+def test_stream_pieces_join_to_the_answer_and_model_chat_delegates(engine):
+    image = random_image(5)
+    request = Request.of("Tell me about it.", image, params=SamplingParams(max_new_tokens=16))
+    full = engine.generate([request])[0]
+    pieces = list(engine.stream(request))
+    assert len(pieces) > 1 and "".join(pieces) == full.text
+    model = engine.model
+    assert model.chat(image, "Tell me about it.", max_new_tokens=16) == full.text
+    assert "".join(model.chat_stream(image, "Tell me about it.", max_new_tokens=16)) == full.text
+    assert model.decode_answer(full.token_ids) == full.text
+
+
+def test_generation_stops_at_end_of_turn_stop_string_and_length(engine):
+    request = Request.of("Hi there", None, params=SamplingParams(max_new_tokens=12))
+    free = engine.generate([request])[0]
+    assert free.finish_reason == "length" and free.completion_tokens == 12
+
+    eot = Engine(engine.model)
+    eot.end_of_turn_ids = [free.token_ids[4]]  # pretend the 5th token ends the turn
+    stopped = eot.generate([request])[0]
+    assert stopped.finish_reason == "stop" and stopped.token_ids == free.token_ids[:5]
+    assert stopped.text == engine.model.tokenizer.decode(free.token_ids[:4], skip_special_tokens=True).strip()
+
+    words = free.text.split()
+    stop = words[len(words) // 2]
+    cut = engine.generate([Request.of("Hi there", None, params=SamplingParams(max_new_tokens=12, stop=(stop,)))])[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.index(stop)].strip()
+    assert stop not in cut.text
+
+
+def test_sampling_is_seeded_and_greedy_is_deterministic(engine):
+    def run(**kw):
+        return engine.generate([Request.of("Say something.", None, max_new_tokens=10, **kw)])[0].token_ids
+
+    assert run(temperature=0.0) == run(temperature=0.0)
+    a, b = run(temperature=1.0, seed=1), run(temperature=1.0, seed=1)
+    assert a == b
+    assert run(temperature=1.0, seed=2) != a
+    assert run(temperature=1.0, top_p=1e-6, seed=3) == run(temperature=0.0)  # nucleus of one = greedy
+
+
+def test_text_stream_holds_back_partial_stop_strings():
+    from vistune.model.llm import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    ids = tok.encode(" Hello world ### more", add_special_tokens=False)
+    stream = TextStream(tok, ("###",))
+    pieces = []
+    for t in ids:
+        pieces.append(stream.push(t))
+        assert "#" not in "".join(pieces)
+        if stream.stopped:
+            break
+    pieces.append(stream.finish())
+    assert stream.stopped and "".join(pieces) == "Hello world" == stream.text
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_new_tokens=0), dict(temperature=-1.0), dict(top_p=0.0),
+                                    dict(top_p=1.5), dict(temperature=float("nan")), dict(max_new_tokens=True)])
+def test_bad_sampling_params_are_rejected(kwargs):
+    with pytest.raises(SamplingError):
+        SamplingParams(**kwargs)
+
+
+def test_bad_requests_raise_request_error(engine):
+    with pytest.raises(RequestError, match="image"):  # a placeholder without an image
+        engine.generate([Request(Request.of("q", random_image(0)).messages, [])])
+    with pytest.raises(RequestError, match="at most"):
+        engine.generate([Request.of("word " * 5000, None)])
+
+
+def test_templates_with_stop_strings_batch_consistently():
+    engine = Engine(chatty_tiny_vlm(template="v0", seed=1))
+    requests = mixed_requests(8)[:3]
+    assert engine.generate_batch(requests) == [engine.generate_batch([r])[0] for r in requests]
+
+
+# -------------------------------------------------------------------------------------------------
+# commands
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, engine) -> Path:
+    return save_checkpoint(engine.model, tmp_path_factory.mktemp("ckpt") / "tiny-chatty")
+
+
+def test_chat_command_answers_once(checkpoint, engine, capsys):
+    image = GOOD_IMAGES[0]
+    code = main(["chat", "--model", str(checkpoint), "--image", str(image), "--prompt", "What is this?",
+                 "--temperature", "0", "--max-new-tokens", "9"])
+    assert code == 0
+    expected = engine.generate([Request.of("What is this?", Image.open(image).convert("RGB"), max_new_tokens=9)])[0]
+    assert capsys.readouterr().out.strip() == expected.text
+
+
+def test_chat_command_interactive_session(checkpoint, engine, capsys, monkeypatch):
+    images = GOOD_IMAGES
+    lines = ["What is this?", "And then?", f"/image {images[1]}", "Describe it.", "/image /no/such.png", "/quit"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    code = main(["chat", "--model", str(checkpoint), "--image", str(images[0]), "--temperature", "0",
+                 "--max-new-tokens", "6"])
+    assert code == 0
+    captured = capsys.readouterr()
+    answers = [line.split("assistant> ", 1)[1] for line in captured.out.splitlines() if "assistant> " in line]
+    first = Image.open(images[0]).convert("RGB")
+    a1 = engine.generate([Request.of("What is this?", first, max_new_tokens=6)])[0].text
+    a2 = engine.generate([Request.of("And then?", first, history=[("What is this?", a1)], max_new_tokens=6)])[0].text
+    a3 = engine.generate([Request.of("Describe it.", Image.open(images[1]).convert("RGB"), max_new_tokens=6)])[0].text
+    assert answers == [a1, a2, a3]
+    assert "file not found" in captured.err
+
+
+def _questions(path: Path, n: int) -> list[dict]:
+    names = [p.name for p in GOOD_IMAGES]
+    qs = [{"question_id": f"q{i}", "image": names[i % len(names)] if i % 3 else None,
+           "text": "What is shown?" + " Be brief." * (i % 4)} for i in range(n)]
+    path.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    return qs
+
+
+def test_infer_command_batches_and_resumes(checkpoint, engine, tmp_path):
+    qs = _questions(tmp_path / "q.jsonl", 7)
+    out = tmp_path / "answers.jsonl"
+    args = ["infer", "--model", str(checkpoint), "--questions", str(tmp_path / "q.jsonl"), "--images",
+            str(EXAMPLE_IMAGES), "--out", str(out), "--batch-size", "3", "--max-new-tokens", "6"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question_id"] for r in records] == [q["question_id"] for q in qs]
+    assert all(r["model_id"] == "tiny-chatty" and r["prompt"] == q["text"] for r, q in zip(records, qs))
+    for r, q in zip(records, qs):
+        image = Image.open(EXAMPLE_IMAGES / q["image"]).convert("RGB") if q["image"] else None
+        assert r["text"] == engine.generate([Request.of(q["text"], image, max_new_tokens=6)])[0].text
+
+    # a crash mid-write leaves a torn line: the re-run cuts it and answers the rest
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:4]) + lines[4][:10])
+    assert main(args) == 0
+    assert out.read_text() == "".join(lines)
+    assert main(args) == 0 and out.read_text() == "".join(lines)  # nothing left to do
+
+
+def test_infer_command_reports_bad_input(checkpoint, tmp_path, capsys):
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "image": "missing.png", "text": "What?"}\n'
+                                      '{"question_id": 2, "text": "Hi"}\n'
+                                      '{"question_id": 3, "image": "broken.png", "text": "What?"}\n')
+    out = tmp_path / "a.jsonl"
+    args = ["infer", "--model", str(checkpoint), "--questions", str(tmp_path / "q.jsonl"), "--images",
+            str(EXAMPLE_IMAGES), "--out", str(out), "--max-new-tokens", "3"]
+    assert main(args) == 1
+    assert [json.loads(line)["question_id"] for line in out.read_text().splitlines()] == [2]
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "broken.png" in err and "failed 2" in err
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n')
+    assert main(args[:4] + [str(tmp_path / "bad.jsonl")] + args[5:]) == 2
+    assert "duplicate question_id" in capsys.readouterr().err
