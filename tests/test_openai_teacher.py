@@ -349,10 +349,11 @@ def test_faults_are_retried_and_rejects_counted(tmp_path, server_factory) -> Non
         ("scene-0006", "complex"): ["garbage", "garbage", "garbage", "ok"],  # 3 rejects: given up
         ("scene-0007", "conversation"): ["500"] * 10,  # retries exhausted
     }
-    server, url = server_factory(schedule=schedule, slow_delay=1.5)
+    server, url = server_factory(schedule=schedule, slow_delay=4.0)
     out = tmp_path / "data.jsonl"
     inp = write_jsonl(tmp_path / "in.jsonl", contexts)
-    code = run_gen(gen_argv(url, out, "--timeout", "0.5", "--max-retries", "3", "--concurrency", "6", inp=inp))
+    # exact attempt counts: the timeout leaves room for a loaded machine, "slow" exceeds it
+    code = run_gen(gen_argv(url, out, "--timeout", "2", "--max-retries", "3", "--concurrency", "6", inp=inp))
     assert code == ot.EXIT_INCOMPLETE
     counts = server.pair_counts()
     assert counts[("scene-0000", "conversation")] == 3
@@ -440,18 +441,22 @@ def test_many_contexts_with_random_faults(tmp_path, server_factory) -> None:
     contexts = make_contexts(300, seed=1)
     rng = random.Random(0)
     faults = RandomFaults(rate=0.2, seed=3)
-    server, url = server_factory(chooser=faults, delay=lambda: rng.uniform(0.0, 0.01), slow_delay=0.6)
+    server, url = server_factory(chooser=faults, delay=lambda: rng.uniform(0.0, 0.01), slow_delay=1.5)
     out = tmp_path / "o.jsonl"
     t0 = time.monotonic()
-    code = run_gen(gen_argv(url, out, "--concurrency", "16", "--timeout", "0.3", "--reject-retries", "2",
+    # the timeout is generous for a loaded 2-core machine; "slow" answers still exceed it
+    code = run_gen(gen_argv(url, out, "--concurrency", "16", "--timeout", "1.0", "--reject-retries", "2",
                             "--max-consecutive-failures", "50", inp=write_jsonl(tmp_path / "in.jsonl", contexts)))
     elapsed = time.monotonic() - t0
     assert code == 0, f"exit {code}"
     assert_complete(out, contexts)
     assert 8 <= server.max_in_flight <= 16
     assert set(faults.chosen) == set(faults.kinds)  # every fault kind was exercised
-    n_rejects = len(ot.rejects_path(out).read_text().splitlines())
-    assert n_rejects == sum(faults.chosen.get(k, 0) for k in ("garbage", "empty", "truncated", "bad_json"))
+    rejects = [json.loads(line) for line in ot.rejects_path(out).read_text().splitlines()]
+    injected = sum(faults.chosen.get(k, 0) for k in ("garbage", "empty", "truncated", "bad_json"))
+    # equal unless a loaded machine timed out before reading an injected bad answer
+    assert injected - 3 <= len(rejects) <= injected
+    assert {r["reason"] for r in rejects} <= {"no_pairs", "too_short", "empty", "truncated", "bad_response"}
     assert elapsed < 60
 
 
@@ -535,17 +540,16 @@ def test_contexts_from_vistune_synth(tmp_path, server_factory) -> None:
 def _serve_parts():
     """(create_app, tiny engine factory) once the serving issue has landed, else the skip reason."""
     try:
+        from vistune.inference.engine import Engine
+        from vistune.model.tiny import tiny_vlm
         from vistune.serve.app import create_app
-    except ImportError:
-        return None, "vistune serve not available (vistune.serve.app.create_app)"
-    try:
-        from vistune.inference.engine import tiny_engine
-    except ImportError:
-        return None, "vistune serve not available (no vistune.inference.engine.tiny_engine for a tiny model)"
-    return (create_app, tiny_engine), ""
+    except ImportError as e:
+        return None, f"vistune serve not available ({e})"
+    return (create_app, lambda: Engine(tiny_vlm())), ""
 
 
 def test_generate_against_vistune_serve(tmp_path) -> None:
+    """The teacher may be `vistune serve` itself: a random tiny model answers over real HTTP."""
     parts, reason = _serve_parts()
     if parts is None:
         pytest.skip(reason)
@@ -558,7 +562,8 @@ def test_generate_against_vistune_serve(tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_engine()), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(tiny_engine(), model_name="teacher-test")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -568,7 +573,10 @@ def test_generate_against_vistune_serve(tmp_path) -> None:
         assert server.started
         contexts = make_contexts(3)
         out = tmp_path / "o.jsonl"
+        (tmp_path / "p").mkdir()  # a short prompt keeps the tiny model's CPU time small
+        (tmp_path / "p" / "detail.yaml").write_text("system: Describe the shapes.\nquestions: [Describe it.]\n")
         code = run_gen(gen_argv(f"http://127.0.0.1:{port}/v1", out, "--types", "detail", "--max-tokens", "24",
+                                "--prompts", str(tmp_path / "p"),
                                 "--timeout", "60", "--reject-retries", "0", "--max-consecutive-failures", "100",
                                 inp=write_jsonl(tmp_path / "in.jsonl", contexts)))
         # a random tiny model writes noise: every pair is either a record or a reject with a reason
