@@ -123,9 +123,8 @@ def parse_prompt_spec(type_: str, data: Any, path: Path) -> PromptSpec:
     for i, ex in enumerate(data.get("examples") or []):
         if not isinstance(ex, dict) or set(ex) - {"context", "answer", "question"}:
             raise UsageError(f"{path}: examples[{i}] must have `context`, `answer` (and optional `question`)")
-        examples.append(
-            Example(_str_field(ex, "context", path), _str_field(ex, "answer", path), _str_field(ex, "question", path, False))
-        )
+        context, answer = _str_field(ex, "context", path), _str_field(ex, "answer", path)
+        examples.append(Example(context, answer, _str_field(ex, "question", path, False)))
     questions = data.get("questions") or []
     if not isinstance(questions, list) or not all(isinstance(q, str) and q.strip() for q in questions):
         raise UsageError(f"{path}: `questions` must be a list of non-empty strings")
@@ -427,8 +426,13 @@ class Generator:
     """Runs the jobs with `concurrency` requests in flight and writes what passes validation."""
 
     def __init__(
-        self, settings: Settings, specs: dict[str, PromptSpec], out: JsonlAppender, rejects: JsonlAppender,
-        stats: RunStats, on_progress: Callable[[RunStats], None] = lambda s: None,
+        self,
+        settings: Settings,
+        specs: dict[str, PromptSpec],
+        out: JsonlAppender,
+        rejects: JsonlAppender,
+        stats: RunStats,
+        on_progress: Callable[[RunStats], None] = lambda s: None,
     ) -> None:
         self.settings = settings
         self.specs = specs
@@ -497,6 +501,7 @@ class Generator:
         _say(f"rejected {job.id}: {rejected}")
 
     def _fail(self, job: Job, kind: str, message: str) -> None:
+        """Count a failed pair; raise `StopRun` when too many failed in a row."""
         self.stats.failed += 1
         self.stats.failures[kind] += 1
         self.stats.consecutive_failures += 1
@@ -536,7 +541,8 @@ def summary_lines(stats: RunStats, settings: Settings) -> list[str]:
         lines.append("rejected outputs: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.rejected.items())))
     cost = stats.cost(settings.price_in, settings.price_out)
     if cost is not None:
-        lines.append(f"cost: {cost:.4f} (at {settings.price_in or 0:g} in / {settings.price_out or 0:g} out per 1M tokens)")
+        prices = f"{settings.price_in or 0:g} in / {settings.price_out or 0:g} out per 1M tokens"
+        lines.append(f"cost: {cost:.4f} (at {prices})")
     return lines
 
 
