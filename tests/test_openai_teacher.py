@@ -548,6 +548,7 @@ def _serve_parts():
     return (create_app, lambda: Engine(tiny_vlm())), ""
 
 
+@pytest.mark.slow
 def test_generate_against_vistune_serve(tmp_path) -> None:
     """The teacher may be `vistune serve` itself: a random tiny model answers over real HTTP."""
     parts, reason = _serve_parts()
