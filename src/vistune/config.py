@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -78,6 +79,9 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert a YAML value to the annotated type; raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -120,6 +124,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads `2e-3` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -203,3 +209,191 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")  # type: ignore[misc]
         lines.append(f"{prefix}{f.name} = {default!r}\n    {docs.get(f.name, '')}")
     return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Training run configuration (`vistune train --config FILE key=value ...`)
+
+# Architecture keys that a stage must share with its `init_from` checkpoint (the template may change).
+ARCHITECTURE_KEYS = ("vision_tower", "vision_layer", "vision_select", "projector", "llm", "image_size",
+                     "pad_to_square", "feature_norm")
+
+
+@dataclass
+class DataConfig:
+    path: str = "examples/data/llava_sample.json"
+    """LLaVA-format JSON list or JSONL file of training records."""
+    image_folder: str | None = "examples/data/images"
+    """Folder that the records' relative image paths start from (None: paths are used as written)."""
+    max_length: int = 2048
+    """Longest rendered sample in tokens (image positions included); longer ones are cut or skipped."""
+    placement: str = "random"
+    """Where the image goes in the first turn: `random` (the paper: before or after the question), `front`, `back`."""
+    group_by_length: bool = True
+    """Draw batches length-grouped by modality (image / text-only) to cut padding; False: plain shuffling."""
+    num_workers: int = 2
+    """DataLoader worker processes that load and render samples (0: in the training process)."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path is required")
+        if self.max_length <= 0:
+            raise ConfigError(f"data.max_length must be positive, got {self.max_length}")
+        if self.placement not in ("random", "front", "back"):
+            raise ConfigError(f"data.placement={self.placement!r}: expected 'random', 'front' or 'back'")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 1
+    """1: feature alignment (only the projector trains); 2: instruction tuning (projector + LLM, or LoRA)."""
+    epochs: float = 1.0
+    """Passes over the data (ignored when `max_steps` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides `epochs` (the data repeats as needed)."""
+    max_minutes: float | None = None
+    """Wall-clock budget: stop after the step that crosses it and save the final model (schedule unchanged)."""
+    lr: float = 2e-5
+    """Peak learning rate (of the LLM in stage 2; of the projector unless `projector_lr` is set)."""
+    projector_lr: float | None = None
+    """Peak learning rate of the projector; None: `lr`."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, applied to matrices only (not to biases and norms)."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_ratio: float = 0.03
+    """Fraction of the steps spent warming the learning rate up linearly from 0."""
+    schedule: str = "cosine"
+    """Learning-rate decay after warmup: `cosine` (to 0), `linear` (to 0) or `constant`."""
+    global_batch_size: int = 128
+    """Samples per optimizer step over all processes = micro_batch_size x accumulation x processes."""
+    micro_batch_size: int = 16
+    """Samples per forward/backward pass in one process."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
+    precision: str = "bf16"
+    """`bf16`: bfloat16 autocast over fp32 weights (CPU and GPU); `fp32`: full precision."""
+    gradient_checkpointing: bool = False
+    """Recompute the LLM's activations in the backward pass to save memory."""
+    seed: int = 42
+    """Seed of the data order, image placement, LoRA initialisation and dropout."""
+    lora: bool = False
+    """Stage 2 only: train LoRA adapters on the LLM's linear layers (peft) instead of the whole LLM."""
+    lora_r: int = 128
+    """LoRA rank."""
+    lora_alpha: int = 256
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch's input."""
+    lora_target: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters: `all-linear` (every linear layer but the LM head) or module-name suffixes."""
+    save_every: int | None = 500
+    """Write a resumable checkpoint every this many steps (None: only at the end)."""
+    keep_last: int = 2
+    """Resumable checkpoints kept in output_dir/checkpoints (older ones are deleted)."""
+    log_every: int = 1
+    """Write a metrics.jsonl record and refresh the progress bar every this many steps."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to output_dir/tensorboard (needs the `tensorboard` package)."""
+    strategy: str = "ddp"
+    """Several processes (torchrun): `ddp` (replicated weights) or `fsdp` (FSDP2 `fully_shard`)."""
+    device: str = "auto"
+    """`auto` (this process's CUDA device when there is one, else CPU), `cpu`, or `cuda`."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ConfigError(f"train.stage must be 1 or 2, got {self.stage}")
+        if self.epochs <= 0:
+            raise ConfigError(f"train.epochs must be positive, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be positive, got {self.max_minutes}")
+        for key in ("lr", "adam_eps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.projector_lr is not None and self.projector_lr <= 0:
+            raise ConfigError(f"train.projector_lr must be positive, got {self.projector_lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"train.schedule={self.schedule!r}: expected 'cosine', 'linear' or 'constant'")
+        if self.micro_batch_size <= 0 or self.global_batch_size <= 0:
+            raise ConfigError("train.global_batch_size and train.micro_batch_size must be positive")
+        self.check_batch(1)
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"train.max_grad_norm must be positive or null, got {self.max_grad_norm}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"train.precision={self.precision!r}: expected 'bf16' or 'fp32'")
+        if self.lora and self.stage != 2:
+            raise ConfigError("train.lora=true needs train.stage=2 (stage 1 trains only the projector)")
+        if self.lora_r <= 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("train.lora_r and train.lora_alpha must be positive and train.lora_dropout in [0, 1)")
+        if not self.lora_target:
+            raise ConfigError("train.lora_target must name at least one module (or `all-linear`)")
+        if self.save_every is not None and self.save_every <= 0:
+            raise ConfigError(f"train.save_every must be positive or null, got {self.save_every}")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy={self.strategy!r}: expected 'ddp' or 'fsdp'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device={self.device!r}: expected 'auto', 'cpu' or 'cuda'")
+
+    def check_batch(self, world_size: int) -> int:
+        """Gradient-accumulation steps for `world_size` processes; raise unless the global batch splits exactly."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} is not divisible by train.micro_batch_size="
+                f"{self.micro_batch_size} x {world_size} process(es) = {per_step}")
+        return self.global_batch_size // per_step
+
+    @property
+    def peak_projector_lr(self) -> float:
+        return self.lr if self.projector_lr is None else self.projector_lr
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model's parts; with `init_from`, they must match that checkpoint's (the template may differ)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, checkpoints, logging, processes."""
+    init_from: str | None = None
+    """Checkpoint directory to start from (stage 2: stage 1's `output_dir/final`); None: build from `model`."""
+    output_dir: str = "runs/train"
+    """Run directory: config.yaml, metrics.jsonl, loss.png, checkpoints/step-N/, final/."""
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir is required")
+        if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
+            raise ConfigError("init_from and output_dir are the same directory; the run would overwrite its start")
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None
+                    ) -> RunConfig:
+    """YAML file (optional) + dotted overrides -> RunConfig; checks the batch split for `world_size` processes
+    (default: $WORLD_SIZE, else 1)."""
+    import os
+
+    data = load_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides))
+    run = from_dict(RunConfig, data)
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    run.train.check_batch(world_size)
+    return run

@@ -1,0 +1,473 @@
+"""One training loop for both stages; what differs between stages is configuration.
+
+    train(run) -> output_dir/final
+
+Each optimizer step takes one global batch (`train.global_batch_size` samples) as micro-batches x
+gradient-accumulation steps x processes. The loss is the summed cross-entropy of the supervised tokens divided
+by their count over the whole global batch (counted before the forward passes and summed over processes), so
+the update does not depend on how the batch is split. Run directory:
+
+    config.yaml        the resolved run config
+    metrics.jsonl      one record per logged step
+    loss.png           loss and learning rate (written at the end)
+    checkpoints/step-N/   resumable checkpoints (model + trainer state), the last `train.keep_last`
+    final/             the trained model (`vistune.load` opens it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, load_run_config, to_dict
+from vistune.conversation import IGNORE_INDEX, Renderer
+from vistune.data.dataset import REASONS, LlavaDataset, collate
+from vistune.train import distributed as D
+from vistune.train import state as S
+from vistune.train.optim import build_optimizer, lr_factor, set_lr, set_trainable, warmup_steps
+from vistune.train.sampler import epoch_batches, rank_micro_batches, steps_per_epoch
+from vistune.utils.io import atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Keys that may change when a run is resumed (they do not change what the finished run computes).
+RESUMABLE_CHANGES = {"train.save_every", "train.keep_last", "train.log_every", "train.tensorboard",
+                     "train.max_minutes", "data.num_workers", "train.max_steps", "train.epochs"}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, too little data, nothing to resume)."""
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks for tests and tools, run on every process."""
+
+    after_step: Callable[[int, torch.nn.Module], None] | None = None
+    """After optimizer step `step` (1-based) is applied, before it is logged or saved; gets the model."""
+    before_commit: Callable[[int, Path], None] | None = None
+    """A resumable checkpoint's files are all written into this temporary directory, not yet renamed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+
+
+def build_model(run: RunConfig, resume_from: Path | None):
+    """The model to train: a resumable checkpoint, else `init_from`, else fresh parts named in `run.model`."""
+    from vistune.model.checkpoint import load_checkpoint, read_config
+    from vistune.model.vlm import VisionLanguageModel
+    from vistune.train.lora import add_lora, is_lora, merge_lora
+
+    cfg = run.train
+    lora = cfg.stage == 2 and cfg.lora
+    if resume_from is not None:
+        model = load_checkpoint(resume_from, dtype=torch.float32, trainable_lora=lora)
+    elif run.init_from is not None:
+        ckpt = read_config(run.init_from)
+        for key in ARCHITECTURE_KEYS:
+            if ckpt["model"].get(key) != getattr(run.model, key):
+                raise ConfigError(
+                    f"model.{key}={getattr(run.model, key)!r} but the init_from checkpoint {run.init_from} has "
+                    f"{ckpt['model'].get(key)!r}; the model section must describe the checkpoint it starts from")
+        model = load_checkpoint(run.init_from, dtype=torch.float32, trainable_lora=lora)
+        if model.config.template != run.model.template:
+            model.config = replace(model.config, template=run.model.template)
+            model.renderer = Renderer(model.tokenizer, run.model.template, model.num_image_tokens)
+    else:
+        model = VisionLanguageModel.build(run.model, dtype=torch.float32)
+    if is_lora(model.llm) and cfg.stage == 2 and not cfg.lora:
+        merge_lora(model)  # full fine-tuning from an unmerged LoRA checkpoint
+    if lora:
+        add_lora(model, cfg)
+    set_trainable(model, cfg.stage, lora)
+    if cfg.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.llm.config.use_cache = False
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(run: RunConfig, progress: bool = True, resume: bool | None = None,
+          hooks: TrainHooks | None = None) -> Path:
+    """Train as `run` says and return the final checkpoint directory (`output_dir/final`).
+
+    resume: None resumes when `output_dir/checkpoints` has a checkpoint, True requires one, False starts over
+    (deleting earlier checkpoints, metrics and final model of this output directory).
+    """
+    hooks = hooks or TrainHooks()
+    cfg = run.train
+    world = D.init_world(cfg.device)
+    try:
+        return _Trainer(run, world, progress, hooks).run(resume)
+    finally:
+        D.close_world(world)
+
+
+class _Trainer:
+    def __init__(self, run: RunConfig, world: D.World, progress: bool, hooks: TrainHooks) -> None:
+        self.run_cfg, self.cfg, self.world, self.hooks = run, run.train, world, hooks
+        self.accum = self.cfg.check_batch(world.size)
+        self.out = Path(run.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.show_progress = progress and world.is_main
+        self.skipped: Counter[str] = Counter()
+
+    # -------------------------------------------------------------------------------------------
+    def run(self, resume: bool | None) -> Path:
+        world, cfg = self.world, self.cfg
+        resume_from = self._prepare_dir(resume)
+        _seed_everything(cfg.seed)
+        model = build_model(self.run_cfg, resume_from)
+        model.to(world.device).train()
+        self.model = model
+        data = self.run_cfg.data
+        ds = LlavaDataset(data.path, data.image_folder, model.renderer, model.image_processor,
+                          max_length=data.max_length, seed=cfg.seed, placement=data.placement)
+        if len(ds) < cfg.global_batch_size:
+            raise TrainingError(f"{data.path} has {len(ds)} usable record(s) ({sum(ds.skipped.values())} invalid), "
+                                f"fewer than one global batch of {cfg.global_batch_size}")
+        self.ds = ds
+        self.lengths = ds.lengths
+        self.has_image = [ds.has_image(i) for i in range(len(ds))]
+        self.spe = steps_per_epoch(len(ds), cfg.global_batch_size)
+        self.total = cfg.max_steps or math.ceil(cfg.epochs * self.spe)
+        self.warmup = warmup_steps(cfg, self.total)
+
+        bf16 = cfg.precision == "bf16"
+        self.skeleton = D.meta_skeleton(model) if world.distributed and cfg.strategy == "fsdp" else None
+        self.wrapped = D.wrap(D.TrainStep(model), world, cfg.strategy, bf16)
+        self.optimizer = build_optimizer(model, cfg)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+
+        step = 0
+        if resume_from is not None:
+            step = self._restore(resume_from)
+        if world.is_main:
+            log.info("stage %d: %d trainable / %d parameters; %d samples, %d steps/epoch, %d steps, "
+                     "global batch %d = %d x %d accumulation x %d process(es)", cfg.stage,
+                     sum(p.numel() for p in self.trainable), sum(p.numel() for p in model.parameters()), len(ds),
+                     self.spe, self.total, cfg.global_batch_size, cfg.micro_batch_size, self.accum, world.size)
+        self._loop(step)
+        return self.out / "final"
+
+    def _prepare_dir(self, resume: bool | None) -> Path | None:
+        world = self.world
+        existing = S.list_checkpoints(self.ckpt_dir)
+        if resume is True and not existing:
+            raise TrainingError(f"--resume: no checkpoint in {self.ckpt_dir}")
+        resume_from = existing[-1] if existing and resume is not False else None
+        if world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if resume is False:
+                for p in (self.ckpt_dir, self.out / "final", self.out / "tensorboard", self.out / "loss.png"):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                self.metrics_path.unlink(missing_ok=True)
+            S.remove_partial(self.ckpt_dir)
+            shutil.rmtree(self.out / ".final.tmp", ignore_errors=True)
+            if resume_from is not None:
+                self._check_resumed_config(resume_from)
+            atomic_write_text(self.out / "config.yaml", dump_yaml(self.run_cfg))
+        D.barrier(world)
+        return resume_from
+
+    def _check_resumed_config(self, ckpt: Path) -> None:
+        saved = json.loads((ckpt / S.STATE_NAME).read_text()).get("run_config", {})
+        now = to_dict(self.run_cfg)
+        changed = [f"{section}.{k}" for section in ("model", "data", "train") for k in now[section]
+                   if saved.get(section, {}).get(k) != now[section][k]]
+        changed += [k for k in ("init_from",) if saved.get(k) != now[k]]
+        changed = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ConfigError(f"cannot resume {ckpt}: the config changed in {', '.join(changed)} (use --no-resume "
+                              f"to start over, or a new output_dir)")
+
+    def _restore(self, ckpt: Path) -> int:
+        state = json.loads((ckpt / S.STATE_NAME).read_text())
+        optim_sd = S.load_optimizer(ckpt, state["optimizer"]) if self.world.is_main else {}
+        D.load_full_state(self.wrapped, self.optimizer, self.world, optim_sd)
+        if not S.load_rng(ckpt, self.world.rank):
+            log.warning("checkpoint %s has no RNG state for rank %d (different process count?)", ckpt,
+                        self.world.rank)
+        self.skipped = Counter(state.get("skipped", {}))
+        step = int(state["step"])
+        if self.world.is_main:
+            kept = [r for r in _read_metrics(self.metrics_path) if r.get("step", 0) <= step]
+            atomic_write_jsonl(self.metrics_path, kept)
+            log.info("resumed from %s at step %d", ckpt, step)
+        return step
+
+    # -------------------------------------------------------------------------------------------
+    def _loop(self, step: int) -> None:
+        cfg, world = self.cfg, self.world
+        bar = None
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total, initial=step, desc=f"stage {cfg.stage}", unit="step", dynamic_ncols=True)
+        writer = self._tensorboard()
+        metrics = open(self.metrics_path, "a", encoding="utf-8") if world.is_main else None
+        start = time.monotonic()
+        window = {"tokens": 0.0, "t": time.monotonic()}
+        try:
+            stopped_early = False
+            while step < self.total and not stopped_early:
+                epoch, pos = divmod(step, self.spe)
+                for micro in self._epoch_micro_batches(epoch, pos):
+                    stats = self._step(step, micro)
+                    step += 1
+                    if self.hooks.after_step:
+                        self.hooks.after_step(step, self.model)
+                    window["tokens"] += stats["tokens"]
+                    last = step == self.total
+                    over_time = cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60
+                    if step % cfg.log_every == 0 or last or over_time:
+                        now = time.monotonic()
+                        record = self._record(step, stats, window["tokens"] / max(now - window["t"], 1e-9),
+                                              now - start)
+                        window = {"tokens": 0.0, "t": now}
+                        if metrics is not None:
+                            metrics.write(json.dumps(record) + "\n")
+                            metrics.flush()
+                        if writer is not None:
+                            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                                writer.add_scalar(f"train/{k}", record[k], step)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                            tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                    if bar is not None:
+                        bar.update(1)
+                    if cfg.save_every and step % cfg.save_every == 0 and not last and not over_time:
+                        self._save_resumable(step)
+                    if last or over_time:
+                        stopped_early = over_time and not last
+                        if stopped_early and world.is_main:
+                            log.info("time budget of %.1f min reached after step %d of %d", cfg.max_minutes, step,
+                                     self.total)
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+            if writer is not None:
+                writer.close()
+        self._save_resumable(step)
+        self._save_final(step)
+
+    def _epoch_micro_batches(self, epoch: int, pos: int):
+        """Yield, per remaining global batch of `epoch` (from position `pos`), this process's micro-batches."""
+        cfg, world, ds = self.cfg, self.world, self.ds
+        batches = epoch_batches(self.lengths, self.has_image, cfg.global_batch_size, cfg.seed, epoch,
+                                self.run_cfg.data.group_by_length)[pos:]
+        ds.set_epoch(epoch)
+        plan = [mb for b in batches for mb in rank_micro_batches(b, cfg.micro_batch_size, world.size, world.rank)]
+        workers = self.run_cfg.data.num_workers
+        loader = DataLoader(ds, batch_sampler=plan, num_workers=workers,
+                            collate_fn=partial(collate, pad_id=self.model.tokenizer.pad_token_id),
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch),  # leaves the global RNG alone
+                            persistent_workers=False, prefetch_factor=4 if workers else None)
+        it = iter(loader)
+        for _ in batches:
+            yield [next(it) for _ in range(self.accum)]
+
+    def _step(self, step: int, micro: list[dict]) -> dict:
+        cfg, world = self.cfg, self.world
+        local_skipped = Counter()
+        sup = tokens = padded = samples = 0
+        for mb in micro:
+            local_skipped.update(mb["skipped"])
+            if mb["input_ids"] is not None:
+                sup += int((mb["labels"][:, 1:] != IGNORE_INDEX).sum())
+                tokens += int(mb["attention_mask"].sum())
+                padded += mb["input_ids"].numel()
+                samples += len(mb["ids"])
+        reasons = sorted(REASONS)
+        totals = D.all_sum(world, [sup, tokens, padded, samples] + [local_skipped.get(r, 0) for r in reasons])
+        n_sup, n_tok, n_pad, n_samples = totals[:4]
+        step_skipped = {r: int(v) for r, v in zip(reasons, totals[4:]) if v}
+        self.skipped.update(step_skipped)
+        factor = lr_factor(step, self.total, self.warmup, cfg.schedule)
+        set_lr(self.optimizer, factor)
+        stats = {"supervised_tokens": int(n_sup), "tokens": n_tok, "padded_tokens": n_pad, "samples": int(n_samples),
+                 "step_skipped": step_skipped, "loss": float("nan"), "grad_norm": float("nan")}
+        if n_sup == 0:
+            log.warning("step %d: no supervised token in the global batch (all samples skipped?); no update", step + 1)
+            return stats
+        scale = world.size / n_sup  # DDP/FSDP average over processes; this turns it into a global token mean
+        autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        loss_total = torch.zeros((), dtype=torch.float64)
+        for i, mb in enumerate(micro):
+            batch = mb if mb["input_ids"] is not None else self._empty_batch()
+            with D.set_grad_sync(self.wrapped, world, cfg.strategy, sync=i == len(micro) - 1):
+                with autocast:
+                    loss_sum = self.wrapped(input_ids=batch["input_ids"].to(world.device),
+                                            attention_mask=batch["attention_mask"].to(world.device),
+                                            pixel_values=None if batch["pixel_values"] is None
+                                            else batch["pixel_values"].to(world.device),
+                                            labels=batch["labels"].to(world.device))
+                (loss_sum * scale).backward()
+            loss_total += loss_sum.detach().double().cpu()
+        loss = D.all_sum(world, [float(loss_total)])[0] / n_sup
+        if not math.isfinite(loss):
+            raise TrainingError(self._nonfinite("loss", loss, step + 1))
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        if not math.isfinite(grad_norm):
+            raise TrainingError(self._nonfinite("gradient norm", grad_norm, step + 1))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats.update(loss=loss, grad_norm=grad_norm)
+        return stats
+
+    def _nonfinite(self, what: str, value: float, step: int) -> str:
+        kept = S.list_checkpoints(self.ckpt_dir)
+        where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+        return f"non-finite {what} ({value}) at step {step}; stopping without saving ({where})"
+
+    def _empty_batch(self) -> dict:
+        """A one-token, unsupervised batch for a process whose micro-batch was skipped entirely: it still takes
+        part in the gradient reduction, contributing zero."""
+        pad = self.model.tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([[pad]]), "attention_mask": torch.ones(1, 1, dtype=torch.long),
+                "labels": torch.tensor([[IGNORE_INDEX]]), "pixel_values": None}
+
+    def _record(self, step: int, stats: dict, tokens_per_s: float, elapsed: float) -> dict:
+        lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        record = {
+            "step": step, "epoch": round(step / self.spe, 4), "loss": stats["loss"],
+            "lr": lrs.get("llm", lrs.get("projector")), "projector_lr": lrs.get("projector"),
+            "grad_norm": stats["grad_norm"], "tokens_per_s": round(tokens_per_s, 2), "tokens": int(stats["tokens"]),
+            "supervised_tokens": stats["supervised_tokens"], "samples": stats["samples"],
+            "padding": round(1 - stats["tokens"] / max(stats["padded_tokens"], 1), 4),
+            "skipped": dict(self.skipped), "invalid_records": dict(self.ds.skipped), "elapsed_s": round(elapsed, 2),
+        }
+        return record
+
+    def _tensorboard(self):
+        if not (self.cfg.tensorboard and self.world.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("train.tensorboard needs the `tensorboard` package (pip install "
+                              "'vistune[tensorboard]')") from e
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    # -------------------------------------------------------------------------------------------
+    def _full_model(self):
+        """A plain (unsharded) model for writing checkpoints, on rank 0 (None elsewhere); collective under FSDP."""
+        if self.skeleton is None:
+            return self.model if self.world.is_main else None
+        state = D.full_model_state(self.wrapped)
+        return D.fill_skeleton(self.skeleton, state) if self.world.is_main else None
+
+    def _save_resumable(self, step: int) -> None:
+        world = self.world
+        _, optim_sd = D.full_state(self.wrapped, self.optimizer, world)
+        full = self._full_model()
+        tmp = S.temp_dir(self.ckpt_dir, step)
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        D.barrier(world)
+        S.save_rng(tmp, world.rank)
+        D.barrier(world)
+        if world.is_main:
+            extra = {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}}
+            S.write_model(full, tmp, extra)
+            optim_meta = S.save_optimizer(optim_sd, tmp)
+            state = {"step": step, "epoch": step // self.spe, "position_in_epoch": step % self.spe,
+                     "total_steps": self.total, "world_size": world.size, "skipped": dict(self.skipped),
+                     "scheduler": {"name": self.cfg.schedule, "step": step, "warmup_steps": self.warmup,
+                                   "total_steps": self.total},
+                     "run_config": to_dict(self.run_cfg), "optimizer": optim_meta}
+            (tmp / S.STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
+            if self.hooks.before_commit:
+                self.hooks.before_commit(step, tmp)
+            S.commit(tmp, self.ckpt_dir / S.step_dir_name(step))
+            S.prune(self.ckpt_dir, self.cfg.keep_last)
+        elif self.hooks.before_commit:
+            self.hooks.before_commit(step, tmp)
+        D.barrier(world)
+
+    def _save_final(self, step: int) -> None:
+        from vistune.train.plots import plot_metrics
+
+        full = self._full_model()
+        if self.world.is_main:
+            tmp = self.out / ".final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            S.write_model(full, tmp, {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}})
+            S.commit(tmp, self.out / "final")
+            plot_metrics(_read_metrics(self.metrics_path), self.out / "loss.png",
+                         title=f"stage {self.cfg.stage}: {self.run_cfg.data.path}")
+            log.info("final model: %s", self.out / "final")
+        D.barrier(self.world)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl records; a torn last line (a kill mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def train_command(args: argparse.Namespace) -> int:
+    if args.resume and args.no_resume:
+        print("error: --resume and --no-resume contradict each other", file=sys.stderr)
+        return 2
+    try:
+        run = load_run_config(args.config, args.overrides)
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    resume = True if args.resume else False if args.no_resume else None
+    try:
+        final = train(run, progress=True, resume=resume)
+    except (ConfigError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(final)
+    return 0

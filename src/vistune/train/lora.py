@@ -1,0 +1,64 @@
+"""LoRA on the LLM (peft) and `vistune merge-lora`: fold the adapters into a plain checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from vistune.config import TrainConfig
+
+
+def is_lora(llm) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(llm, PeftModel)
+
+
+def add_lora(model, cfg: TrainConfig) -> None:
+    """Wrap `model.llm` in a peft LoRA model over its linear layers (LM head excluded); in place."""
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError as e:
+        raise ImportError("train.lora needs the `peft` package (pip install 'vistune[lora]')") from e
+    if isinstance(model.llm, PeftModel):
+        return  # started from an unmerged LoRA checkpoint: keep training its adapters
+    target = "all-linear" if cfg.lora_target == ["all-linear"] else list(cfg.lora_target)
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=target, bias="none", task_type="CAUSAL_LM")
+    model.llm = get_peft_model(model.llm, config)
+
+
+def merge_lora(model) -> None:
+    """Fold LoRA adapters into the LLM's weights; in place."""
+    from peft import PeftModel
+
+    if not isinstance(model.llm, PeftModel):
+        raise ValueError("the model has no LoRA adapters to merge")
+    model.llm = model.llm.merge_and_unload()
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from vistune.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+
+    src, out = Path(args.model), Path(args.out)
+    try:
+        config = read_config(src)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not config.get("lora"):
+        print(f"error: {src} has no LoRA adapters (config.json says lora: false); nothing to merge", file=sys.stderr)
+        return 2
+    if out.resolve() == src.resolve():
+        print("error: --out must differ from --model", file=sys.stderr)
+        return 2
+    model = load_checkpoint(src, dtype=torch.float32)
+    merge_lora(model)
+    save_checkpoint(model, out, extra={"merged_from": str(src)})
+    print(f"merged LoRA adapters of {src} into {out}")
+    return 0
