@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from vistune.cli import main
 from vistune.conversation import IMAGE_TOKEN_ID, Message
 from vistune.model.checkpoint import save_checkpoint
-from vistune.model.export import ExportError, export_hf_llava
+from vistune.model.export import ExportError, export_hf_llava, write_hf_llava
 from vistune.model.tiny import tiny_llm, tiny_vision_tower, tiny_vlm
 from vistune.model.vlm import VisionLanguageModel
 
@@ -217,7 +217,7 @@ def test_separator_templates_match_on_first_questions(template, photo):
         assert list(got) == [image_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]
 
 
-@pytest.mark.parametrize("template", ["v0", "vicuna_v1"])
+@pytest.mark.parametrize("template", ["v0", "vicuna_v1", "llama_2"])
 def test_template_that_tokenizes_differently_is_refused_and_writes_nothing(tmp_path, template):
     """vistune tokenizes a role tag (" Human: ") and the next message separately; with a byte-level BPE the whole
     string merges across that boundary on follow-up turns, so llava-hf's ids differ and the export refuses."""
@@ -309,3 +309,28 @@ def test_not_a_checkpoint_exits_1(tmp_path, capsys):
     code = main(["export", "--model", str(tmp_path / "empty"), "--to", "hf-llava", "--out", str(tmp_path / "hf")])
     assert code == 1
     assert "not a vistune checkpoint" in capsys.readouterr().err
+
+
+def test_lora_model_exports_with_adapters_merged(tmp_path, photo):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_vlm("clip")
+    llm = get_peft_model(base.llm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # non-zero adapters, so merging changes the weights
+        for name, p in llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model = VisionLanguageModel.from_parts(base.config, base.vision_tower, llm, base.tokenizer, base.projector)
+    (tmp_path / "hf").mkdir()
+    write_hf_llava(model.eval(), tmp_path / "hf")  # the in-memory model, as load_checkpoint returns it
+    hf, processor = hf_load(tmp_path / "hf")
+    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    with torch.no_grad():
+        ours = model(torch.tensor([rendered.input_ids]), pixel_values=model.image_processor.batch([photo])).logits
+        theirs = hf(**hf_inputs(processor, photo)).logits[..., : ours.shape[-1]]
+        with llm.disable_adapter():
+            without = model(torch.tensor([rendered.input_ids]),
+                            pixel_values=model.image_processor.batch([photo])).logits
+    assert (without - ours).abs().max() > 1e-3  # the adapters matter
+    assert isinstance(model.llm, type(llm))  # exporting merged a copy, the model keeps its adapters
+    assert (theirs - ours).abs().max().item() <= 1e-4

@@ -18,6 +18,7 @@ what vistune computes:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -118,6 +119,7 @@ def write_hf_llava(model, directory: Path) -> None:
     """Write weights, config, generation config, tokenizer and processor into `directory`, then check prompts."""
     from transformers import AutoProcessor
 
+    check_exportable({"model": dataclasses.asdict(model.config), "vision_tower": model.vision_tower.config_dict()})
     tokenizer, image_token_id = _tokenizer_with_image_token(model.tokenizer)
     config, generation_config, weights = build_llava(model, image_token_id)
     config.save_pretrained(directory)
