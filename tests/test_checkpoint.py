@@ -60,3 +60,27 @@ def test_loading_a_non_checkpoint_fails_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ckpt.CheckpointError, match="model_type 'llama'"):
         vistune.load(tmp_path)
+
+
+def test_unmerged_lora_checkpoint_round_trips(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_vlm("clip").eval()
+    model.llm = get_peft_model(model.llm, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # make the adapters matter
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["lora"] is True
+    loaded = vistune.load(tmp_path / "ckpt")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
+        # and the base weights were stored under their plain names, not as injected adapter layers
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "ckpt" / "llm" / "model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+        assert any(k.endswith("q_proj.weight") for k in keys) and not any("lora" in k or "base_layer" in k
+                                                                           for k in keys)

@@ -177,7 +177,7 @@ def test_suppressed_image_token_is_never_generated(exported, photo):
 # templates, untied heads, pad-to-square
 
 
-@pytest.mark.parametrize("template", ["plain", "chat_template"])
+@pytest.mark.parametrize("template", ["plain", "v0", "vicuna_v1", "llama_2", "chat_template"])
 def test_templates_export_with_matching_ids(tmp_path, template, photo):
     model = tiny_vlm("clip", template=template)
     save_checkpoint(model, tmp_path / "ckpt")
@@ -215,18 +215,6 @@ def test_separator_templates_match_on_first_questions(template, photo):
         text = processor.apply_chat_template(hf_messages, add_generation_prompt=answer is None, tokenize=False)
         got = processor(text=text, images=[photo])["input_ids"][0]
         assert list(got) == [image_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]
-
-
-@pytest.mark.parametrize("template", ["v0", "vicuna_v1", "llama_2"])
-def test_template_that_tokenizes_differently_is_refused_and_writes_nothing(tmp_path, template):
-    """vistune tokenizes a role tag (" Human: ") and the next message separately; with a byte-level BPE the whole
-    string merges across that boundary on follow-up turns, so llava-hf's ids differ and the export refuses."""
-    model = tiny_vlm("clip", template=template)
-    save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ExportError, match="follow-up question.*first difference at position"):
-        export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")
-    assert not (tmp_path / "hf").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary directory left behind
 
 
 def test_untied_lm_head_gets_a_zero_row_and_matches(tmp_path, photo):

@@ -207,7 +207,8 @@ class SeparatorTemplate(Template):
         out = [Piece(system + self.system_suffix)]
         for m in body:
             if m.role == "user":
-                out += [Piece(self.user_tag), Piece(m.content), Piece(self.user_suffix + self.assistant_tag)]
+                # the space after the role tag leads the content, as a whole-prompt tokenizer would split it
+                out += [Piece(self.user_tag), Piece(" " + m.content), Piece(self.user_suffix + self.assistant_tag)]
             else:
                 out += [Piece(self.answer_prefix + m.content, "all"), self.answer_end(tokenizer)]
         if not add_generation_prompt and body and body[-1].role == "user":
@@ -221,7 +222,7 @@ class V0Template(SeparatorTemplate):
     name = "v0"
     system = V0_SYSTEM
     system_suffix = "\n###"
-    user_tag = " Human: "
+    user_tag = " Human:"
     user_suffix = "\n###"
     assistant_tag = " Assistant:"
     answer_prefix = " "
@@ -236,7 +237,7 @@ class VicunaV1Template(SeparatorTemplate):
 
     name = "vicuna_v1"
     system = VICUNA_SYSTEM
-    user_tag = " USER: "
+    user_tag = " USER:"
     assistant_tag = " ASSISTANT:"
     answer_prefix = " "
     stop_strings = ("</s>",)
@@ -261,8 +262,11 @@ class Llama2Template(Template):
             if m.role == "user":
                 if i > 0:
                     out.append(Piece(ids=(bos,)))
-                sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if i == 0 and system else ""
-                out += [Piece(f"[INST] {sys_block}"), Piece(m.content), Piece(" [/INST]")]
+                if i == 0 and system:
+                    out += [Piece(f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n"), Piece(m.content)]
+                else:
+                    out += [Piece("[INST]"), Piece(" " + m.content)]
+                out.append(Piece(" [/INST]"))
             else:
                 out += [Piece(self.answer_prefix + m.content + " ", "all"), Piece(ids=(eos,), supervise="all")]
         if not add_generation_prompt and body and body[-1].role == "user":

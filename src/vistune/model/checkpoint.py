@@ -58,7 +58,10 @@ def write_checkpoint_files(model, directory: Path, extra: dict | None = None) ->
     lora = _is_peft(llm)
     if lora:
         llm.save_pretrained(directory / "llm_adapter")
-        llm.get_base_model().save_pretrained(directory / "llm")
+        # the base weights without the injected adapter layers, under their original names
+        base = llm.get_base_model()
+        state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+        base.save_pretrained(directory / "llm", state_dict=state)
     else:
         llm.save_pretrained(directory / "llm")
     tower = model.vision_tower

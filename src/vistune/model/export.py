@@ -393,7 +393,7 @@ def chat_template(template: str, tokenizer) -> str:
             "{{- system + " + _lit(t.system_suffix) + " -}}"
             "{%- for m in body -%}"
             "{%- if m['role'] == 'user' -%}"
-            "{{- " + _lit(t.user_tag) + " + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
+            "{{- " + _lit(t.user_tag + " ") + " + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
             "{%- else -%}{{- " + _lit(t.answer_prefix) + " + m['content'] + " + answer_end + " -}}{%- endif -%}"
             "{%- endfor -%}"
         )
