@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
@@ -469,5 +470,6 @@ def train_command(args: argparse.Namespace) -> int:
     except (ConfigError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(final)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(final)
     return 0
