@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Iterator
 
 import torch
@@ -40,6 +41,8 @@ class ChatSession:
         self._cached_ids: list[int] = []
         self.last_prefill_tokens = 0
         """Positions the model processed before the first answer token of the last turn."""
+        self.last_ttft_s = 0.0
+        """Seconds from the start of the last turn to its first sampled token."""
 
     def set_image(self, image: Image.Image | None) -> None:
         self.reset(image)
@@ -50,6 +53,7 @@ class ChatSession:
     @torch.no_grad()
     def ask_stream(self, question: str, params: SamplingParams | None = None) -> Iterator[str]:
         """Answer `question`, yielding text pieces; the turn joins the history when the answer is complete."""
+        start, self.last_ttft_s = time.perf_counter(), 0.0
         engine, model = self.engine, self.engine.model
         params = params or self.params
         request = self.request(question)
@@ -76,7 +80,10 @@ class ChatSession:
         self.last_prefill_tokens = len(new_ids)
         self._cache, self._cached_ids = None, []  # invalid until this turn completes
         while not decoder.done:
-            for e in decoder.step():
+            events = decoder.step()
+            if decoder.first_token_time is not None and not self.last_ttft_s:
+                self.last_ttft_s = decoder.first_token_time - start
+            for e in events:
                 if e.text:
                     yield e.text
         row = decoder.finished[0]

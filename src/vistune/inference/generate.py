@@ -10,6 +10,7 @@ row may continue an existing cache (`past`), which is how a chat session reuses 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -177,6 +178,8 @@ class BatchDecoder:
                      for i, p, e in zip(indices, params, prompts)]
         self.cache = past if past is not None else DynamicCache(config=llm.config)
         self._cache_kw = _cache_argument(llm)
+        self.first_token_time: float | None = None
+        """`time.perf_counter()` when the first tokens were sampled (for time-to-first-token figures)."""
         past_len = self.cache.get_seq_length() if past is not None else 0
         self._prefill(prompts, past_len)
 
@@ -231,6 +234,8 @@ class BatchDecoder:
                     text += row.stream.finish()
             events.append(StepEvent(row.index, text, row.finish_reason))
             next_ids.append(token)
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
         keep = [b for b, row in enumerate(self.rows) if row.finish_reason is None]
         self.finished = [row for row in self.rows if row.finish_reason is not None]
         if not keep:
