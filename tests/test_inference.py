@@ -70,6 +70,20 @@ def test_batched_greedy_answers_equal_one_at_a_time(engine):
     assert engine.generate_batch(requests, batch_size=2) == [s.text for s in single]
 
 
+def test_prompts_joining_a_running_batch_get_their_one_at_a_time_answers(engine):
+    requests = mixed_requests()
+    single = [engine.generate([r])[0].token_ids for r in requests]
+    prepared = engine.prepare(requests)
+    decoder = engine.decoder(prepared[:2], indices=[0, 1])
+    for _ in range(3):
+        decoder.step()
+    assert decoder.can_add
+    decoder.add([p.embeds for p in prepared[2:]], [p.params for p in prepared[2:]], [2, 3, 4])
+    assert len(decoder.rows) == 5
+    rows = decoder.run()
+    assert [rows[i].token_ids for i in range(5)] == single
+
+
 def test_followup_with_cache_reuse_equals_reprocessing(engine):
     image = random_image(3)
     params = SamplingParams(max_new_tokens=10)

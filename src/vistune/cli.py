@@ -134,6 +134,9 @@ def _add_use(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling")
     chat.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit")
     chat.add_argument("--seed", type=int, default=None, help="sampling seed")
+    chat.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
+    chat.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                      help="weights dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     chat.set_defaults(func=_handler("vistune.inference.chat:chat_command"))
 
     infer = sub.add_parser("infer", help="answer a JSONL of questions in batches")
@@ -144,6 +147,9 @@ def _add_use(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--batch-size", type=int, default=8, help="questions per batch")
     infer.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     infer.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    infer.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
+    infer.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     infer.set_defaults(func=_handler("vistune.inference.batch:infer_command"))
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP API (and a web chat page with --ui)")
@@ -154,6 +160,9 @@ def _add_use(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--image-root", help="directory that file:// image URLs may read from")
     serve.add_argument("--api-key-env", help="environment variable holding the required Bearer key")
     serve.add_argument("--allow-remote-images", action="store_true", help="allow http(s) image URLs")
+    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     serve.set_defaults(func=_handler("vistune.serve.app:serve_command"))
 
 

@@ -126,7 +126,7 @@ def infer_command(args: argparse.Namespace) -> int:
     if not Path(args.images).is_dir():
         print(f"error: image folder {args.images} does not exist", file=sys.stderr)
         return 2
-    engine = Engine.from_checkpoint(args.model, max_batch_size=args.batch_size)
+    engine = Engine.load(args.model, args.device, args.dtype, max_batch_size=args.batch_size)
     summary = infer(engine, questions, args.images, args.out, params, args.batch_size,
                     model_id=Path(args.model).resolve().name)
     print(f"answered {summary.answered}, already answered {summary.already}, failed {len(summary.failed)} "

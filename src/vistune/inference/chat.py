@@ -129,7 +129,7 @@ def chat_command(args: argparse.Namespace) -> int:
             return 2
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    engine = Engine.from_checkpoint(args.model)
+    engine = Engine.load(args.model, args.device, args.dtype)
     session = engine.session(image, params)
     if args.prompt is not None:
         return _answer(session, args.prompt)

@@ -7,7 +7,8 @@
 
 Requests are rendered with the model's template, images are encoded in one tower call per batch, and
 prompts of similar length are batched together (left-padded; answers do not depend on the batching).
-`EngineWorker` owns the engine in one thread and batches requests submitted concurrently (the server).
+`EngineWorker` owns the engine in one thread and batches requests submitted concurrently (the server):
+new requests join the running batch between tokens.
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ class Engine:
         from vistune.model.checkpoint import load_checkpoint
 
         return cls(load_checkpoint(path, dtype=dtype, device=device), **kwargs)
+
+    @classmethod
+    def load(cls, path, device: str = "auto", dtype: str = "auto", **kwargs) -> "Engine":
+        """From a checkpoint; device "auto" is CUDA when available; dtype "auto" is bfloat16 on CUDA, else float32."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        return cls.from_checkpoint(path, dtype=getattr(torch, dtype), device=device, **kwargs)
 
     @property
     def tokenizer(self):
@@ -213,8 +223,8 @@ class Job:
 
 
 class EngineWorker:
-    """Runs `engine` in one thread. Requests waiting when a batch starts are decoded together (up to
-    `max_batch_size`); a cancelled job leaves its batch at the next token."""
+    """Runs `engine` in one thread, batching continuously: requests that arrive while a batch is being
+    generated join it at the next token (up to `max_batch_size` rows); finished and cancelled ones leave it."""
 
     def __init__(self, engine: Engine, max_batch_size: int | None = None) -> None:
         self.engine = engine
@@ -224,7 +234,7 @@ class EngineWorker:
         self.finished: list[tuple[FinishReason, int]] = []
         """(finish_reason, completion_tokens) of every job answered so far, in order."""
         self.batch_sizes: list[int] = []
-        """Size of every batch run so far."""
+        """Rows in the running batch each time requests started or joined it."""
         self._started = False
         self._lock = threading.Lock()
 
@@ -254,50 +264,80 @@ class EngineWorker:
             job = self._queue.get()
             if job is None:
                 return
-            jobs = [job]
-            while len(jobs) < self.max_batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                jobs.append(nxt)
-            try:
-                self._run(jobs)
-            except Exception as e:  # a failure of the batch: every job in it gets the error
-                log.exception("generation failed")
-                for j in jobs:
-                    _safe_call(j.on_event, "error", e)
+            self._serve([job, *self._drain(self.max_batch_size - 1)])
 
-    def _run(self, jobs: list[Job]) -> None:
-        live, prepared = [], []
-        for j in jobs:  # bad requests fail alone
+    def _drain(self, room: int) -> list[Job]:
+        """Up to `room` waiting jobs, without blocking (a stop request stays queued)."""
+        jobs: list[Job] = []
+        while len(jobs) < room:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            jobs.append(job)
+        return jobs
+
+    def _prepare(self, jobs: list[Job]) -> tuple[list[Job], list[Prepared]]:
+        """Prepare jobs together (one tower call); a job that fails alone gets its error."""
+        live = []
+        for j in jobs:
             if j.cancelled.is_set():
                 self.finished.append(("cancelled", 0))
                 _safe_call(j.on_event, "done", Completion("", "cancelled", 0, 0))
-                continue
-            try:
-                prepared.append(self.engine.prepare([j.request])[0])
+            else:
                 live.append(j)
-            except Exception as e:
-                _safe_call(j.on_event, "error", e)
-        if not live:
-            return
-        self.batch_sizes.append(len(live))
-        decoder = self.engine.decoder(prepared)
+        try:
+            return live, self.engine.prepare([j.request for j in live])
+        except Exception:
+            ok, prepared = [], []
+            for j in live:
+                try:
+                    prepared.append(self.engine.prepare([j.request])[0])
+                    ok.append(j)
+                except Exception as e:
+                    _safe_call(j.on_event, "error", e)
+            return ok, prepared
 
-        def on_event(e: StepEvent) -> None:
-            if e.text:
-                _safe_call(live[e.index].on_event, "text", e.text)
-
-        rows = decoder.run(on_event, should_cancel=lambda i: live[i].cancelled.is_set())
-        for i, (j, p) in enumerate(zip(live, prepared)):
-            row = rows[i]
-            self.finished.append((row.finish_reason, len(row.token_ids)))
-            _safe_call(j.on_event, "done", Completion(row.stream.text, row.finish_reason, len(p.input_ids),
-                                                      len(row.token_ids), row.token_ids))
+    def _serve(self, jobs: list[Job]) -> None:
+        """Decode until no job is left; jobs that arrive meanwhile join the running batch while there is room."""
+        live: dict[int, tuple[Job, Prepared]] = {}
+        decoder: BatchDecoder | None = None
+        counter = 0
+        try:
+            while True:
+                if jobs:
+                    jobs, prepared = self._prepare(jobs)
+                    ids = list(range(counter, counter + len(jobs)))
+                    counter += len(jobs)
+                    live.update(zip(ids, zip(jobs, prepared)))
+                    if prepared:
+                        if decoder is None or decoder.done:
+                            decoder = self.engine.decoder(prepared, indices=ids)
+                        else:
+                            decoder.add([p.embeds for p in prepared], [p.params for p in prepared], ids)
+                        self.batch_sizes.append(len(decoder.rows))
+                if decoder is None or decoder.done:
+                    return
+                for i, (job, _) in live.items():
+                    if job.cancelled.is_set():
+                        decoder.cancel(i)
+                for e in decoder.step():
+                    if e.text:
+                        _safe_call(live[e.index][0].on_event, "text", e.text)
+                for row in decoder.finished:
+                    job, p = live.pop(row.index)
+                    self.finished.append((row.finish_reason, len(row.token_ids)))
+                    _safe_call(job.on_event, "done", Completion(row.stream.text, row.finish_reason,
+                                                                len(p.input_ids), len(row.token_ids), row.token_ids))
+                room = self.max_batch_size - len(decoder.rows)
+                jobs = self._drain(room) if room > 0 and (decoder.done or decoder.can_add) else []
+        except Exception as e:  # a failure of the batch: every job in it gets the error
+            log.exception("generation failed")
+            for job, _ in live.values():
+                _safe_call(job.on_event, "error", e)
 
 
 def _safe_call(fn, *args) -> None:

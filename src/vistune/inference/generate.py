@@ -172,19 +172,26 @@ class BatchDecoder:
         if past is not None and len(prompts) != 1:
             raise ValueError("continuing a cache works for a single row only")
         self.llm = llm
+        self.tokenizer = tokenizer
         self.eot = set(end_of_turn_ids)
-        indices = list(range(len(prompts))) if indices is None else list(indices)
-        self.rows = [Row(i, p, TextStream(tokenizer, (*stop_strings, *p.stop)), make_generator(p), len(e))
-                     for i, p, e in zip(indices, params, prompts)]
-        self.cache = past if past is not None else DynamicCache(config=llm.config)
+        self.stop_strings = tuple(stop_strings)
         self._cache_kw = _cache_argument(llm)
         self.first_token_time: float | None = None
         """`time.perf_counter()` when the first tokens were sampled (for time-to-first-token figures)."""
+        self.finished: list[Row] = []
+        self.rows = self._rows(prompts, params, indices)
+        self.cache = past if past is not None else DynamicCache(config=llm.config)
         past_len = self.cache.get_seq_length() if past is not None else 0
-        self._prefill(prompts, past_len)
+        self.mask, self.next_pos, self.logits = self._prefill(prompts, past_len, self.cache)
+
+    def _rows(self, prompts, params, indices) -> list[Row]:
+        indices = list(range(len(prompts))) if indices is None else list(indices)
+        return [Row(i, p, TextStream(self.tokenizer, (*self.stop_strings, *p.stop)), make_generator(p), len(e))
+                for i, p, e in zip(indices, params, prompts)]
 
     @torch.no_grad()
-    def _prefill(self, prompts: Sequence[torch.Tensor], past_len: int) -> None:
+    def _prefill(self, prompts: Sequence[torch.Tensor], past_len: int, cache):
+        """Run left-padded prompts; returns mask (B, past + T), next positions (B,), next-token logits (B, V)."""
         device = prompts[0].device
         B, T, D = len(prompts), max(len(p) for p in prompts), prompts[0].shape[-1]
         embeds = prompts[0].new_zeros(B, T, D)  # (B, T, D), left-padded
@@ -193,12 +200,45 @@ class BatchDecoder:
         for b, p in enumerate(prompts):
             embeds[b, T - len(p):] = p
             mask[b, past_len + T - len(p):] = 1
-        self.mask = mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, past + T): real tokens count 0, 1, 2, ...
-        self.next_pos = positions[:, -1] + 1  # (B,)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions[:, past_len:],
-                       use_cache=True, logits_to_keep=1, **{self._cache_kw: self.cache})
-        self.logits = out.logits[:, -1].float()  # (B, V)
+                       use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+        return mask, positions[:, -1] + 1, out.logits[:, -1].float()
+
+    @property
+    def can_add(self) -> bool:
+        """Whether `add` can join new prompts to this batch (plain per-layer key/value tensors only)."""
+        layers = getattr(self.cache, "layers", None)
+        return bool(self.rows) and layers is not None and all(
+            type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+
+    @torch.no_grad()
+    def add(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams], indices: Sequence[int]) -> None:
+        """Join new prompts to the running batch: they are prefilled alone, then their cache rows and the
+        running ones are left-padded to a common length (the padding is masked) and stacked."""
+        from transformers import DynamicCache
+
+        if not self.can_add:
+            raise RuntimeError("this batch cannot take new prompts")
+        cache = DynamicCache(config=self.llm.config)
+        mask, next_pos, logits = self._prefill(prompts, 0, cache)
+        length = max(mask.shape[1], self.mask.shape[1])
+
+        def pad(x: torch.Tensor, dim: int) -> torch.Tensor:  # left-pad dimension `dim` to `length` with zeros
+            missing = length - x.shape[dim]
+            if not missing:
+                return x
+            shape = list(x.shape)
+            shape[dim] = missing
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for old, new in zip(self.cache.layers, cache.layers):  # keys/values (B, H, L, d)
+            old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)], dim=0)
+            old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)], dim=0)
+        self.mask = torch.cat([pad(self.mask, 1), pad(mask, 1)], dim=0)
+        self.next_pos = torch.cat([self.next_pos, next_pos])
+        self.logits = torch.cat([self.logits, logits])
+        self.rows += self._rows(prompts, params, indices)
 
     @property
     def done(self) -> bool:
@@ -214,12 +254,13 @@ class BatchDecoder:
     def step(self) -> list[StepEvent]:
         """Sample one token per active row, emit text, drop finished rows and run the model once."""
         events, next_ids = [], []
+        greedy = self.logits.argmax(dim=-1).tolist()  # one device sync for all greedy rows
         for b, row in enumerate(self.rows):
             if row.finish_reason is not None:  # cancelled since the last step
                 events.append(StepEvent(row.index, "", row.finish_reason))
                 next_ids.append(0)
                 continue
-            token = sample_token(self.logits[b], row.params, row.generator)
+            token = greedy[b] if row.params.greedy else sample_token(self.logits[b], row.params, row.generator)
             row.token_ids.append(token)
             if token in self.eot:
                 row.finish_reason = "stop"

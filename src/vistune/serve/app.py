@@ -246,7 +246,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.image_root and not Path(args.image_root).is_dir():
         print(f"error: --image-root {args.image_root} is not a directory", file=sys.stderr)
         return 2
-    engine = Engine.from_checkpoint(args.model)
+    engine = Engine.load(args.model, args.device, args.dtype)
     app = create_app(engine, model_name=Path(args.model).resolve().name, api_key=api_key,
                      image_root=args.image_root, allow_remote_images=args.allow_remote_images, ui=args.ui)
     print(f"serving {args.model} at http://{args.host}:{args.port}/v1" + (" (chat page at /)" if args.ui else ""),
