@@ -361,3 +361,51 @@ def test_unexpected_errors_are_500_without_internals(engine):
             r = _post(live, {"model": MODEL, "messages": USER, "max_tokens": 2, "stream": stream})
             err = _assert_error(r, 500)
             assert err["type"] == "server_error" and "secret" not in r.text
+
+
+def test_serve_command_refuses_a_missing_key_variable(tmp_path, monkeypatch, capsys):
+    from vistune.cli import main
+
+    monkeypatch.delenv("VISTUNE_TEST_NO_SUCH_KEY", raising=False)
+    assert main(["serve", "--model", str(tmp_path), "--api-key-env", "VISTUNE_TEST_NO_SUCH_KEY"]) == 2
+    assert "VISTUNE_TEST_NO_SUCH_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_vistune_serve_command_in_a_subprocess(engine, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    checkpoint = save_checkpoint(engine.model, tmp_path / "served")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "VISTUNE_TEST_KEY": "k-123"}
+    proc = subprocess.Popen([sys.executable, "-m", "vistune", "serve", "--model", str(checkpoint), "--port", str(port),
+                             "--ui", "--api-key-env", "VISTUNE_TEST_KEY", "--device", "cpu"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.3)
+        assert "<title>vistune chat</title>" in httpx.get(url + "/").text
+        assert "/v1/chat/completions" in httpx.get(url + "/static/app.js").text
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k-123", max_retries=0)
+        r = client.chat.completions.create(model="served", messages=[image_message("What?", TINY_PNG)],
+                                           temperature=0, max_tokens=4)
+        image = Image.open(io.BytesIO(base64.b64decode(TINY_PNG.split(",", 1)[1]))).convert("RGB")
+        assert r.choices[0].message.content == expected(engine, "What?", image, 4)
+        assert httpx.get(url + "/v1/models").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(30)
