@@ -115,6 +115,13 @@ def test_stream_pieces_join_to_the_answer_and_model_chat_delegates(engine):
     model = engine.model
     assert model.chat(image, "Tell me about it.", max_new_tokens=16) == full.text
     assert "".join(model.chat_stream(image, "Tell me about it.", max_new_tokens=16)) == full.text
+    model.train()
+    try:
+        short = model.chat(image, "Tell me about it.", max_new_tokens=4)
+        assert short and full.text.startswith(short)
+        assert model.training  # a quick answer does not switch a training model to eval mode
+    finally:
+        model.eval()
     assert model.decode_answer(full.token_ids) == full.text
 
 
@@ -178,8 +185,8 @@ def test_bad_requests_raise_request_error(engine):
         engine.generate([Request.of("word " * 5000, None)])
 
 
-def test_templates_with_stop_strings_batch_consistently():
-    engine = Engine(chatty_tiny_vlm(template="v0", seed=1))
+def test_siglip_tower_and_a_template_with_stop_strings_batch_consistently():
+    engine = Engine(chatty_tiny_vlm(tower="siglip", template="v0", seed=1))
     requests = mixed_requests(8)[:3]
     assert engine.generate_batch(requests) == [engine.generate_batch([r])[0] for r in requests]
 

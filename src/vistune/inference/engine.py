@@ -90,8 +90,9 @@ class Prepared:
 class Engine:
     """Generation for one VisionLanguageModel (inference mode, no gradients)."""
 
-    def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None, set_eval: bool = True) -> None:
+        """`set_eval`: switch the model to eval mode (off for a quick answer from a model that is training)."""
+        self.model = model.eval() if set_eval else model
         self.max_batch_size = max_batch_size
         cfg = model.llm.config
         limit = getattr(cfg, "max_position_embeddings", None)

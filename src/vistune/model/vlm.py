@@ -171,7 +171,7 @@ class VisionLanguageModel(nn.Module):
         from vistune.inference.generate import SamplingParams
 
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        return Engine(self).stream(Request.of(prompt, image, history, params))
+        return Engine(self, set_eval=False).stream(Request.of(prompt, image, history, params))
 
     def decode_answer(self, ids: list[int]) -> str:
         """Text of generated ids, cut at the first end-of-turn id or stop string (as the engine cuts it)."""
