@@ -256,3 +256,14 @@ def test_cli_reports_config_errors(tiny, tmp_path, capsys):
     assert main(["train", "--config", str(cfg)]) == 2
     assert "train.stage must be 1 or 2" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "--resume", "--no-resume"]) == 2
+
+
+def test_help_config_lists_every_key(capsys):
+    from vistune.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help-config"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for key in ("train.global_batch_size", "train.lora", "init_from", "output_dir", "data.image_folder"):
+        assert f"{key} = " in text

@@ -99,7 +99,10 @@ def build_model(run: RunConfig, resume_from: Path | None):
         add_lora(model, cfg)
     set_trainable(model, cfg.stage, lora)
     if cfg.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model.llm, "activation_checkpointing_enable"):  # transformers >= 5
+            model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.llm.config.use_cache = False
     return model
 
