@@ -158,3 +158,12 @@ def test_system_message_overrides_default(tokenizer):
     ids = Renderer(tokenizer, "vicuna_v1", N).render(msgs, num_images=1).input_ids
     text = tokenizer.decode([i for i in ids if i >= 0])
     assert text.startswith("Be terse.") and "curious user" not in text
+
+
+def test_renderer_system_prompt_applies_when_the_conversation_has_none(tokenizer):
+    r = Renderer(tokenizer, "chat_template", N, system="Answer about the image.")
+    text = tokenizer.decode([i for i in r.render(MULTI[:2], num_images=1).input_ids if i >= 0])
+    assert text.startswith("<|im_start|>system\nAnswer about the image.<|im_end|>") and "SmolLM" not in text
+    own = [Message("system", "Be terse."), *MULTI[:2]]
+    text = tokenizer.decode([i for i in r.render(own, num_images=1).input_ids if i >= 0])
+    assert "Be terse." in text and "Answer about the image." not in text

@@ -322,3 +322,18 @@ def test_lora_model_exports_with_adapters_merged(tmp_path, photo):
     assert (without - ours).abs().max() > 1e-3  # the adapters matter
     assert isinstance(model.llm, type(llm))  # exporting merged a copy, the model keeps its adapters
     assert (theirs - ours).abs().max().item() <= 1e-4
+
+
+def test_system_prompt_exports_with_matching_ids(tmp_path, photo):
+    model = tiny_vlm("clip", template="chat_template")
+    model.set_conversation("chat_template", "Answer about the image.")
+    save_checkpoint(model, tmp_path / "ckpt")
+    export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")  # the id check covers the system prompt
+    _, processor = hf_load(tmp_path / "hf")
+    hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which shape?"}]}]
+    text = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\nAnswer about the image.<|im_end|>")
+    rendered = model.renderer.render(model.prompt_messages("Which shape?"), num_images=1, add_generation_prompt=True)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    got = processor(text=text, images=[photo])["input_ids"][0]
+    assert list(got) == [image_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]

@@ -45,6 +45,8 @@ class ModelConfig:
     """Pad images to a square with the mean colour before resizing (LLaVA-1.5) instead of centre-cropping."""
     feature_norm: bool = False
     """Standardise vision features per token with a non-learned LayerNorm before the projector."""
+    system_prompt: str | None = None
+    """System message added to every conversation that has none (None: the template's own default)."""
 
     def __post_init__(self) -> None:
         from vistune.model.projector import PROJECTORS

@@ -359,12 +359,14 @@ def _is_special(tokenizer, token_id: int) -> bool:
 class Renderer:
     """Renders messages with one template and tokenizer; `num_image_tokens` positions per image."""
 
-    def __init__(self, tokenizer, template: str | Template, num_image_tokens: int) -> None:
+    def __init__(self, tokenizer, template: str | Template, num_image_tokens: int, system: str | None = None) -> None:
         if num_image_tokens <= 0:
             raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
         self.tokenizer = tokenizer
         self.template = get_template(template) if isinstance(template, str) else template
         self.num_image_tokens = num_image_tokens
+        self.system = system
+        """System message for conversations that bring none (None: the template's default)."""
         probe = tokenizer("a", add_special_tokens=True).input_ids
         self.bos_id: int | None = (
             tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
@@ -391,6 +393,8 @@ class Renderer:
         user's and the output ends where the answer starts. `num_images`, when given, must match the
         placeholders."""
         validate_messages(messages, for_generation=add_generation_prompt)
+        if self.system is not None and messages[0].role != "system":
+            messages = [Message("system", self.system), *messages]
         found = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages if m.role == "user")
         if any(IMAGE_PLACEHOLDER in m.content for m in messages if m.role != "user"):
             raise RenderError("the image placeholder may only appear in user turns")

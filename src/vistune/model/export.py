@@ -313,7 +313,7 @@ def build_processor(model, tokenizer):
         from transformers import CLIPImageProcessor
 
         image_processor = CLIPImageProcessor(**common)
-    template = chat_template(model.config.template, model.tokenizer)
+    template = chat_template(model.config.template, model.tokenizer, model.config.system_prompt)
     tokenizer.chat_template = template
     return LlavaProcessor(
         image_processor=image_processor,
@@ -372,11 +372,21 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-def chat_template(template: str, tokenizer) -> str:
-    """A Jinja chat template that renders vistune's `template` as text (special tokens written as text)."""
+def chat_template(template: str, tokenizer, system: str | None = None) -> str:
+    """A Jinja chat template that renders vistune's `template` as text (special tokens written as text);
+    `system` is the checkpoint's system prompt, added when a conversation brings none."""
+    prelude = _NORMALISE
+    if system is not None:
+        prelude += ("{%- if not messages or messages[0]['role'] != 'system' -%}"
+                    "{%- set messages = [{'role': 'system', 'content': " + _lit(system) + "}] + messages -%}"
+                    "{%- endif -%}")
+    return _chat_template(template, tokenizer, prelude)
+
+
+def _chat_template(template: str, tokenizer, prelude: str) -> str:
     t = TEMPLATES[template]
     if template == "plain":
-        return _NORMALISE + (
+        return prelude + (
             "{%- for m in messages -%}"
             "{%- if m['role'] == 'user' and '<image>' in m['content'] -%}{{ '<image>' }}"
             "{%- elif m['role'] == 'assistant' -%}{{ m['content'] + '\\n' }}{%- endif -%}"
@@ -389,7 +399,7 @@ def chat_template(template: str, tokenizer) -> str:
             answer_end = _lit(tokenizer.eos_token)
         else:
             answer_end = _lit("\n###")
-        return _NORMALISE + _SPLIT_SYSTEM.replace("DEFAULT", _lit(t.system)) + (
+        return prelude + _SPLIT_SYSTEM.replace("DEFAULT", _lit(t.system)) + (
             "{{- system + " + _lit(t.system_suffix) + " -}}"
             "{%- for m in body -%}"
             "{%- if m['role'] == 'user' -%}"
@@ -400,7 +410,7 @@ def chat_template(template: str, tokenizer) -> str:
     if template == "llama_2":
         if tokenizer.bos_token is None or tokenizer.eos_token is None:
             raise ExportError("the llama_2 template needs beginning- and end-of-sequence tokens")
-        return _NORMALISE + _SPLIT_SYSTEM.replace("DEFAULT", _lit(LLAMA2_SYSTEM)) + (
+        return prelude + _SPLIT_SYSTEM.replace("DEFAULT", _lit(LLAMA2_SYSTEM)) + (
             "{%- for m in body -%}"
             "{%- if m['role'] == 'user' -%}"
             "{%- if not loop.first -%}{{- " + _lit(tokenizer.bos_token) + " -}}{%- endif -%}"
@@ -415,7 +425,7 @@ def chat_template(template: str, tokenizer) -> str:
         if not own or not isinstance(own, str):
             raise ExportError("the checkpoint uses the tokenizer's chat template, but the tokenizer has none "
                               "(or several named ones)")
-        return _NORMALISE + own
+        return prelude + own
     raise ExportError(f"template {template!r} has no llava-hf chat template")
 
 

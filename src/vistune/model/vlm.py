@@ -48,7 +48,7 @@ class VisionLanguageModel(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.renderer = Renderer(tokenizer, config.template, vision_tower.num_tokens)
+        self.renderer = Renderer(tokenizer, config.template, vision_tower.num_tokens, system=config.system_prompt)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -74,6 +74,13 @@ class VisionLanguageModel(nn.Module):
                 llm.get_input_embeddings().weight.dtype)
         processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
         return cls(config, tower, projector, llm, tokenizer, processor)
+
+    def set_conversation(self, template: str, system_prompt: str | None) -> None:
+        """Switch the conversation template and system prompt (e.g. stage 1's `plain` -> stage 2's chat format)."""
+        from dataclasses import replace
+
+        self.config = replace(self.config, template=template, system_prompt=system_prompt)
+        self.renderer = Renderer(self.tokenizer, template, self.num_image_tokens, system=system_prompt)
 
     @property
     def num_image_tokens(self) -> int:
