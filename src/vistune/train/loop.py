@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, load_run_config, to_dict
-from vistune.conversation import IGNORE_INDEX, Renderer
+from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.train import distributed as D
 from vistune.train import state as S
@@ -88,9 +88,8 @@ def build_model(run: RunConfig, resume_from: Path | None):
                     f"model.{key}={getattr(run.model, key)!r} but the init_from checkpoint {run.init_from} has "
                     f"{ckpt['model'].get(key)!r}; the model section must describe the checkpoint it starts from")
         model = load_checkpoint(run.init_from, dtype=torch.float32, trainable_lora=lora)
-        if model.config.template != run.model.template:
-            model.config = replace(model.config, template=run.model.template)
-            model.renderer = Renderer(model.tokenizer, run.model.template, model.num_image_tokens)
+        if (model.config.template, model.config.system_prompt) != (run.model.template, run.model.system_prompt):
+            model.set_conversation(run.model.template, run.model.system_prompt)
     else:
         model = VisionLanguageModel.build(run.model, dtype=torch.float32)
     if is_lora(model.llm) and cfg.stage == 2 and not cfg.lora:
