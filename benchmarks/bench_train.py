@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_train.py [--rounds 3] [--steps 4] [--batch 8] [--samples 96]
 
-Both loops train EfficientNet-Lite0 + SmolLM2-135M (bf16 autocast, AdamW) on the same synthetic LLaVA data
+Both loops train EfficientNet-Lite0 + SmolLM2-135M (AdamW; bf16 autocast where the CPU has native bf16,
+else fp32, as `precision: auto` decides) on the same synthetic LLaVA data
 (3/4 with an image: 49 image tokens + 20-200 text tokens). The baseline shuffles samples into batches without
 length grouping and computes the loss from the full-vocabulary logits of every position (what
 `LlavaForConditionalGeneration` training does); vistune's loop draws length-grouped batches and applies the LM
@@ -25,6 +26,10 @@ import time
 from pathlib import Path
 
 import torch
+
+from vistune.train.distributed import native_bf16
+
+BF16 = native_bf16(torch.device("cpu"))  # what the default configs' `precision: auto` picks on this CPU
 
 
 def make_data(directory: Path, n: int, seed: int = 0) -> Path:
@@ -85,7 +90,7 @@ def baseline_round(model, dataset, stage: int, steps: int, batch: int, lr: float
     for s in range(steps):
         t0 = time.perf_counter()
         b = collate([dataset[i] for i in order[s * batch: (s + 1) * batch]], model.tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
             out = model(b["input_ids"], b["attention_mask"], b["pixel_values"], b["labels"], return_logits=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -93,6 +98,14 @@ def baseline_round(model, dataset, stage: int, steps: int, batch: int, lr: float
         opt.zero_grad(set_to_none=True)
         rates.append(int(b["attention_mask"].sum()) / (time.perf_counter() - t0))
     return statistics.median(rates[1:])
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -133,8 +146,8 @@ def main(argv=None) -> int:
                                     "baseline_tokens_per_s": statistics.median(slow),
                                     "ratio": statistics.median(fast) / statistics.median(slow),
                                     "rounds": {"vistune": fast, "baseline": slow}}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
+              f"{torch.get_num_threads()} threads, {'bf16 autocast' if BF16 else 'fp32 (no native bf16)'}"
     print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}\nmachine: {machine}")
     for stage, r in results.items():
         print(f"{stage}: vistune {r['vistune_tokens_per_s']:.0f} tok/s, baseline {r['baseline_tokens_per_s']:.0f} "

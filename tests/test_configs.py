@@ -80,7 +80,7 @@ def test_recipes_follow_the_papers():
     assert lora.train.lora and (lora.train.lora_r, lora.train.lora_alpha) == (128, 256)
     assert (lora.train.lr, lora.train.peak_projector_lr) == (2e-4, 2e-5)
     d1, d2 = (load_run_config(CONFIGS[0].parent / f"default_stage{i}.yaml") for i in (1, 2))
-    assert d1.train.precision == d2.train.precision == "bf16"
+    assert d1.train.precision == d2.train.precision == "auto"
     assert d2.init_from == str(Path(d1.output_dir) / "final")
 
 

@@ -277,8 +277,9 @@ class TrainConfig:
     """Samples per forward/backward pass in one process."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this (None: no clipping; the norm is still logged)."""
-    precision: str = "bf16"
-    """`bf16`: bfloat16 autocast over fp32 weights (CPU and GPU); `fp32`: full precision."""
+    precision: str = "auto"
+    """`bf16`: bfloat16 autocast over fp32 weights (CPU and GPU); `fp32`: full precision; `auto`: bf16 on GPUs
+    that support it and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32."""
     gradient_checkpointing: bool = False
     """Recompute the LLM's activations in the backward pass to save memory."""
     seed: int = 42
@@ -333,8 +334,8 @@ class TrainConfig:
         self.check_batch(1)
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"train.max_grad_norm must be positive or null, got {self.max_grad_norm}")
-        if self.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"train.precision={self.precision!r}: expected 'bf16' or 'fp32'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision={self.precision!r}: expected 'auto', 'bf16' or 'fp32'")
         if self.lora and self.stage != 2:
             raise ConfigError("train.lora=true needs train.stage=2 (stage 1 trains only the projector)")
         if self.lora_r <= 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:

@@ -48,6 +48,24 @@ def init_world(device: str = "auto") -> World:
     return World(rank, local_rank, size, dev)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively: a CUDA device with bf16, or a CPU with AMX or AVX512-BF16 (elsewhere
+    CPU bf16 is emulated and several times slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """True for bf16 autocast."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
 def close_world(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()

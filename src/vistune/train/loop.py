@@ -157,7 +157,7 @@ class _Trainer:
         self.total = cfg.max_steps or math.ceil(cfg.epochs * self.spe)
         self.warmup = warmup_steps(cfg, self.total)
 
-        bf16 = cfg.precision == "bf16"
+        bf16 = self.bf16 = D.resolve_precision(cfg.precision, world.device)
         self.skeleton = D.meta_skeleton(model) if world.distributed and cfg.strategy == "fsdp" else None
         self.wrapped = D.wrap(D.TrainStep(model), world, cfg.strategy, bf16)
         self.optimizer = build_optimizer(model, cfg)
@@ -168,9 +168,10 @@ class _Trainer:
             step = self._restore(resume_from)
         if world.is_main:
             log.info("stage %d: %d trainable / %d parameters; %d samples, %d steps/epoch, %d steps, "
-                     "global batch %d = %d x %d accumulation x %d process(es)", cfg.stage,
+                     "global batch %d = %d x %d accumulation x %d process(es); %s", cfg.stage,
                      sum(p.numel() for p in self.trainable), sum(p.numel() for p in model.parameters()), len(ds),
-                     self.spe, self.total, cfg.global_batch_size, cfg.micro_batch_size, self.accum, world.size)
+                     self.spe, self.total, cfg.global_batch_size, cfg.micro_batch_size, self.accum, world.size,
+                     "bf16 autocast" if self.bf16 else "fp32")
         self._loop(step)
         return self.out / "final"
 
@@ -318,7 +319,7 @@ class _Trainer:
             log.warning("step %d: no supervised token in the global batch (all samples skipped?); no update", step + 1)
             return stats
         scale = world.size / n_sup  # DDP/FSDP average over processes; this turns it into a global token mean
-        autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         loss_total = torch.zeros((), dtype=torch.float64)
         for i, mb in enumerate(micro):
             batch = mb if mb["input_ids"] is not None else self._empty_batch()
