@@ -267,3 +267,13 @@ def test_help_config_lists_every_key(capsys):
     text = capsys.readouterr().out
     for key in ("train.global_batch_size", "train.lora", "init_from", "output_dir", "data.image_folder"):
         assert f"{key} = " in text
+
+
+def test_precision_auto_follows_native_bf16():
+    from vistune.train.distributed import native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("bf16", cpu) is True and resolve_precision("fp32", cpu) is False
+    assert resolve_precision("auto", cpu) is native_bf16(cpu)
+    flags = open("/proc/cpuinfo").read()
+    assert native_bf16(cpu) == ("amx_bf16" in flags or "avx512_bf16" in flags)
