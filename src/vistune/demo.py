@@ -1,0 +1,287 @@
+"""`vistune demo`: build a visual assistant from scratch offline, the paper's way, and show that it learned to see.
+
+synth (train + held-out worlds) -> stage-1 caption data -> stage 1 (projector only) -> symbolic-teacher
+instruction data -> stage 2 (projector + LLM) -> exact-answer benchmark with controls -> sample chats.
+
+Every step writes its outputs atomically and then a marker under `OUT/steps/`; a re-run skips steps whose
+marker matches the plan (`--force` redoes them). A killed training step resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vistune.utils.io import atomic_write_json, atomic_write_text, read_json_or_jsonl
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes and budgets of one demo run."""
+
+    name: str
+    train_images: int
+    """Images in the training world."""
+    heldout_images: int
+    """Images never seen in training; the benchmark asks about these."""
+    bench_questions: int
+    """Held-out questions scored per variant (balanced over question types)."""
+    max_objects: int = 3
+    """Objects per image: 1 to this."""
+    stage1: dict = field(default_factory=dict)
+    """Overrides of the stage-1 run config (dotted keys)."""
+    stage2: dict = field(default_factory=dict)
+    """Overrides of the stage-2 run config (dotted keys)."""
+    chats: int = 3
+    """Sample chats printed at the end."""
+
+
+COMMON = {
+    "model.vision_tower": "efficientnet-lite0",
+    "model.vision_layer": -1,
+    "model.feature_norm": True,
+    "model.projector": "linear",
+    "model.llm": "smollm2-135m-instruct",
+    "data.max_length": 512,
+    "data.num_workers": 1,
+    "train.precision": "fp32",
+    "train.save_every": 50,
+    "train.keep_last": 1,
+    "train.seed": 0,
+}
+
+FULL = DemoPlan(
+    name="full", train_images=1500, heldout_images=120, bench_questions=210,
+    stage1={"train.max_steps": 24, "train.max_minutes": 3.5, "train.lr": 1e-3, "train.global_batch_size": 16,
+            "train.micro_batch_size": 16, "train.warmup_ratio": 0.05},
+    stage2={"train.max_steps": 36, "train.max_minutes": 9.0, "train.lr": 1e-4, "train.projector_lr": 1e-3,
+            "train.global_batch_size": 8, "train.micro_batch_size": 8},
+)
+"""Sized for about 20 minutes on a 2-core CPU without bf16 support (fp32 throughout)."""
+QUICK = DemoPlan(
+    name="quick", train_images=64, heldout_images=24, bench_questions=36, chats=1,
+    stage1={"train.max_steps": 3, "train.lr": 1e-3, "train.global_batch_size": 8, "train.micro_batch_size": 8},
+    stage2={"train.max_steps": 4, "train.lr": 1e-4, "train.projector_lr": 2e-4, "train.global_batch_size": 4,
+            "train.micro_batch_size": 4},
+)
+"""A smoke run of every step (a few minutes); it checks the pipeline, not the accuracy targets."""
+
+SYSTEM_PROMPT = "You answer questions about the image."
+CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
+
+
+class Demo:
+    def __init__(self, out: str | Path, plan: DemoPlan, force: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print) -> None:
+        self.out = Path(out)
+        self.plan = plan
+        self.force = force
+        self.progress = progress
+        self.log = log
+        self.world = self.out / "world"
+        self.data = self.out / "data"
+
+    # ---------------------------------------------------------------------------------------------
+    # step bookkeeping
+
+    def _marker(self, name: str) -> Path:
+        return self.out / "steps" / f"{name}.json"
+
+    def step(self, name: str, fn: Callable[[], dict | None], params: dict) -> dict:
+        """Run `fn` unless a marker with the same params says it is done; returns the step's result."""
+        marker = self._marker(name)
+        if not self.force and marker.exists():
+            done = json.loads(marker.read_text())
+            if done.get("params") == params:
+                self.log(f"[skip] {name}: done earlier ({done['seconds']:.0f} s)")
+                return done.get("result") or {}
+        self.log(f"[run ] {name}")
+        start = time.time()
+        result = fn() or {}
+        seconds = time.time() - start
+        atomic_write_json(marker, {"params": params, "result": result, "seconds": seconds})
+        self.log(f"[done] {name} in {seconds:.0f} s")
+        return result
+
+    # ---------------------------------------------------------------------------------------------
+    # the pipeline
+
+    def run(self) -> dict:
+        start = time.time()
+        p = self.plan
+        self.step("synth_train", lambda: self._synth("train", p.train_images, seed=1),
+                  {"images": p.train_images, "max_objects": p.max_objects})
+        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2),
+                  {"images": p.heldout_images, "max_objects": p.max_objects})
+        self.step("stage1_data", self._stage1_data, {"images": p.train_images})
+        stage1 = self.step("stage1", lambda: self._train(1), {"plan": p.stage1, "common": COMMON})
+        self.step("stage2_data", self._stage2_data, {"images": p.train_images})
+        stage2 = self.step("stage2", lambda: self._train(2), {"plan": p.stage2, "common": COMMON})
+        report = self.step("benchmark", lambda: self._benchmark(stage1["model"], stage2["model"]),
+                           {"bench_questions": p.bench_questions, "stage1": stage1, "stage2": stage2})
+        self._chats(stage2["model"])
+        self.log(format_table(report["variants"]))
+        total = time.time() - start
+        self.log(f"demo finished in {total / 60:.1f} min; report: {self.out / 'report.json'}")
+        return report
+
+    def _synth(self, split: str, n: int, seed: int) -> dict:
+        from vistune.data.synth import render_world
+
+        return render_world(self.world / split, n, seed=seed, min_objects=1, max_objects=self.plan.max_objects,
+                            progress=self.progress)
+
+    def _stage1_data(self) -> dict:
+        from vistune.datagen.pretrain import make_pretrain_data
+
+        make_pretrain_data(self.world / "train" / "captions.json", self.data / "stage1.json", seed=0)
+        return {"records": len(read_json_or_jsonl(self.data / "stage1.json"))}
+
+    def _stage2_data(self) -> dict:
+        from vistune.datagen.context import load_coco
+        from vistune.datagen.symbolic import generate_symbolic
+
+        train = self.world / "train"
+        contexts, skips = load_coco(train / "captions.json", train / "instances.json")
+        # Long conversations of mostly short answers: many supervised answers per image (49 image tokens each).
+        records = generate_symbolic(contexts, types=("conversation", "detail", "complex"), seed=0,
+                                    short_fraction=0.7, min_turns=4, max_turns=6)
+        # Short exact answers are what the benchmark checks: weight conversations over long descriptions.
+        conversations = [r for r in records if r["metadata"]["type"] == "conversation"]
+        others = [r for r in records if r["metadata"]["type"] != "conversation"]
+        rng = random.Random(0)
+        mix = conversations + rng.sample(others, k=min(len(others), len(conversations) // 4))
+        rng.shuffle(mix)
+        atomic_write_json(self.data / "stage2.json", mix, indent=None)
+        return {"records": len(mix), "skipped": dict(skips)}
+
+    def _run_config(self, stage: int):
+        from vistune.config import RunConfig, apply_overrides, from_dict
+
+        overrides = {**COMMON, **(self.plan.stage1 if stage == 1 else self.plan.stage2)}
+        overrides.update({
+            "train.stage": stage,
+            "model.template": "plain" if stage == 1 else "chat_template",
+            "model.system_prompt": None if stage == 1 else SYSTEM_PROMPT,
+            "data.path": str(self.data / f"stage{stage}.json"),
+            "data.image_folder": str(self.world / "train" / "images"),
+            "output_dir": str(self.out / f"stage{stage}"),
+        })
+        if stage == 2:
+            overrides["init_from"] = str(self._final(1))
+        data = apply_overrides({}, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+        return from_dict(RunConfig, data)
+
+    def _final(self, stage: int) -> Path:
+        marker = self._marker(f"stage{stage}")
+        return Path(json.loads(marker.read_text())["result"]["model"])
+
+    def _train(self, stage: int) -> dict:
+        from vistune.train.loop import train
+
+        final = train(self._run_config(stage), progress=self.progress)
+        return {"model": str(final)}
+
+    def _benchmark(self, stage1_model: str, stage2_model: str) -> dict:
+        from vistune.eval.scoring import answer_prior, prior_predictions, score, write_report, write_variants_report
+        from vistune.eval.shapes import evaluate, load_bench
+        from vistune.inference.engine import Engine
+
+        bench = balanced_subset(load_bench(self.world / "heldout" / "bench.jsonl"), self.plan.bench_questions)
+        images = self.world / "heldout" / "images"
+        evals = self.out / "eval"
+        variants = {}
+        stage1 = Engine.from_checkpoint(stage1_model)
+        stage1.model.renderer = _chat_renderer_like(stage1.model, stage2_model)
+        variants["stage1_only"] = evaluate(stage1, bench, images, evals / "stage1_only", progress=self.progress)
+        del stage1
+        full = Engine.from_checkpoint(stage2_model)
+        variants["full"] = evaluate(full, bench, images, evals / "full", progress=self.progress)
+        variants["shuffled_images"] = evaluate(full, bench, images, evals / "shuffled_images", shuffle=True,
+                                               progress=self.progress)
+        prior = answer_prior(load_bench(self.world / "train" / "bench.jsonl"))
+        variants["answer_prior"] = score(prior_predictions(prior, bench), bench)
+        write_report(variants["answer_prior"], evals / "answer_prior")
+        write_variants_report(variants, self.out)
+        return {"variants": variants}
+
+    def _chats(self, model_dir: str) -> None:
+        from vistune.data.image import load_image
+        from vistune.inference.engine import Engine, Request
+
+        engine = Engine.from_checkpoint(model_dir)
+        bench = load_bench_file(self.world / "heldout" / "bench.jsonl")
+        images = sorted({q["image"] for q in bench})[: self.plan.chats]
+        lines = ["# Sample chats on held-out images", ""]
+        for name in images:
+            image = load_image(self.world / "heldout" / "images" / name)
+            questions = list(CHAT_PROMPTS) + [next(q["question"] for q in bench if q["image"] == name)]
+            answers = engine.generate_batch([Request.of(q, image, temperature=0.0, max_new_tokens=60)
+                                             for q in questions])
+            truth = _truth(self.world / "heldout", name)
+            self.log(f"\n--- {name} (truth: {truth})")
+            lines += [f"## {name}", f"truth: {truth}", ""]
+            for q, a in zip(questions, answers):
+                self.log(f"USER: {q}\nASSISTANT: {a}")
+                lines += [f"- **USER:** {q}", f"  **ASSISTANT:** {a}"]
+            lines.append("")
+        atomic_write_text(self.out / "chats.md", "\n".join(lines))
+
+
+def _chat_renderer_like(model, stage2_model: str):
+    """Stage 1 trains with the plain template; ask it questions the way the full model is asked."""
+    from vistune.conversation import Renderer
+    from vistune.model.checkpoint import read_config
+
+    template = read_config(stage2_model)["model"]["template"]
+    return Renderer(model.tokenizer, template, model.num_image_tokens)
+
+
+def _truth(world: Path, image: str) -> str:
+    from vistune.datagen.context import load_coco
+
+    contexts, _ = load_coco(world / "captions.json", world / "instances.json")
+    ctx = next(c for c in contexts if c.image == image)
+    return ", ".join(i.category for i in ctx.instances)
+
+
+def load_bench_file(path: Path) -> list[dict]:
+    return read_json_or_jsonl(path)
+
+
+def balanced_subset(bench: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """About n questions, the same number per type (round robin over shuffled per-type lists)."""
+    by_type: dict[str, list[dict]] = {}
+    for q in bench:
+        by_type.setdefault(q["type"], []).append(q)
+    rng = random.Random(seed)
+    for qs in by_type.values():
+        rng.shuffle(qs)
+    out: list[dict] = []
+    while len(out) < n and any(by_type.values()):
+        for t in sorted(by_type):
+            if by_type[t] and len(out) < n:
+                out.append(by_type[t].pop())
+    return out
+
+
+def format_table(variants: dict) -> str:
+    types = list(next(iter(variants.values()))["by_type"])
+    names = list(variants)
+    head = f"{'':<18}" + "".join(f"{n:>17}" for n in names)
+    rows = [head, f"{'overall':<18}" + "".join(f"{variants[n]['overall']:>16.1f}%" for n in names)]
+    for t in types:
+        rows.append(f"{t:<18}" + "".join(f"{variants[n]['by_type'].get(t, 0.0):>16.1f}%" for n in names))
+    rows.append(f"{'questions':<18}" + "".join(f"{variants[n]['n']:>17}" for n in names))
+    return "\n".join(rows)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else FULL
+    Demo(args.out, plan, force=args.force).run()
+    return 0
