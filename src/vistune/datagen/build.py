@@ -14,7 +14,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.teacher != "symbolic":
         print(f"vistune generate: error: unknown teacher {args.teacher!r}", file=sys.stderr)
         return 2
-    from vistune.datagen.context import load_coco, load_context_jsonl
+    from vistune.datagen.context import load_image_contexts
     from vistune.datagen.symbolic import TYPES, symbolic_command
 
     if bool(args.input) == bool(args.captions):
@@ -34,10 +34,7 @@ def generate_command(args: argparse.Namespace) -> int:
         print("vistune generate: error: --limit must be at least 1", file=sys.stderr)
         return 2
     try:
-        if args.input:
-            contexts, skips = load_context_jsonl(args.input)
-        else:
-            contexts, skips = load_coco(args.captions, args.instances)
+        contexts, skips = load_image_contexts(args.input, args.captions, args.instances)
     except (OSError, ValueError) as e:
         print(f"vistune generate: error: {e}", file=sys.stderr)
         return 2

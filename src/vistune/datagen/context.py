@@ -248,3 +248,11 @@ def format_skips(skips: collections.Counter) -> str:
     if not skips:
         return "skipped: none"
     return "skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(skips.items()))
+
+
+def load_image_contexts(input: str | Path | None = None, captions: str | Path | None = None,
+                  instances: str | Path | None = None) -> tuple[list[ImageContext], collections.Counter]:
+    """Contexts from a context JSONL (`input`) or from COCO captions (+ instances)."""
+    if input:
+        return load_context_jsonl(input)
+    return load_coco(captions, instances)

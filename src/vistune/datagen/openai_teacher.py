@@ -33,8 +33,7 @@ from vistune.datagen.context import (
     ImageContext,
     format_context,
     format_skips,
-    load_coco,
-    load_context_jsonl,
+    load_image_contexts,
     make_record,
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
@@ -345,10 +344,7 @@ def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collect
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
     try:
-        if args.input:
-            contexts, skips = load_context_jsonl(args.input)
-        else:
-            contexts, skips = load_coco(args.captions, args.instances)
+        contexts, skips = load_image_contexts(args.input, args.captions, args.instances)
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from e
     unique: dict[str, ImageContext] = {}
