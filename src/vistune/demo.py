@@ -57,9 +57,9 @@ COMMON = {
 
 FULL = DemoPlan(
     name="full", train_images=1500, heldout_images=120, bench_questions=210,
-    stage1={"train.max_steps": 24, "train.max_minutes": 3.5, "train.lr": 1e-3, "train.global_batch_size": 16,
+    stage1={"train.max_steps": 24, "train.max_minutes": 3.5, "train.lr": 2e-3, "train.global_batch_size": 16,
             "train.micro_batch_size": 16, "train.warmup_ratio": 0.05},
-    stage2={"train.max_steps": 36, "train.max_minutes": 9.0, "train.lr": 1e-4, "train.projector_lr": 1e-3,
+    stage2={"train.max_steps": 36, "train.max_minutes": 9.0, "train.lr": 1e-4, "train.projector_lr": 5e-4,
             "train.global_batch_size": 8, "train.micro_batch_size": 8},
 )
 """Sized for about 20 minutes on a 2-core CPU without bf16 support (fp32 throughout)."""
@@ -71,6 +71,9 @@ QUICK = DemoPlan(
 )
 """A smoke run of every step (a few minutes); it checks the pipeline, not the accuracy targets."""
 
+STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 5, "max_turns": 7, "detail_complex_ratio": 0.1}
+"""Stage-2 data: long conversations of mostly one-word answers (many supervised answers per 49 image tokens),
+plus a tenth as many detailed descriptions and reasoning answers."""
 SYSTEM_PROMPT = "You answer questions about the image."
 CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
 
@@ -85,6 +88,7 @@ class Demo:
         self.log = log
         self.world = self.out / "world"
         self.data = self.out / "data"
+        self.redo = force
 
     # ---------------------------------------------------------------------------------------------
     # step bookkeeping
@@ -95,11 +99,14 @@ class Demo:
     def step(self, name: str, fn: Callable[[], dict | None], params: dict) -> dict:
         """Run `fn` unless a marker with the same params says it is done; returns the step's result."""
         marker = self._marker(name)
-        if not self.force and marker.exists():
+        self.redo = self.force  # a finished step run again starts over instead of resuming
+        if marker.exists():
             done = json.loads(marker.read_text())
-            if done.get("params") == params:
+            if not self.force and done.get("params") == params:
                 self.log(f"[skip] {name}: done earlier ({done['seconds']:.0f} s)")
                 return done.get("result") or {}
+            self.redo = True
+            marker.unlink()
         self.log(f"[run ] {name}")
         start = time.time()
         result = fn() or {}
@@ -114,16 +121,18 @@ class Demo:
     def run(self) -> dict:
         start = time.time()
         p = self.plan
-        self.step("synth_train", lambda: self._synth("train", p.train_images, seed=1),
-                  {"images": p.train_images, "max_objects": p.max_objects})
-        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2),
-                  {"images": p.heldout_images, "max_objects": p.max_objects})
-        self.step("stage1_data", self._stage1_data, {"images": p.train_images})
-        stage1 = self.step("stage1", lambda: self._train(1), {"plan": p.stage1, "common": COMMON})
-        self.step("stage2_data", self._stage2_data, {"images": p.train_images})
-        stage2 = self.step("stage2", lambda: self._train(2), {"plan": p.stage2, "common": COMMON})
+        # Each step's params include those of the steps it depends on, so a changed step redoes what follows.
+        world = {"train": p.train_images, "heldout": p.heldout_images, "max_objects": p.max_objects}
+        self.step("synth_train", lambda: self._synth("train", p.train_images, seed=1), world)
+        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2), world)
+        self.step("stage1_data", self._stage1_data, world)
+        s1 = {"world": world, "plan": p.stage1, "common": COMMON}
+        stage1 = self.step("stage1", lambda: self._train(1), s1)
+        self.step("stage2_data", self._stage2_data, {"world": world, "mix": STAGE2_MIX})
+        s2 = {"stage1": s1, "mix": STAGE2_MIX, "plan": p.stage2, "system": SYSTEM_PROMPT}
+        stage2 = self.step("stage2", lambda: self._train(2), s2)
         report = self.step("benchmark", lambda: self._benchmark(stage1["model"], stage2["model"]),
-                           {"bench_questions": p.bench_questions, "stage1": stage1, "stage2": stage2})
+                           {"bench_questions": p.bench_questions, "stage2": s2})
         self._chats(stage2["model"])
         self.log(format_table(report["variants"]))
         total = time.time() - start
@@ -149,13 +158,16 @@ class Demo:
         train = self.world / "train"
         contexts, skips = load_coco(train / "captions.json", train / "instances.json")
         # Long conversations of mostly short answers: many supervised answers per image (49 image tokens each).
+        m = STAGE2_MIX
         records = generate_symbolic(contexts, types=("conversation", "detail", "complex"), seed=0,
-                                    short_fraction=0.7, min_turns=4, max_turns=6)
+                                    short_fraction=m["short_fraction"], min_turns=m["min_turns"],
+                                    max_turns=m["max_turns"])
         # Short exact answers are what the benchmark checks: weight conversations over long descriptions.
         conversations = [r for r in records if r["metadata"]["type"] == "conversation"]
         others = [r for r in records if r["metadata"]["type"] != "conversation"]
         rng = random.Random(0)
-        mix = conversations + rng.sample(others, k=min(len(others), len(conversations) // 4))
+        k = min(len(others), int(len(conversations) * m["detail_complex_ratio"]))
+        mix = conversations + rng.sample(others, k=k)
         rng.shuffle(mix)
         atomic_write_json(self.data / "stage2.json", mix, indent=None)
         return {"records": len(mix), "skipped": dict(skips)}
@@ -184,7 +196,7 @@ class Demo:
     def _train(self, stage: int) -> dict:
         from vistune.train.loop import train
 
-        final = train(self._run_config(stage), progress=self.progress)
+        final = train(self._run_config(stage), progress=self.progress, resume=False if self.redo else None)
         return {"model": str(final)}
 
     def _benchmark(self, stage1_model: str, stage2_model: str) -> dict:
