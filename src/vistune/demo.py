@@ -203,13 +203,17 @@ class Demo:
         from vistune.eval.scoring import answer_prior, prior_predictions, score, write_report, write_variants_report
         from vistune.eval.shapes import evaluate, load_bench
         from vistune.inference.engine import Engine
+        from vistune.model.checkpoint import load_checkpoint, read_config
 
         bench = balanced_subset(load_bench(self.world / "heldout" / "bench.jsonl"), self.plan.bench_questions)
         images = self.world / "heldout" / "images"
         evals = self.out / "eval"
         variants = {}
-        stage1 = Engine.from_checkpoint(stage1_model)
-        stage1.model.renderer = _chat_renderer_like(stage1.model, stage2_model)
+        # stage 1 trains with the plain template; ask it the way the full model is asked
+        asked = read_config(stage2_model)["model"]
+        stage1_only = load_checkpoint(stage1_model)
+        stage1_only.set_conversation(asked["template"], asked["system_prompt"])
+        stage1 = Engine(stage1_only)
         variants["stage1_only"] = evaluate(stage1, bench, images, evals / "stage1_only", progress=self.progress)
         del stage1
         full = Engine.from_checkpoint(stage2_model)
@@ -243,15 +247,6 @@ class Demo:
                 lines += [f"- **USER:** {q}", f"  **ASSISTANT:** {a}"]
             lines.append("")
         atomic_write_text(self.out / "chats.md", "\n".join(lines))
-
-
-def _chat_renderer_like(model, stage2_model: str):
-    """Stage 1 trains with the plain template; ask it questions the way the full model is asked."""
-    from vistune.conversation import Renderer
-    from vistune.model.checkpoint import read_config
-
-    template = read_config(stage2_model)["model"]["template"]
-    return Renderer(model.tokenizer, template, model.num_image_tokens)
 
 
 def _truth(world: Path, image: str) -> str:
