@@ -228,37 +228,29 @@ class Demo:
 
     def _chats(self, model_dir: str) -> None:
         from vistune.data.image import load_image
+        from vistune.datagen.context import load_coco
+        from vistune.eval.shapes import load_bench
         from vistune.inference.engine import Engine, Request
 
         engine = Engine.from_checkpoint(model_dir)
-        bench = load_bench_file(self.world / "heldout" / "bench.jsonl")
+        heldout = self.world / "heldout"
+        bench = load_bench(heldout / "bench.jsonl")
+        contexts, _ = load_coco(heldout / "captions.json", heldout / "instances.json")
+        truth = {c.image: ", ".join(i.category for i in c.instances) for c in contexts}
         images = sorted({q["image"] for q in bench})[: self.plan.chats]
         lines = ["# Sample chats on held-out images", ""]
         for name in images:
-            image = load_image(self.world / "heldout" / "images" / name)
+            image = load_image(heldout / "images" / name)
             questions = list(CHAT_PROMPTS) + [next(q["question"] for q in bench if q["image"] == name)]
             answers = engine.generate_batch([Request.of(q, image, temperature=0.0, max_new_tokens=60)
                                              for q in questions])
-            truth = _truth(self.world / "heldout", name)
-            self.log(f"\n--- {name} (truth: {truth})")
-            lines += [f"## {name}", f"truth: {truth}", ""]
+            self.log(f"\n--- {name} (truth: {truth[name]})")
+            lines += [f"## {name}", f"truth: {truth[name]}", ""]
             for q, a in zip(questions, answers):
                 self.log(f"USER: {q}\nASSISTANT: {a}")
                 lines += [f"- **USER:** {q}", f"  **ASSISTANT:** {a}"]
             lines.append("")
         atomic_write_text(self.out / "chats.md", "\n".join(lines))
-
-
-def _truth(world: Path, image: str) -> str:
-    from vistune.datagen.context import load_coco
-
-    contexts, _ = load_coco(world / "captions.json", world / "instances.json")
-    ctx = next(c for c in contexts if c.image == image)
-    return ", ".join(i.category for i in ctx.instances)
-
-
-def load_bench_file(path: Path) -> list[dict]:
-    return read_json_or_jsonl(path)
 
 
 def balanced_subset(bench: list[dict], n: int, seed: int = 0) -> list[dict]:

@@ -169,8 +169,7 @@ class LlavaDataset(Dataset):
             try:
                 pixels = self.image_processor(load_image(self.image_path(record)))
             except ImageLoadError as e:
-                reason = "missing_image" if "not found" in str(e) else "unreadable_image"
-                return Skipped(rid, reason, str(e))
+                return Skipped(rid, e.reason, str(e))
         try:
             rendered = self.renderer.render(self.messages[i], num_images=int(pixels is not None),
                                             placement=self.placement,

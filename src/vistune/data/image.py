@@ -18,7 +18,11 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImageLoadError(ValueError):
-    """An image that is missing or cannot be decoded."""
+    """An image that is missing or cannot be decoded; `reason` is "missing_image" or "unreadable_image"."""
+
+    def __init__(self, message: str, reason: str = "unreadable_image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
                 raise ImageLoadError(f"{path}: {im.width}x{im.height} exceeds {max_pixels} pixels")
             return im.convert("RGB")
     except FileNotFoundError:
-        raise ImageLoadError(f"{path}: file not found") from None
+        raise ImageLoadError(f"{path}: file not found", "missing_image") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"{path}: cannot decode image ({e})") from None
 

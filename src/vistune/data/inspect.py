@@ -110,7 +110,7 @@ def check_records(records: list, images: str | None, renderer: Renderer | None, 
                 try:
                     load_image(Path(images) / record["image"])
                 except ImageLoadError as e:
-                    raise BadRecord("missing_image" if "not found" in str(e) else "unreadable_image", str(e))
+                    raise BadRecord(e.reason, str(e)) from None
             if renderer is not None:
                 rendered = renderer.render(messages, num_images=int(has_image), placement="front")
                 if len(rendered) > max_length:
