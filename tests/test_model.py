@@ -85,3 +85,31 @@ def test_every_tower_and_projector_assemble(tower, projector):
     expected = {"clip": 16, "siglip": 16, "efficientnet": 49}[tower]
     assert m.num_image_tokens == expected
     assert isinstance(m.chat(None, "Hi", max_new_tokens=3), str)
+
+
+
+@pytest.mark.parametrize("projector", ["linear", "mlp2x_gelu"])
+def test_projector_norm_keeps_image_tokens_at_the_word_embedding_scale(tmp_path, projector):
+    from dataclasses import replace
+
+    from vistune.model.checkpoint import load_checkpoint, read_config, save_checkpoint
+    from vistune.model.export import ExportError, check_exportable
+    from vistune.model.vlm import VisionLanguageModel
+
+    base = tiny_vlm("clip", projector=projector)
+    model = VisionLanguageModel.from_parts(replace(base.config, projector_norm=True), base.vision_tower, base.llm,
+                                           base.tokenizer)
+    words = base.llm.get_input_embeddings().weight.detach()
+    px = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        model.projector.linear_1.weight.mul_(50.0)  # however large the projector's raw output ...
+        tokens = model.encode_images(px)
+    rms = tokens.pow(2).mean(-1).sqrt()  # ... every image token has the words' root-mean-square
+    assert torch.allclose(rms, words.pow(2).mean().sqrt().expand_as(rms), rtol=1e-3)
+    assert not torch.allclose(base.encode_images(px).pow(2).mean(-1).sqrt(), rms, rtol=0.1)
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_images(px), tokens)
+    with pytest.raises(ExportError, match="projector_norm"):
+        check_exportable(read_config(tmp_path / "ckpt"))

@@ -330,3 +330,34 @@ def test_openai_teacher_is_dispatched_lazily(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vistune.datagen.openai_teacher", fake)
     assert main(["generate", "--teacher", "openai", "--input", "x.jsonl", "--out", str(tmp_path / "o.jsonl")]) == 0
     assert calls == ["openai"]
+
+
+def _named(text: str) -> set[str]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return {w for w in words if w in COLOURS or w in SHAPES} | {PLURALS[w] for w in words if w in PLURALS}
+
+
+def test_no_answer_can_be_read_off_earlier_turns(world):
+    """Every conversation turn needs the image: its answer is not named earlier, a yes/no or count question
+    names nothing named earlier, and a pair's relative position is asked once per axis."""
+    world_dir, records = world
+    objs = _objects(world_dir)
+    checked = Counter()
+    for r in records:
+        if r["metadata"]["type"] != "conversation":
+            continue
+        conv, named, axes = r["conversations"], set(), []
+        everything = {w for o in objs[r["image"]] for w in (o["colour"], o["shape"])}
+        for h, g in zip(conv[::2], conv[1::2]):
+            q, a = h["value"].removeprefix("<image>\n"), g["value"]
+            if a in COLOURS or a in SHAPES:
+                assert a not in named, conv
+                checked["what"] += 1
+            elif a in ("yes", "no") or a.isdigit():
+                assert not (_named(q) or everything) & named, conv
+                checked["yes/no/count"] += 1
+            elif a in ("left", "right", "above", "below") and len(_named(q) & set(SHAPES)) >= 2:
+                axes.append("x" if a in ("left", "right") else "y")
+            named |= _named(f"{q} {a}")
+        assert len(axes) == len(set(axes)), conv
+    assert checked["what"] >= 20 and checked["yes/no/count"] >= 20

@@ -162,3 +162,36 @@ def test_tower_processor_uses_the_towers_size_and_siglip_mean():
     tower = HFVisionTower(siglip.model, -2, "patch", {"image_mean": [0.5] * 3, "image_std": [0.5] * 3})
     cfg = tower.processor_config()
     assert (cfg.mean, cfg.std, cfg.size) == ((0.5,) * 3, (0.5,) * 3, 48)
+
+
+# --------------------------------------------------------------------------------------------------
+# input resolution
+
+
+def test_efficientnet_resolution_sets_the_grid_and_survives_a_checkpoint(tmp_path, photo):
+    model = tiny_vlm("efficientnet", image_size=160)
+    assert model.num_image_tokens == 25 and model.image_processor.config.crop_size == 160
+    px = model.image_processor.batch([photo])
+    assert px.shape[-2:] == (160, 160)
+    assert model.encode_images(px).shape[1] == 25  # 160 / 32 = 5 cells a side
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.num_image_tokens == 25 and loaded.config.image_size == 160
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_images(px), model.encode_images(px))
+
+
+def test_a_resolution_the_tower_was_not_built_for_is_refused():
+    from dataclasses import replace
+
+    from vistune.model.vision import check_native_size
+    from vistune.model.vlm import VisionLanguageModel
+
+    clip = tiny_vision_tower("clip")
+    with pytest.raises(ValueError, match="runs at 32 px"):
+        check_native_size(clip, 64)
+    check_native_size(clip, 32)
+    base = tiny_vlm("efficientnet")
+    with pytest.raises(ValueError, match="built for 224 px"):
+        VisionLanguageModel.from_parts(replace(base.config, image_size=160), base.vision_tower, base.llm,
+                                       base.tokenizer)

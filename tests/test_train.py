@@ -277,3 +277,18 @@ def test_precision_auto_follows_native_bf16():
     assert resolve_precision("auto", cpu) is native_bf16(cpu)
     flags = open("/proc/cpuinfo").read()
     assert native_bf16(cpu) == ("amx_bf16" in flags or "avx512_bf16" in flags)
+
+
+def test_cpu_parameters_get_the_fused_adamw_step(tiny):
+    """The default (foreach) AdamW step costs ~1.5 s per 135M CPU parameters; the fused kernel ~0.1 s."""
+    from vistune.config import TrainConfig
+    from vistune.train.optim import build_optimizer
+
+    model = load_checkpoint(tiny[0])
+    model.projector.requires_grad_(True)
+    optimizer = build_optimizer(model, TrainConfig(stage=1))
+    assert optimizer.defaults["fused"] is True
+    before = model.projector.linear_1.weight.detach().clone()
+    model.projector.linear_1.weight.grad = torch.ones_like(before)
+    optimizer.step()
+    assert not torch.equal(model.projector.linear_1.weight, before)

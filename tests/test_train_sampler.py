@@ -50,6 +50,10 @@ def test_grouping_cuts_padding():
     grouped = epoch_batches(lengths, has_image, 64, seed=0, epoch=0)
     plain = epoch_batches(lengths, has_image, 64, seed=0, epoch=0, group_by_length=False)
     assert _padding(grouped, lengths, 8) < 0.5 * _padding(plain, lengths, 8)
+    # one micro-batch per global batch: batches themselves hold similar lengths
+    grouped = epoch_batches(lengths, has_image, 8, seed=0, epoch=0)
+    plain = epoch_batches(lengths, has_image, 8, seed=0, epoch=0, group_by_length=False)
+    assert _padding(grouped, lengths, 8) < 0.2 * _padding(plain, lengths, 8)
 
 
 def test_order_is_seeded_and_changes_with_epoch_and_seed():

@@ -45,6 +45,10 @@ class ModelConfig:
     """Pad images to a square with the mean colour before resizing (LLaVA-1.5) instead of centre-cropping."""
     feature_norm: bool = False
     """Standardise vision features per token with a non-learned LayerNorm before the projector."""
+    projector_norm: bool = False
+    """RMS-normalise every projected image token to the root-mean-square of the LLM's word embeddings (a fixed
+    scale taken when the projector is built). Unbounded image-token norms can turn image positions into
+    attention sinks that the LLM attends to but reads nothing from; this keeps them at the scale of words."""
     system_prompt: str | None = None
     """System message added to every conversation that has none (None: the template's own default)."""
 
@@ -218,7 +222,7 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 
 # Architecture keys that a stage must share with its `init_from` checkpoint (the template may change).
 ARCHITECTURE_KEYS = ("vision_tower", "vision_layer", "vision_select", "projector", "llm", "image_size",
-                     "pad_to_square", "feature_norm")
+                     "pad_to_square", "feature_norm", "projector_norm")
 
 
 @dataclass

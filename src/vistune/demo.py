@@ -43,8 +43,10 @@ class DemoPlan:
 
 COMMON = {
     "model.vision_tower": "efficientnet-lite0",
-    "model.vision_layer": -1,
+    "model.vision_layer": -2,
+    "model.image_size": 160,
     "model.feature_norm": True,
+    "model.projector_norm": True,
     "model.projector": "linear",
     "model.llm": "smollm2-135m-instruct",
     "data.max_length": 512,
@@ -57,9 +59,9 @@ COMMON = {
 
 FULL = DemoPlan(
     name="full", train_images=1500, heldout_images=120, bench_questions=210,
-    stage1={"train.max_steps": 24, "train.max_minutes": 3.5, "train.lr": 2e-3, "train.global_batch_size": 16,
+    stage1={"train.max_steps": 45, "train.max_minutes": 3.0, "train.lr": 2e-3, "train.global_batch_size": 16,
             "train.micro_batch_size": 16, "train.warmup_ratio": 0.05},
-    stage2={"train.max_steps": 36, "train.max_minutes": 9.0, "train.lr": 1e-4, "train.projector_lr": 5e-4,
+    stage2={"train.max_steps": 90, "train.max_minutes": 11.0, "train.lr": 1e-4, "train.projector_lr": 5e-4,
             "train.global_batch_size": 8, "train.micro_batch_size": 8},
 )
 """Sized for about 20 minutes on a 2-core CPU without bf16 support (fp32 throughout)."""
@@ -71,7 +73,7 @@ QUICK = DemoPlan(
 )
 """A smoke run of every step (a few minutes); it checks the pipeline, not the accuracy targets."""
 
-STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 5, "max_turns": 7, "detail_complex_ratio": 0.1}
+STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "detail_complex_ratio": 0.05}
 """Stage-2 data: long conversations of mostly one-word answers (many supervised answers per 49 image tokens),
 plus a tenth as many detailed descriptions and reasoning answers."""
 SYSTEM_PROMPT = "You answer questions about the image."

@@ -145,6 +145,13 @@ class Scene:
             return o.name
         return None
 
+    def mentions(self, text: str) -> set[str]:
+        """The vocabulary's colours and kinds (singular or plural) that `text` names."""
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        found = {c for c in self.colours_vocab if set(c.split()) <= words}
+        found |= {k for k in self.kinds_vocab if set(k.split()) <= words or set(plural(k).split()) <= words}
+        return found
+
     def groups(self) -> list[str]:
         """"two red stars", "a blue circle" ... in first-seen order."""
         c: Counter = Counter(o.name for o in self.objs)
@@ -314,12 +321,43 @@ def _choose(rng: random.Random, qas: list[QA], family: str) -> QA:
     return rng.choice(qas)
 
 
+AXIS = {"left": "x", "right": "x", "above": "y", "below": "y"}
+
+
 def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5, min_turns: int = 2,
                       max_turns: int = 5) -> list[dict] | None:
+    """A multi-turn conversation in which no answer can be read off the turns before it: a colour or kind
+    that an earlier turn named is never the answer, and a yes/no or count question names nothing named before
+    ("What colour is the cross? orange" ... "Is there a yellow cross?" is never asked), a thing's region is not
+    asked after any of its positions nor its side after its region, and a relative position is asked once per
+    axis. Yes/no and count questions are asked only while more than one answer is still open, so answers stay
+    balanced."""
     items = conversation_items(s, rng)
-    families = [f for f, v in items.items() if v]
-    if not families:
-        return None
+    named: set[str] = set()  # colours and kinds the conversation has named so far
+    axes_asked: set[str] = set()
+    placed: set[frozenset] = set()  # things with any position stated
+    located: set[frozenset] = set()  # things whose region ("top left") was stated
+    everything = {o.kind for o in s.objs} | {o.colour for o in s.objs if o.colour}
+
+    def askable(q: QA, short: bool) -> bool:
+        if q.question in asked or (short and q.short is None):
+            return False
+        if q.kind == "relative_position":  # one per axis: "A left of B?" gives away "B left of A?"
+            return AXIS.get(q.short or "") not in axes_asked
+        if q.kind == "where":  # "top left" gives away "left or right?" and "top or bottom?" of the same thing
+            return frozenset(s.mentions(q.question)) not in placed
+        if q.kind == "absolute_position":
+            return frozenset(s.mentions(q.question)) not in located
+        if q.kind in ("colour", "shape"):
+            return bool(q.short) and q.short not in named
+        return not (s.mentions(q.question) or everything) & named
+
+    def open_pool(family: str, short: bool) -> list[QA]:
+        pool = [q for q in items[family] if askable(q, short)]
+        if family in ("existence", "count") and len({q.short for q in pool}) < 2:
+            return []
+        return pool
+
     n_turns = rng.randint(min_turns, max_turns)
     turns: list[dict] = []
     asked: set[str] = set()
@@ -327,26 +365,27 @@ def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5,
     for _ in range(n_turns):
         # decide the answer style first, so about `short_fraction` of the turns are short-answer turns
         want_short = rng.random() < short_fraction
-
-        def open_families(short: bool) -> list[str]:
-            return [f for f in families
-                    if any(q.question not in asked and (q.short is not None or not short) for q in items[f])]
-
-        fams = open_families(want_short)
+        fams = [f for f in items if open_pool(f, want_short)]
         if not fams and want_short:
             want_short = False
-            fams = open_families(False)
+            fams = [f for f in items if open_pool(f, False)]
         if not fams:
             break
         fam = rng.choice([f for f in fams if f not in used] or fams)
         used.append(fam)
-        pool = [q for q in items[fam] if q.question not in asked and (q.short is not None or not want_short)]
-        qa = _choose(rng, pool, fam)
+        qa = _choose(rng, open_pool(fam, want_short), fam)
         asked.add(qa.question)
         if want_short:
             q, a = f"{qa.question}\n{SHORT_ANSWER_INSTRUCTION}", qa.short
         else:
             q, a = qa.question, qa.long
+        named |= s.mentions(f"{q} {a}")
+        if qa.kind == "relative_position":
+            axes_asked.add(AXIS.get(qa.short or "", ""))
+        elif qa.kind in ("where", "absolute_position"):
+            placed.add(frozenset(s.mentions(qa.question)))
+            if qa.kind == "where":
+                located.add(frozenset(s.mentions(qa.question)))
         if not turns:
             q = "<image>\n" + q
         turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]

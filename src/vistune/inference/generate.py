@@ -315,8 +315,10 @@ class BatchDecoder:
 
 
 def _cache_argument(llm) -> str:
-    """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` before."""
+    """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` before
+    (a peft wrapper passes either through to the model it wraps)."""
     import inspect
 
-    params = inspect.signature(llm.forward).parameters
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"

@@ -154,7 +154,8 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         tower = HFVisionTower(model_cls.from_pretrained(path / "vision_tower", dtype=dtype),
                               model_config.vision_layer, model_config.vision_select, tower_cfg.get("processor"))
     else:
-        tower = EfficientNetTower(tower_cfg["name"], model_config.vision_layer, pretrained=False)
+        tower = EfficientNetTower(tower_cfg["name"], model_config.vision_layer, pretrained=False,
+                                  image_size=tower_cfg.get("image_size"))
         tower.model.load_state_dict(load_file(str(path / "vision_tower" / "model.safetensors")))
         tower = tower.to(dtype)
     llm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=dtype)
@@ -163,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
         llm = PeftModel.from_pretrained(llm, path / "llm_adapter", is_trainable=trainable_lora)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-    projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"])
+    projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"],
+                          output_rms=1.0 if model_config.projector_norm else None)  # the saved value loads next
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
     model = VisionLanguageModel(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))

@@ -107,6 +107,9 @@ def check_exportable(config: dict) -> None:
     if model_config.feature_norm:
         raise ExportError("model.feature_norm=true (a LayerNorm between tower and projector) has no llava-hf "
                           "equivalent; this checkpoint cannot be exported")
+    if model_config.projector_norm:
+        raise ExportError("model.projector_norm=true (image tokens rescaled after the projector) has no llava-hf "
+                          "equivalent; this checkpoint cannot be exported")
     if model_config.template not in TEMPLATES:
         raise ExportError(f"template {model_config.template!r} cannot be exported")
 

@@ -10,9 +10,12 @@ from torch import nn
 
 
 class Projector(nn.Module):
-    """`linear`: one matrix (the paper). `mlp2x_gelu`: linear, GELU, linear (LLaVA-1.5)."""
+    """`linear`: one matrix (the paper). `mlp2x_gelu`: linear, GELU, linear (LLaVA-1.5).
 
-    def __init__(self, kind: str, vision_dim: int, llm_dim: int) -> None:
+    With `output_rms`, every output vector is rescaled to that root-mean-square (kept as a buffer, so it is
+    saved and loaded with the weights)."""
+
+    def __init__(self, kind: str, vision_dim: int, llm_dim: int, output_rms: float | None = None) -> None:
         super().__init__()
         if kind not in PROJECTORS:
             raise ValueError(f"unknown projector {kind!r}; expected one of {sorted(PROJECTORS)}")
@@ -21,11 +24,18 @@ class Projector(nn.Module):
         if kind == "mlp2x_gelu":
             self.act = nn.GELU()
             self.linear_2 = nn.Linear(llm_dim, llm_dim)
+        self.output_rms: torch.Tensor | None
+        if output_rms is None:
+            self.output_rms = None
+        else:
+            self.register_buffer("output_rms", torch.tensor(float(output_rms)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, N, Dv) -> (B, N, Dl)
         x = self.linear_1(features)
         if self.kind == "mlp2x_gelu":
             x = self.linear_2(self.act(x))
+        if self.output_rms is not None:
+            x = x * (self.output_rms / x.float().pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).to(x.dtype)
         return x
 
 

@@ -8,14 +8,14 @@ from vistune.config import ModelConfig
 from vistune.model.vision import EfficientNetTower, HFVisionTower, VisionTower
 
 
-def tiny_vision_tower(kind: str = "clip", layer: int = -2, select: str = "patch", image_size: int = 32,
+def tiny_vision_tower(kind: str = "clip", layer: int = -2, select: str = "patch", image_size: int | None = None,
                       patch_size: int = 8, seed: int = 0) -> VisionTower:
-    """A 2-layer CLIP or SigLIP vision transformer (width 32), or an untrained EfficientNet-Lite0."""
+    """A 2-layer CLIP or SigLIP vision transformer (width 32, 32 px), or an untrained EfficientNet-Lite0 (224 px)."""
     torch.manual_seed(seed)
     if kind == "efficientnet":
-        return EfficientNetTower("efficientnet-lite0", layer, pretrained=False)
+        return EfficientNetTower("efficientnet-lite0", layer, pretrained=False, image_size=image_size)
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=image_size, patch_size=patch_size)
+                  image_size=image_size or 32, patch_size=patch_size)
     if kind == "clip":
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -54,6 +54,6 @@ def tiny_vlm(tower: str = "clip", projector: str = "linear", template: str = "ch
     name = {"clip": "tiny-clip", "siglip": "tiny-siglip", "efficientnet": "efficientnet-lite0"}[tower]
     config = ModelConfig(vision_tower=name, vision_layer=vt.layer if hasattr(vt, "layer") else -2,
                          vision_select=getattr(vt, "select", "patch"), projector=projector, llm="tiny-llama",
-                         template=template)
+                         template=template, image_size=tower_kwargs.get("image_size"))
     torch.manual_seed(seed)
     return VisionLanguageModel.from_parts(config, vt, llm, tokenizer)

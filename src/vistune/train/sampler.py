@@ -1,10 +1,10 @@
 """The order of samples: one list of global batches per epoch, a pure function of (seed, epoch).
 
 Length grouping follows LLaVA's modality-length grouping: image and text-only samples are shuffled
-separately and cut into global batches ("megabatches"), each sorted by length (longest first) so that the
-micro-batches cut from it hold samples of similar length; the megabatches are then shuffled together.
-Leftovers of the two modalities share the last mixed megabatches; a final remainder smaller than one global
-batch is dropped (a different one each epoch). Because the order does not depend on the number of
+separately and cut into megabatches of `MEGABATCH` global batches, each sorted by length (longest first) and
+cut into global batches of similar length (so padding is small even when a global batch is one micro-batch);
+the global batches are then shuffled together. Leftovers of the two modalities share the last mixed batches;
+a final remainder smaller than one global batch is dropped (a different one each epoch). Because the order does not depend on the number of
 processes, 1 and N processes see the same global batches.
 """
 
@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import random
 from typing import Sequence
+
+MEGABATCH = 32
+"""Global batches per length-sorted megabatch."""
 
 
 def epoch_batches(lengths: Sequence[int], has_image: Sequence[bool], global_batch: int, seed: int, epoch: int,
@@ -24,17 +27,27 @@ def epoch_batches(lengths: Sequence[int], has_image: Sequence[bool], global_batc
         rng.shuffle(order)
         return [order[i: i + global_batch] for i in range(0, n - global_batch + 1, global_batch)]
     groups = [[i for i in range(n) if has_image[i]], [i for i in range(n) if not has_image[i]]]
-    megabatches: list[list[int]] = []
+    batches: list[list[int]] = []
     leftovers: list[int] = []
     for group in groups:
         rng.shuffle(group)
         full = len(group) - len(group) % global_batch
-        megabatches += [group[i: i + global_batch] for i in range(0, full, global_batch)]
+        batches += _length_sorted_batches(group[:full], lengths, global_batch)
         leftovers += group[full:]
-    megabatches += [leftovers[i: i + global_batch] for i in range(0, len(leftovers) - global_batch + 1, global_batch)]
-    megabatches = [sorted(mb, key=lambda i: -lengths[i]) for mb in megabatches]
-    rng.shuffle(megabatches)
-    return megabatches
+    batches += _length_sorted_batches(leftovers[: len(leftovers) - len(leftovers) % global_batch], lengths,
+                                      global_batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def _length_sorted_batches(indices: list[int], lengths: Sequence[int], global_batch: int) -> list[list[int]]:
+    """Cut `indices` (a multiple of global_batch) into megabatches, sort each by length, cut into batches."""
+    size = global_batch * MEGABATCH
+    out = []
+    for start in range(0, len(indices), size):
+        mega = sorted(indices[start: start + size], key=lambda i: -lengths[i])
+        out += [mega[i: i + global_batch] for i in range(0, len(mega), global_batch)]
+    return out
 
 
 def steps_per_epoch(num_samples: int, global_batch: int) -> int:
