@@ -59,9 +59,9 @@ COMMON = {
 
 FULL = DemoPlan(
     name="full", train_images=1500, heldout_images=120, bench_questions=210,
-    stage1={"train.max_steps": 45, "train.max_minutes": 3.0, "train.lr": 2e-3, "train.global_batch_size": 16,
+    stage1={"train.max_steps": 140, "train.max_minutes": 7.5, "train.lr": 2e-3, "train.global_batch_size": 16,
             "train.micro_batch_size": 16, "train.warmup_ratio": 0.05},
-    stage2={"train.max_steps": 90, "train.max_minutes": 11.0, "train.lr": 1e-4, "train.projector_lr": 5e-4,
+    stage2={"train.max_steps": 45, "train.max_minutes": 5.5, "train.lr": 1e-4, "train.projector_lr": 5e-4,
             "train.global_batch_size": 8, "train.micro_batch_size": 8},
 )
 """Sized for about 20 minutes on a 2-core CPU without bf16 support (fp32 throughout)."""
