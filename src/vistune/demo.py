@@ -74,8 +74,8 @@ QUICK = DemoPlan(
 """A smoke run of every step (a few minutes); it checks the pipeline, not the accuracy targets."""
 
 STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "detail_complex_ratio": 0.05}
-"""Stage-2 data: long conversations of mostly one-word answers (many supervised answers per 49 image tokens),
-plus a tenth as many detailed descriptions and reasoning answers."""
+"""Stage-2 data: conversations of mostly one-word answers (many supervised answers per 25 image tokens), none
+of them given away by an earlier turn, plus a twentieth as many detailed descriptions and reasoning answers."""
 SYSTEM_PROMPT = "You answer questions about the image."
 CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
 
@@ -159,7 +159,7 @@ class Demo:
 
         train = self.world / "train"
         contexts, skips = load_coco(train / "captions.json", train / "instances.json")
-        # Long conversations of mostly short answers: many supervised answers per image (49 image tokens each).
+        # Conversations of mostly short answers: many supervised answers per image (25 image tokens each).
         m = STAGE2_MIX
         records = generate_symbolic(contexts, types=("conversation", "detail", "complex"), seed=0,
                                     short_fraction=m["short_fraction"], min_turns=m["min_turns"],
