@@ -339,7 +339,8 @@ def _named(text: str) -> set[str]:
 
 def test_no_answer_can_be_read_off_earlier_turns(world):
     """Every conversation turn needs the image: its answer is not named earlier, a yes/no or count question
-    names nothing named earlier, and a pair's relative position is asked once per axis."""
+    names nothing named earlier, a thing's region is not asked with its side or half (either order), and a
+    pair's relative position is asked once per axis."""
     world_dir, records = world
     objs = _objects(world_dir)
     checked = Counter()
@@ -347,9 +348,18 @@ def test_no_answer_can_be_read_off_earlier_turns(world):
         if r["metadata"]["type"] != "conversation":
             continue
         conv, named, axes = r["conversations"], set(), []
+        placed, located = set(), set()  # things with a side or half stated; things with a region stated
         everything = {w for o in objs[r["image"]] for w in (o["colour"], o["shape"])}
         for h, g in zip(conv[::2], conv[1::2]):
             q, a = h["value"].removeprefix("<image>\n"), g["value"]
+            thing = frozenset(_named(q))
+            if q.startswith(("Where is", "In which part")):
+                assert thing not in placed and thing not in located, conv
+                located.add(thing)
+                checked["where"] += 1
+            elif " or " in q and len(thing & set(SHAPES)) == 1 and re.search(r"\b(left|top)\b", q):
+                assert thing not in located, conv  # "left or right?" / "top or bottom?" after "where is"
+                placed.add(thing)
             if a in COLOURS or a in SHAPES:
                 assert a not in named, conv
                 checked["what"] += 1
@@ -360,4 +370,4 @@ def test_no_answer_can_be_read_off_earlier_turns(world):
                 axes.append("x" if a in ("left", "right") else "y")
             named |= _named(f"{q} {a}")
         assert len(axes) == len(set(axes)), conv
-    assert checked["what"] >= 20 and checked["yes/no/count"] >= 20
+    assert checked["what"] >= 20 and checked["yes/no/count"] >= 20 and checked["where"] >= 1

@@ -184,13 +184,14 @@ def test_efficientnet_resolution_sets_the_grid_and_survives_a_checkpoint(tmp_pat
 def test_a_resolution_the_tower_was_not_built_for_is_refused():
     from dataclasses import replace
 
-    from vistune.model.vision import check_native_size
     from vistune.model.vlm import VisionLanguageModel
 
-    clip = tiny_vision_tower("clip")
+    clip = tiny_vlm("clip")
     with pytest.raises(ValueError, match="runs at 32 px"):
-        check_native_size(clip, 64)
-    check_native_size(clip, 32)
+        VisionLanguageModel.from_parts(replace(clip.config, image_size=64), clip.vision_tower, clip.llm,
+                                       clip.tokenizer)
+    assert VisionLanguageModel.from_parts(replace(clip.config, image_size=32), clip.vision_tower, clip.llm,
+                                          clip.tokenizer).num_image_tokens == 16
     base = tiny_vlm("efficientnet")
     with pytest.raises(ValueError, match="built for 224 px"):
         VisionLanguageModel.from_parts(replace(base.config, image_size=160), base.vision_tower, base.llm,

@@ -13,13 +13,12 @@ from vistune.data.image import ImageLoadError, load_image
 from vistune.utils.io import read_json_or_jsonl
 
 
-def num_image_tokens_for(vision_tower: str, layer: int = -2, select: str = "patch",
-                         image_size: int | None = None) -> int:
+def num_image_tokens_for(vision_tower: str, layer: int = -2, select: str = "patch") -> int:
     """Image positions per image for a tower, read from its config (no weights are loaded for transformers towers)."""
     from vistune.model.vision import EFFICIENTNET_WEIGHTS, EfficientNetTower
 
     if vision_tower in EFFICIENTNET_WEIGHTS:
-        return EfficientNetTower(vision_tower, layer, pretrained=False, image_size=image_size).num_tokens
+        return EfficientNetTower(vision_tower, layer, pretrained=False).num_tokens
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(vision_tower)

@@ -251,7 +251,7 @@ def format_skips(skips: collections.Counter) -> str:
 
 
 def load_image_contexts(input: str | Path | None = None, captions: str | Path | None = None,
-                  instances: str | Path | None = None) -> tuple[list[ImageContext], collections.Counter]:
+                        instances: str | Path | None = None) -> tuple[list[ImageContext], collections.Counter]:
     """Contexts from a context JSONL (`input`) or from COCO captions (+ instances)."""
     if input:
         return load_context_jsonl(input)

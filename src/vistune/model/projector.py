@@ -24,11 +24,7 @@ class Projector(nn.Module):
         if kind == "mlp2x_gelu":
             self.act = nn.GELU()
             self.linear_2 = nn.Linear(llm_dim, llm_dim)
-        self.output_rms: torch.Tensor | None
-        if output_rms is None:
-            self.output_rms = None
-        else:
-            self.register_buffer("output_rms", torch.tensor(float(output_rms)))
+        self.register_buffer("output_rms", None if output_rms is None else torch.tensor(float(output_rms)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, N, Dv) -> (B, N, Dl)
         x = self.linear_1(features)

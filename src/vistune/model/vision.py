@@ -213,20 +213,13 @@ def build_vision_tower(name: str, layer: int, select: str, dtype: torch.dtype = 
     """Resolve `model.vision_tower`: a built-in EfficientNet name, else a transformers hub id or directory.
 
     `image_size` (None: the tower's own) sets an EfficientNet's input resolution; transformers towers run at
-    the resolution their position embeddings were trained for and refuse another."""
+    the resolution their position embeddings were trained for (`VisionLanguageModel.from_parts` refuses
+    another)."""
     if name in EFFICIENTNET_WEIGHTS:
         if select != "patch":
             raise ValueError("EfficientNet towers have no CLS token: use vision_select='patch'")
         return EfficientNetTower(name, layer, image_size=image_size).to(dtype)
-    tower = HFVisionTower.from_pretrained(name, layer, select, dtype)
-    check_native_size(tower, image_size)
-    return tower
-
-
-def check_native_size(tower: VisionTower, image_size: int | None) -> None:
-    if image_size is not None and tower.kind == "hf" and image_size != tower.image_size:
-        raise ValueError(f"model.image_size={image_size}: this transformers tower runs at {tower.image_size} px "
-                         "(its position embeddings); leave image_size unset")
+    return HFVisionTower.from_pretrained(name, layer, select, dtype)
 
 
 def vision_tower_from_config(d: dict, layer: int, select: str) -> VisionTower:

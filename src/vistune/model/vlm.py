@@ -70,8 +70,10 @@ class VisionLanguageModel(nn.Module):
     def from_parts(cls, config: ModelConfig, tower: VisionTower, llm: nn.Module, tokenizer,
                    projector: Projector | None = None) -> "VisionLanguageModel":
         if config.image_size is not None and config.image_size != tower.image_size:
+            why = (f" (a transformers tower runs at {tower.image_size} px, the size of its position embeddings; "
+                   "leave image_size unset)" if tower.kind == "hf" else "")
             raise ValueError(f"model.image_size={config.image_size} but the tower was built for "
-                             f"{tower.image_size} px")
+                             f"{tower.image_size} px{why}")
         llm_dim = llm.get_input_embeddings().weight.shape[1]
         if projector is None:
             embeddings = llm.get_input_embeddings().weight.detach()

@@ -4,8 +4,8 @@ Length grouping follows LLaVA's modality-length grouping: image and text-only sa
 separately and cut into megabatches of `MEGABATCH` global batches, each sorted by length (longest first) and
 cut into global batches of similar length (so padding is small even when a global batch is one micro-batch);
 the global batches are then shuffled together. Leftovers of the two modalities share the last mixed batches;
-a final remainder smaller than one global batch is dropped (a different one each epoch). Because the order does not depend on the number of
-processes, 1 and N processes see the same global batches.
+a final remainder smaller than one global batch is dropped (a different one each epoch). Because the order
+does not depend on the number of processes, 1 and N processes see the same global batches.
 """
 
 from __future__ import annotations
