@@ -39,3 +39,18 @@ def test_balanced_subset_takes_every_type_evenly():
     counts = {t: sum(q["type"] == t for q in picked) for t in "abcd"}
     assert counts == {"a": 4, "b": 4, "c": 4, "d": 1}
     assert len({q["id"] for q in picked}) == 13
+
+
+def test_single_turns_ask_every_question_with_the_image():
+    from vistune.demo import single_turns
+
+    record = {"id": "7-conversation-0", "image": "7.png", "metadata": {"type": "conversation"}, "conversations": [
+        {"from": "human", "value": "<image>\nWhat color is the star?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "How many circles are there?"}, {"from": "gpt", "value": "2"},
+        {"from": "human", "value": "Is the star above or below the circle?<image>"}, {"from": "gpt", "value": "above"}]}
+    turns = single_turns(record)
+    assert [t["id"] for t in turns] == ["7-conversation-0-0", "7-conversation-0-1", "7-conversation-0-2"]
+    assert [[m["value"] for m in t["conversations"]] for t in turns] == [
+        ["<image>\nWhat color is the star?", "red"], ["<image>\nHow many circles are there?", "2"],
+        ["<image>\nIs the star above or below the circle?", "above"]]
+    assert all(t["image"] == "7.png" and t["metadata"] == record["metadata"] for t in turns)

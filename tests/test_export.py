@@ -254,6 +254,31 @@ def test_pad_to_square_exports_as_llava_image_processor(tmp_path, photo):
     assert (cropped - ours).abs().max() > 0.1
 
 
+def test_feature_standardisation_is_folded_into_the_first_layer(tmp_path, photo):
+    from vistune.model.projector import Projector
+
+    base = tiny_vlm("clip")
+    config = dataclasses.replace(base.config, feature_standardise=True)
+    dv, dl = base.projector.linear_1.in_features, base.projector.linear_1.out_features
+    projector = Projector("linear", dv, dl, standardise=True)
+    projector.load_state_dict({**base.projector.state_dict(), "input_mean": torch.randn(dv) * 0.5,
+                               "input_std": torch.rand(dv) + 0.5})
+    model = VisionLanguageModel.from_parts(config, base.vision_tower, base.llm, base.tokenizer, projector).eval()
+    save_checkpoint(model, tmp_path / "ckpt")
+    export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")
+    hf, processor = hf_load(tmp_path / "hf")
+    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    with torch.no_grad():
+        ours = model(torch.tensor([rendered.input_ids]), pixel_values=model.image_processor.batch([photo])).logits
+        theirs = hf(**hf_inputs(processor, photo)).logits[..., : ours.shape[-1]]
+        unstandardised = VisionLanguageModel.from_parts(base.config, base.vision_tower, base.llm, base.tokenizer,
+                                                        base.projector).eval()
+        plain = unstandardised(torch.tensor([rendered.input_ids]),
+                               pixel_values=model.image_processor.batch([photo])).logits
+    assert (theirs - ours).abs().max().item() <= 1e-4
+    assert (plain - ours).abs().max().item() > 1e-3  # the standardisation changed what the LLM sees
+
+
 # --------------------------------------------------------------------------------------------------
 # refusals
 

@@ -45,6 +45,9 @@ class ModelConfig:
     """Pad images to a square with the mean colour before resizing (LLaVA-1.5) instead of centre-cropping."""
     feature_norm: bool = False
     """Standardise vision features per token with a non-learned LayerNorm before the projector."""
+    feature_standardise: bool = False
+    """Standardise each channel of the vision features with its mean and standard deviation over training image
+    tokens (buffers of the projector, measured by `train.projector_init: ridge`, which it needs)."""
     projector_norm: bool = False
     """RMS-normalise every projected image token to the root-mean-square of the LLM's word embeddings (a fixed
     scale taken when the projector is built). Unbounded image-token norms can turn image positions into
@@ -222,7 +225,7 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 
 # Architecture keys that a stage must share with its `init_from` checkpoint (the template may change).
 ARCHITECTURE_KEYS = ("vision_tower", "vision_layer", "vision_select", "projector", "llm", "image_size",
-                     "pad_to_square", "feature_norm", "projector_norm")
+                     "pad_to_square", "feature_norm", "feature_standardise", "projector_norm")
 
 
 @dataclass
@@ -265,6 +268,14 @@ class TrainConfig:
     """Peak learning rate (of the LLM in stage 2; of the projector unless `projector_lr` is set)."""
     projector_lr: float | None = None
     """Peak learning rate of the projector; None: `lr`."""
+    projector_init: str = "random"
+    """How a fresh projector starts: `random` (PyTorch's default), or `ridge`: a linear projector is first fitted in
+    closed form to the training captions (ridge regression from each image's mean-pooled features to the
+    idf-weighted mean word embedding of its captions), then trained. Only for a new projector (no `init_from`)."""
+    projector_init_ridge: float = 100.0
+    """Ridge strength of `projector_init: ridge` (on per-channel standardised features)."""
+    projector_init_images: int = 20000
+    """Images (a seeded random subset) that `projector_init: ridge` reads."""
     weight_decay: float = 0.0
     """AdamW weight decay, applied to matrices only (not to biases and norms)."""
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -325,6 +336,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.projector_lr is not None and self.projector_lr <= 0:
             raise ConfigError(f"train.projector_lr must be positive, got {self.projector_lr}")
+        if self.projector_init not in ("random", "ridge"):
+            raise ConfigError(f"train.projector_init={self.projector_init!r}: expected 'random' or 'ridge'")
+        if self.projector_init_ridge < 0 or self.projector_init_images < 2:
+            raise ConfigError("train.projector_init_ridge must be >= 0 and train.projector_init_images >= 2")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
@@ -389,6 +404,15 @@ class RunConfig:
             raise ConfigError("output_dir is required")
         if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
             raise ConfigError("init_from and output_dir are the same directory; the run would overwrite its start")
+        if self.model.feature_standardise and self.train.projector_init != "ridge" and self.init_from is None:
+            raise ConfigError("model.feature_standardise=true needs train.projector_init=ridge (which measures the "
+                              "feature statistics) for a new projector")
+        if self.train.projector_init == "ridge":
+            if self.init_from is not None:
+                raise ConfigError("train.projector_init=ridge fits a new projector, but init_from brings one")
+            if self.model.projector != "linear":
+                raise ConfigError(f"train.projector_init=ridge needs model.projector=linear, not "
+                                  f"{self.model.projector!r}")
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None

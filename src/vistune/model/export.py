@@ -209,8 +209,7 @@ def build_llava(model, image_token_id: int):
     state["model.language_model.embed_tokens.weight"] = new_embed
     state["lm_head.weight"] = new_head
     p = "model.multi_modal_projector."
-    state[p + "linear_1.weight"] = projector.linear_1.weight
-    state[p + "linear_1.bias"] = projector.linear_1.bias
+    state[p + "linear_1.weight"], state[p + "linear_1.bias"] = projector.folded_linear_1()
     if projector.kind == "mlp2x_gelu":
         state[p + "linear_2.weight"] = projector.linear_2.weight
         state[p + "linear_2.bias"] = projector.linear_2.bias

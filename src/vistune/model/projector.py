@@ -13,9 +13,12 @@ class Projector(nn.Module):
     """`linear`: one matrix (the paper). `mlp2x_gelu`: linear, GELU, linear (LLaVA-1.5).
 
     With `output_rms`, every output vector is rescaled to that root-mean-square (kept as a buffer, so it is
-    saved and loaded with the weights)."""
+    saved and loaded with the weights). With `standardise`, each input channel is first standardised with
+    `input_mean` / `input_std` buffers (measured on training images by the warm start; an affine map that
+    `folded_linear_1` merges into the first matrix for export)."""
 
-    def __init__(self, kind: str, vision_dim: int, llm_dim: int, output_rms: float | None = None) -> None:
+    def __init__(self, kind: str, vision_dim: int, llm_dim: int, output_rms: float | None = None,
+                 standardise: bool = False) -> None:
         super().__init__()
         if kind not in PROJECTORS:
             raise ValueError(f"unknown projector {kind!r}; expected one of {sorted(PROJECTORS)}")
@@ -25,14 +28,26 @@ class Projector(nn.Module):
             self.act = nn.GELU()
             self.linear_2 = nn.Linear(llm_dim, llm_dim)
         self.register_buffer("output_rms", None if output_rms is None else torch.tensor(float(output_rms)))
+        self.register_buffer("input_mean", torch.zeros(vision_dim) if standardise else None)
+        self.register_buffer("input_std", torch.ones(vision_dim) if standardise else None)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, N, Dv) -> (B, N, Dl)
+        if self.input_mean is not None:
+            features = (features - self.input_mean) / self.input_std
         x = self.linear_1(features)
         if self.kind == "mlp2x_gelu":
             x = self.linear_2(self.act(x))
         if self.output_rms is not None:
             x = x * (self.output_rms / x.float().pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()).to(x.dtype)
         return x
+
+    def folded_linear_1(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the first linear layer with the input standardisation merged in."""
+        weight, bias = self.linear_1.weight, self.linear_1.bias
+        if self.input_mean is None:
+            return weight, bias
+        folded = weight / self.input_std  # (Dl, Dv)
+        return folded, bias - folded @ self.input_mean
 
 
 PROJECTORS = {"linear", "mlp2x_gelu"}

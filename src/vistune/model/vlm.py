@@ -78,7 +78,8 @@ class VisionLanguageModel(nn.Module):
         if projector is None:
             embeddings = llm.get_input_embeddings().weight.detach()
             output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm else None
-            projector = Projector(config.projector, tower.hidden_size, llm_dim, output_rms).to(embeddings.dtype)
+            projector = Projector(config.projector, tower.hidden_size, llm_dim, output_rms,
+                                  config.feature_standardise).to(embeddings.dtype)
         processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
         return cls(config, tower, projector, llm, tokenizer, processor)
 
@@ -100,11 +101,15 @@ class VisionLanguageModel(nn.Module):
     # ---------------------------------------------------------------------------------------------
     # forward
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (I, 3, H, W) -> (I, N, D_llm)
-        features = self.vision_tower(pixel_values.to(self.device))  # (I, N, D_v), no grad
+    def projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (I, 3, H, W) -> (I, N, D_v)
+        """The tower's features as the projector receives them."""
+        features = self.vision_tower(pixel_values.to(self.device))  # no grad
         if self.config.feature_norm:
             features = F.layer_norm(features.float(), features.shape[-1:])
-        return self.projector(features.to(self.projector.linear_1.weight.dtype))
+        return features.to(self.projector.linear_1.weight.dtype)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (I, 3, H, W) -> (I, N, D_llm)
+        return self.projector(self.projector_inputs(pixel_values))
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image features spliced in; (B, T) -> (B, T, D)."""

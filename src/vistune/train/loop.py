@@ -151,6 +151,8 @@ class _Trainer:
             raise TrainingError(f"{data.path} has {len(ds)} usable record(s) ({sum(ds.skipped.values())} invalid), "
                                 f"fewer than one global batch of {cfg.global_batch_size}")
         self.ds = ds
+        if resume_from is None and cfg.projector_init == "ridge":
+            self._warm_start_projector(model, ds)
         self.lengths = ds.lengths
         self.has_image = [ds.has_image(i) for i in range(len(ds))]
         self.spe = steps_per_epoch(len(ds), cfg.global_batch_size)
@@ -174,6 +176,16 @@ class _Trainer:
                      "bf16 autocast" if self.bf16 else "fp32")
         self._loop(step)
         return self.out / "final"
+
+    def _warm_start_projector(self, model, ds: LlavaDataset) -> None:
+        from vistune.train.projector_init import ridge_warm_start
+
+        cfg = self.cfg
+        fit = ridge_warm_start(model, ds, cfg.projector_init_ridge, cfg.projector_init_images, seed=cfg.seed,
+                               world=self.world, progress=self.show_progress)
+        if self.world.is_main:
+            log.info("projector warm start (ridge %g) over %d images (%d unreadable): captions' embedding "
+                     "variance explained %.2f", cfg.projector_init_ridge, fit.images, fit.skipped, fit.fit_r2)
 
     def _prepare_dir(self, resume: bool | None) -> Path | None:
         world = self.world
