@@ -129,3 +129,18 @@ def test_feature_standardise_needs_the_warm_start_that_measures_it():
         load_run_config(None, ["model.feature_standardise=true"])
     run = load_run_config(None, ["model.feature_standardise=true", "train.projector_init=ridge"])
     assert run.model.feature_standardise and run.train.projector_init == "ridge"
+
+
+def test_too_few_readable_images_is_an_error_that_says_so(tmp_path):
+    model = tiny_vlm("clip")
+    (tmp_path / "img").mkdir()
+    records = []
+    for k in range(3):
+        (tmp_path / "img" / f"broken{k}.png").write_bytes(b"not an image")
+        records.append({"image": f"broken{k}.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": f"Shape number {k}."}]})
+    ds = LlavaDataset(records, tmp_path / "img", model.renderer, model.image_processor)
+    before = model.projector.linear_1.weight.clone()
+    with pytest.raises(ValueError, match="could read only 0 image"):
+        ridge_warm_start(model, ds, progress=False)
+    assert torch.equal(model.projector.linear_1.weight, before)  # nothing half-fitted

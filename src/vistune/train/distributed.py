@@ -78,12 +78,17 @@ def barrier(world: World) -> None:
 
 def all_sum(world: World, values: list[float]) -> list[float]:
     """Sum numbers over processes (float64, so token counts stay exact)."""
+    return all_sum_tensor(world, torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def all_sum_tensor(world: World, t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over processes, on the CPU (`t` itself when there is one process)."""
     if not world.distributed:
-        return list(values)
+        return t
     device = world.device if world.device.type == "cuda" else torch.device("cpu")
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+    moved = t.to(device)
+    dist.all_reduce(moved)
+    return moved.cpu()
 
 
 def broadcast_object(world: World, obj):

@@ -181,8 +181,11 @@ class _Trainer:
         from vistune.train.projector_init import ridge_warm_start
 
         cfg = self.cfg
-        fit = ridge_warm_start(model, ds, cfg.projector_init_ridge, cfg.projector_init_images, seed=cfg.seed,
-                               world=self.world, progress=self.show_progress)
+        try:
+            fit = ridge_warm_start(model, ds, cfg.projector_init_ridge, cfg.projector_init_images, seed=cfg.seed,
+                                   world=self.world, progress=self.show_progress)
+        except ValueError as e:
+            raise TrainingError(f"projector warm start: {e}") from e
         if self.world.is_main:
             log.info("projector warm start (ridge %g) over %d images (%d unreadable): captions' embedding "
                      "variance explained %.2f", cfg.projector_init_ridge, fit.images, fit.skipped, fit.fit_r2)

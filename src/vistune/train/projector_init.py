@@ -57,11 +57,12 @@ def caption_targets(captions: list[list[str]], tokenizer, embeddings: torch.Tens
 
 
 def captions_by_image(dataset) -> dict[Path, list[str]]:
-    """Assistant turns of each image's records (stage-1 data: one caption per record)."""
+    """Non-blank assistant turns of each image's records (stage-1 data: one caption per record)."""
     found: dict[Path, list[str]] = defaultdict(list)
     for i, (record, messages) in enumerate(zip(dataset.records, dataset.messages)):
-        if dataset.has_image(i):
-            found[dataset.image_path(record)] += [m.content for m in messages if m.role == "assistant"]
+        captions = [m.content for m in messages if m.role == "assistant" and m.content.strip()]
+        if dataset.has_image(i) and captions:
+            found[dataset.image_path(record)] += captions
     return found
 
 
@@ -92,15 +93,16 @@ def ridge_warm_start(model, dataset, ridge: float = 100.0, max_images: int = 200
     mine = list(range(rank, len(paths), size))
     bar = tqdm(total=len(mine), desc="projector warm start", unit="img", disable=not progress)
     for start in range(0, len(mine), batch_size):
+        chunk = mine[start:start + batch_size]
         idx, pixels = [], []
-        for j in mine[start:start + batch_size]:
+        for j in chunk:
             try:
                 pixels.append(model.image_processor(load_image(paths[j])))
                 idx.append(j)
             except ImageLoadError as e:
                 log.warning("projector warm start: %s", e)
                 counts[1] += 1
-        bar.update(len(mine[start:start + batch_size]))
+        bar.update(len(chunk))
         if not idx:
             continue
         tokens = model.projector_inputs(torch.stack(pixels)).double().cpu()  # (B, N, D_v)
@@ -114,7 +116,9 @@ def ridge_warm_start(model, dataset, ridge: float = 100.0, max_images: int = 200
         counts += torch.tensor([len(idx), 0, tokens.shape[0] * tokens.shape[1], float((y * y).sum())], **f64)
     bar.close()
     if world is not None and world.distributed:
-        sx, sy, sxx, sxy, st, stt, counts = (_all_sum_tensor(world, t) for t in (sx, sy, sxx, sxy, st, stt, counts))
+        from vistune.train.distributed import all_sum_tensor
+
+        sx, sy, sxx, sxy, st, stt, counts = (all_sum_tensor(world, t) for t in (sx, sy, sxx, sxy, st, stt, counts))
     used, skipped, n_tokens, syy = int(counts[0]), int(counts[1]), float(counts[2]), float(counts[3])
     if used < 2:
         raise ValueError(f"the ridge warm start could read only {used} image(s)")
@@ -138,11 +142,3 @@ def ridge_warm_start(model, dataset, ridge: float = 100.0, max_images: int = 200
     projector.linear_1.bias.copy_(bias.to(projector.linear_1.bias))
     return WarmStart(images=used, skipped=skipped, fit_r2=1.0 - residual / max(total, 1e-12))
 
-
-def _all_sum_tensor(world, t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    device = world.device if world.device.type == "cuda" else torch.device("cpu")
-    moved = t.to(device)
-    dist.all_reduce(moved)
-    return moved.cpu()
