@@ -144,3 +144,38 @@ def test_too_few_readable_images_is_an_error_that_says_so(tmp_path):
     with pytest.raises(ValueError, match="could read only 0 image"):
         ridge_warm_start(model, ds, progress=False)
     assert torch.equal(model.projector.linear_1.weight, before)  # nothing half-fitted
+
+
+def test_a_captions_file_gives_the_warm_start_every_caption_of_an_image(tmp_path):
+    """Records whose one caption never names the colour teach nothing; the file's captions of the same images do."""
+    import json
+
+    model = tiny_vlm("clip")
+    full = _world(tmp_path / "img", 6, seed=0)
+    one_each = [{**r, "conversations": [r["conversations"][0], {"from": "gpt", "value": "A shape."}]}
+                for r in full[::2]]
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"image": r["image"], "caption": r["conversations"][1]["value"]}) + "\n"
+                                for r in full))
+    ds = LlavaDataset(one_each, tmp_path / "img", model.renderer, model.image_processor)
+    heldout = LlavaDataset(_world(tmp_path / "img", 3, seed=1), tmp_path / "img", model.renderer,
+                           model.image_processor)
+    targets = caption_targets([[f"A {c} square.", f"The picture is {c}."] for c in COLOURS], model.tokenizer,
+                              model.llm.get_input_embeddings().weight.detach())
+    truth = torch.arange(len(COLOURS)).repeat_interleave(3)
+
+    def accuracy(m) -> float:
+        return float((torch.cdist(_pooled_outputs(m, heldout), targets).argmin(1) == truth).float().mean())
+
+    records_only = tiny_vlm("clip")
+    ridge_warm_start(records_only, ds, ridge=1.0, progress=False)
+    fit = ridge_warm_start(model, ds, ridge=1.0, progress=False, captions=captions)
+    assert fit.images == 30
+    assert accuracy(model) == 1.0 > accuracy(records_only)
+
+    unrelated = tmp_path / "other.jsonl"
+    unrelated.write_text(json.dumps({"image": "elsewhere.png", "caption": "A red square."}) + "\n")
+    before = model.projector.linear_1.weight.clone()
+    with pytest.raises(ValueError, match="none of the training data's images"):
+        ridge_warm_start(model, ds, ridge=1.0, progress=False, captions=unrelated)
+    assert torch.equal(model.projector.linear_1.weight, before)

@@ -276,6 +276,10 @@ class TrainConfig:
     """Ridge strength of `projector_init: ridge` (on per-channel standardised features)."""
     projector_init_images: int = 20000
     """Images (a seeded random subset) that `projector_init: ridge` reads."""
+    projector_init_captions: str | None = None
+    """Captions for `projector_init: ridge` (COCO captions JSON, or JSON/JSONL of `{image, caption}` or
+    `{image, captions}`, image names relative to `data.image_folder`): all of an image's captions instead of the
+    training records' one. Images of the training data that it lacks fall back to their records' captions."""
     weight_decay: float = 0.0
     """AdamW weight decay, applied to matrices only (not to biases and norms)."""
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

@@ -183,8 +183,9 @@ class _Trainer:
         cfg = self.cfg
         try:
             fit = ridge_warm_start(model, ds, cfg.projector_init_ridge, cfg.projector_init_images, seed=cfg.seed,
-                                   world=self.world, progress=self.show_progress)
-        except ValueError as e:
+                                   world=self.world, progress=self.show_progress,
+                                   captions=cfg.projector_init_captions)
+        except (OSError, ValueError) as e:
             raise TrainingError(f"projector warm start: {e}") from e
         if self.world.is_main:
             log.info("projector warm start (ridge %g) over %d images (%d unreadable): captions' embedding "

@@ -56,24 +56,39 @@ def caption_targets(captions: list[list[str]], tokenizer, embeddings: torch.Tens
     return targets
 
 
-def captions_by_image(dataset) -> dict[Path, list[str]]:
-    """Non-blank assistant turns of each image's records (stage-1 data: one caption per record)."""
+def captions_by_image(dataset, captions: str | Path | None = None) -> dict[Path, list[str]]:
+    """Non-blank assistant turns of each image's records (stage-1 data: one caption per record); with a
+    `captions` file, the file's captions of each of the dataset's images that it has (all of them, where the
+    records hold one)."""
     found: dict[Path, list[str]] = defaultdict(list)
     for i, (record, messages) in enumerate(zip(dataset.records, dataset.messages)):
-        captions = [m.content for m in messages if m.role == "assistant" and m.content.strip()]
-        if dataset.has_image(i) and captions:
-            found[dataset.image_path(record)] += captions
+        texts = [m.content for m in messages if m.role == "assistant" and m.content.strip()]
+        if dataset.has_image(i) and texts:
+            found[dataset.image_path(record)] += texts
+    if captions is not None:
+        from vistune.datagen.pretrain import load_caption_sets
+
+        sets, _ = load_caption_sets(captions)
+        by_path = {dataset.image_path({"image": image}): caps for image, caps in sets}
+        matched = [p for p in found if p in by_path]
+        if not matched:
+            raise ValueError(f"{captions} has captions of none of the training data's images")
+        for p in matched:
+            found[p] = list(by_path[p])
+        log.info("projector warm start: all captions from %s for %d of %d images", captions, len(matched), len(found))
     return found
 
 
 @torch.no_grad()
 def ridge_warm_start(model, dataset, ridge: float = 100.0, max_images: int = 20000, seed: int = 0,
-                     world=None, progress: bool = True, batch_size: int = 32) -> WarmStart:
-    """Set `model.projector` (linear) to the ridge solution over up to `max_images` images of `dataset`."""
+                     world=None, progress: bool = True, batch_size: int = 32,
+                     captions: str | Path | None = None) -> WarmStart:
+    """Set `model.projector` (linear) to the ridge solution over up to `max_images` images of `dataset`
+    (their records' captions, or those of a `captions` file: see `captions_by_image`)."""
     projector = model.projector
     if projector.kind != "linear":
         raise ValueError(f"the ridge warm start needs a linear projector, not {projector.kind!r}")
-    groups = captions_by_image(dataset)
+    groups = captions_by_image(dataset, captions)
     paths = sorted(groups)
     random.Random(seed).shuffle(paths)
     paths = paths[:max_images]
