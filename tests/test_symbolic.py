@@ -8,6 +8,7 @@ import re
 import sys
 import types
 from collections import Counter
+from itertools import groupby
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,28 @@ def test_short_answers_match_the_annotations(world):
     # phrasing pools overlap with the bench's but are not the same
     short_qs = {t["value"].removeprefix("<image>\n") for r in records for t in r["conversations"][::2]}
     assert short_qs - bench_questions
+
+
+def test_short_records_ask_one_balanced_question_per_family(world):
+    world_dir, _ = world
+    objs = _objects(world_dir)
+    contexts, _ = load_coco(world_dir / "captions.json", world_dir / "instances.json")
+    records = generate_symbolic(contexts, types=["short"], seed=1)
+    answers: dict[str, Counter] = {}
+    for image, group in groupby(records, key=lambda r: r["image"]):
+        families = []
+        for r in group:
+            (h, g) = r["conversations"]
+            assert r["metadata"]["type"] == "short" and h["value"].startswith("<image>\n")
+            q = h["value"].removeprefix("<image>\n").removesuffix("\n" + SHORT_ANSWER_INSTRUCTION)
+            families.append(_check_short(q, g["value"], objs[image]))
+            answers.setdefault(families[-1], Counter())[g["value"]] += 1
+        assert len(families) == len(set(families))  # at most one question per family and image
+    assert set(answers) == {"count", "colour", "shape", "existence", "absolute_position", "relative_position"}
+    assert len(records) > 4 * len(contexts)
+    yes = answers["existence"]["yes"] / sum(answers["existence"].values())
+    assert 0.4 <= yes <= 0.6
+    assert answers["count"]["0"] < 0.5 * sum(answers["count"].values())  # not "absent" by default
 
 
 def test_full_sentence_counts_and_colours_match(world):

@@ -9,6 +9,12 @@ and writes the paper's three kinds of records:
 - `detail`: a paragraph describing every object and the background.
 - `complex`: a question that needs a few reasoning steps; the answer shows them, then concludes.
 
+Beyond the paper's three, `short` writes LLaVA-1.5-style short-answer VQA records: per image, one
+single-turn record per question family (colour, shape, count, existence, absolute and relative
+position), each with a one-word answer drawn so that every answer the scene allows is equally
+likely (a conversation's later turns lean towards absent things, since they may not name what
+earlier turns named).
+
 Labels of the form "<colour> <kind>" (the synthetic world's categories, e.g. "red star") give an
 object a colour; other labels ("person") have no colour, and colour questions are not asked
 about them. Position rules match the benchmark's: absolute left/right (top/bottom) only when the
@@ -39,7 +45,9 @@ from vistune.data.synth import (
 )
 from vistune.datagen.context import ImageContext, make_record
 
-TYPES = ("conversation", "detail", "complex")
+TYPES = ("conversation", "detail", "complex", "short")
+PAPER_TYPES = TYPES[:3]
+SHORT_FAMILIES = ("colour", "shape", "count", "existence", "absolute_position", "relative_position")
 TEACHER = "symbolic"
 
 _IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
@@ -392,6 +400,21 @@ def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5,
     return turns or None
 
 
+def make_short(s: Scene, rng: random.Random) -> list[list[dict]] | None:
+    """One single-turn short-answer conversation per question family the scene can answer."""
+    items = conversation_items(s, rng)
+    out = []
+    for family in SHORT_FAMILIES:
+        pool = [q for q in items[family] if q.short]
+        if family in ("existence", "count") and len({q.short for q in pool}) < 2:
+            continue  # only one possible answer: nothing to learn from the image
+        if pool:
+            qa = _choose(rng, pool, family)
+            out.append([{"from": "human", "value": f"<image>\n{qa.question}\n{SHORT_ANSWER_INSTRUCTION}"},
+                        {"from": "gpt", "value": qa.short}])
+    return out or None
+
+
 # ----------------------------------------------------------------------------- detail
 
 P_DETAIL = [
@@ -596,7 +619,7 @@ def _stem(image: str) -> str:
     return str(p.with_suffix("")).replace("/", "_").replace("\\", "_")
 
 
-def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = TYPES, seed: int = 0,
+def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = PAPER_TYPES, seed: int = 0,
                       short_fraction: float = 0.5, min_turns: int = 2, max_turns: int = 5,
                       skips: Counter | None = None, kinds: Sequence[str] | None = None,
                       colours: Sequence[str] | None = None) -> list[dict]:
@@ -621,7 +644,7 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = T
         colours = list(COLOURS) if synthetic else [c for c in COLOURS if any(col == c for col, _ in labels)]
     skips = skips if skips is not None else Counter()
     makers = {"conversation": lambda sc, r: make_conversation(sc, r, short_fraction, min_turns, max_turns),
-              "detail": make_detail, "complex": make_complex}
+              "detail": make_detail, "complex": make_complex, "short": make_short}
     records, seen = [], Counter()
     for ctx in contexts:
         scene = Scene(ctx, kinds, colours)
@@ -635,7 +658,8 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = T
             if conv is None:
                 skips[f"no_{t}"] += 1
                 continue
-            records.append(make_record(f"{stem}-{t}-0", ctx.image, conv, t, TEACHER))
+            for k, one in enumerate(conv if t == "short" else [conv]):
+                records.append(make_record(f"{stem}-{t}-{k}", ctx.image, one, t, TEACHER))
     return records
 
 
