@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from vistune.cli import main
 from vistune.demo import balanced_subset
@@ -24,6 +25,10 @@ def test_quick_demo_writes_every_variant_and_resumes(tmp_path, capsys):
                                      "relative_position"}
     assert (out / "report.md").exists() and (out / "report.png").stat().st_size > 0
     assert (out / "stage2" / "final" / "config.json").exists()
+    # the warm start read every caption of the training world, stage 1 its one-per-image records
+    stage1 = yaml.safe_load((out / "stage1" / "config.yaml").read_text())
+    assert stage1["train"]["projector_init_captions"] == str(out / "world" / "train" / "captions.json")
+    assert yaml.safe_load((out / "stage2" / "config.yaml").read_text())["train"]["projector_init_captions"] is None
     chats = (out / "chats.md").read_text()
     assert "ASSISTANT" in chats
     capsys.readouterr()
