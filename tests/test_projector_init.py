@@ -178,4 +178,8 @@ def test_a_captions_file_gives_the_warm_start_every_caption_of_an_image(tmp_path
     before = model.projector.linear_1.weight.clone()
     with pytest.raises(ValueError, match="none of the training data's images"):
         ridge_warm_start(model, ds, ridge=1.0, progress=False, captions=unrelated)
+    with pytest.raises(OSError):
+        ridge_warm_start(model, ds, ridge=1.0, progress=False, captions=tmp_path / "missing.json")
     assert torch.equal(model.projector.linear_1.weight, before)
+    with pytest.raises(ConfigError, match="read only by train.projector_init=ridge"):
+        load_run_config(None, [f"train.projector_init_captions={captions}"])

@@ -103,7 +103,8 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--instances", help="COCO instances JSON (boxes)")
     gen.add_argument("--input", help="JSONL of {image, captions, instances:[{category, bbox}]} (normalised xyxy)")
     gen.add_argument("--out", required=True, help="output file (JSON for symbolic, append-only JSONL for openai)")
-    gen.add_argument("--types", default="conversation,detail,complex", help="comma-separated kinds to write: conversation, detail, complex (the paper's), short (symbolic only: one-word VQA questions, one per record)")
+    gen.add_argument("--types", default="conversation,detail,complex", help="comma-separated kinds to write: conversation, detail, complex (the paper's), "
+                     "short (symbolic only: one-word VQA questions, one per record)")
     gen.add_argument("--limit", type=int, default=None, help="use at most N images")
     gen.add_argument("--seed", type=int, default=0, help="random seed")
     gen.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")

