@@ -1,0 +1,14 @@
+"""`vistune demo`: the offline end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+
+from vistune.cli.common import handler
+
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="build a visual assistant from scratch offline and evaluate it")
+    demo.add_argument("--out", default="runs/demo", help="run directory")
+    demo.add_argument("--quick", action="store_true", help="a small run (minutes) for smoke tests")
+    demo.add_argument("--force", action="store_true", help="redo finished steps")
+    demo.set_defaults(func=handler("vistune.demo:demo_command"))
