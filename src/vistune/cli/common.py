@@ -6,9 +6,11 @@ import argparse
 import importlib
 from typing import Callable
 
+from vistune.errors import UserError
 
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one line (no traceback) and the command exits with 2."""
+
+class UsageError(UserError):
+    """A flag the user can fix; printed as one line (no traceback) and the command exits with 2."""
 
 
 def handler(target: str) -> Callable[[argparse.Namespace], int | None]:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from vistune.inference.engine import Engine, Request
-from vistune.inference.generate import SamplingParams
+from vistune.inference.generate import SamplingParams, TextStream
 from vistune.model.checkpoint import load_checkpoint
 from vistune.model.vlm import VisionLanguageModel
 
@@ -41,6 +41,18 @@ class Assistant(VisionLanguageModel):
         """Like `chat`, yielding text pieces as they are generated (joined: the answer)."""
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         return Engine(self, set_eval=False).stream(Request.of(prompt, image, history, params))
+
+    def decode_answer(self, ids: list[int]) -> str:
+        """Text of generated ids, cut at the first end-of-turn id or stop string (as the engine cuts it)."""
+        stops = set(self.renderer.end_of_turn_ids())
+        stream = TextStream(self.tokenizer, self.renderer.stop_strings)
+        for t in ids:
+            if t in stops:
+                break
+            stream.push(t)
+            if stream.stopped:
+                break
+        return stream.text
 
 
 def load_assistant(path: str | Path, dtype: torch.dtype | None = None, device: str = "cpu") -> Assistant:
