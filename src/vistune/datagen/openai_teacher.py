@@ -15,7 +15,6 @@ input, 3 stopped early (401/403, or too many consecutive failures).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
@@ -30,10 +29,11 @@ from typing import IO, Any, Awaitable, Callable
 import yaml
 
 from vistune.datagen.context import (
+    ContextSource,
     ImageContext,
     format_context,
     format_skips,
-    load_image_contexts,
+    load_contexts,
     make_record,
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
@@ -294,72 +294,24 @@ class Settings:
     price_out: float | None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if not self.model:
+            raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
+        if not self.types:
+            raise UsageError("--types names no type")
+        for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
+            _positive(name, getattr(self, name))
+        _positive("reject_retries", self.reject_retries, allow_zero=True)
+        _positive("max_retries", self.retry.max_retries, allow_zero=True)
+        _positive("retry_base_delay", self.retry.base_delay, allow_zero=True)
+        _positive("retry_max_delay", self.retry.max_delay, allow_zero=True)
+
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def parse_types(text: str) -> list[str]:
-    types = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not types:
-        raise UsageError("--types names no type")
-    return types
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    if not args.base_url:
-        raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-    if not args.model:
-        raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
-    for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    for name in ("max_retries", "reject_retries", "retry_base_delay", "retry_max_delay"):
-        _positive(name.replace("_", "-"), getattr(args, name), allow_zero=True)
-    env = getattr(args, "api_key_env", None)
-    return Settings(
-        base_url=args.base_url,
-        model=args.model,
-        api_key=os.environ.get(env) if env else None,
-        types=parse_types(args.types),
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        retry=RetryPolicy(args.max_retries, args.retry_base_delay, args.retry_max_delay),
-        reject_retries=args.reject_retries,
-        max_consecutive_failures=args.max_consecutive_failures,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        price_in=args.price_in,
-        price_out=args.price_out,
-        progress=not getattr(args, "no_progress", False),
-    )
-
-
-def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collections.Counter]:
-    """Contexts from `--input` JSONL or `--captions` (+ `--instances`), unique images, `--limit`."""
-    if args.input and (args.captions or args.instances):
-        raise UsageError("give either --input or --captions/--instances, not both")
-    if not args.input and not args.captions:
-        raise UsageError("--teacher openai needs --input JSONL or --captions (and --instances)")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    try:
-        contexts, skips = load_image_contexts(args.input, args.captions, args.instances)
-    except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    unique: dict[str, ImageContext] = {}
-    for ctx in contexts:
-        if ctx.image in unique:
-            skips["duplicate_image"] += 1
-        else:
-            unique[ctx.image] = ctx
-    contexts = list(unique.values())
-    if args.limit is not None:
-        contexts = contexts[: args.limit]
-    if not contexts:
-        raise UsageError(f"no usable images in the input ({format_skips(skips)})")
-    return contexts, skips
+        raise UsageError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
 @dataclass
@@ -560,32 +512,33 @@ def _progress_bar(stats: RunStats, enabled: bool) -> tuple[Any, Callable[[RunSta
     return bar, update
 
 
-def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
-    """The whole command; returns (exit code, stats). Raises `UsageError` on bad input."""
-    settings = settings_from_args(args)
-    specs = load_prompts(settings.types, args.prompts)
-    contexts, skips = load_contexts(args)
+def generate_openai(settings: Settings, source: ContextSource, out: str | Path,
+                    prompts_dir: str | Path | None = None) -> tuple[int, RunStats]:
+    """`vistune generate --teacher openai`: ask the teacher for every (image, type) pair not yet in `out`
+    (append-only JSONL, resumable). Returns (exit code, stats); raises `UsageError` on bad input."""
+    specs = load_prompts(settings.types, prompts_dir)
+    contexts, skips = load_contexts(source)
     print(f"contexts: {len(contexts)} images; {format_skips(skips)}", file=sys.stderr)
-    cut = repair_tail(args.out)
+    cut = repair_tail(out)
     if cut:
-        print(f"{args.out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
-    out = JsonlAppender(args.out, durable=True, lock=True)
+        print(f"{out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
+    writer = JsonlAppender(out, durable=True, lock=True)
     try:
-        done, bad = read_done_ids(args.out)
+        done, bad = read_done_ids(out)
         if bad:
-            print(f"{args.out}: {bad} unreadable lines left in place", file=sys.stderr)
+            print(f"{out}: {bad} unreadable lines left in place", file=sys.stderr)
         jobs = plan_jobs(contexts, specs, settings.seed, done)
         stats = RunStats(total=len(contexts) * len(specs))
         stats.skipped = stats.total - len(jobs)
-        rejects = JsonlAppender(rejects_path(args.out), durable=False)
+        rejects = JsonlAppender(rejects_path(out), durable=False)
         bar, update = _progress_bar(stats, settings.progress)
         try:
-            asyncio.run(Generator(settings, specs, out, rejects, stats, update).run(jobs))
+            asyncio.run(Generator(settings, specs, writer, rejects, stats, update).run(jobs))
         finally:
             bar.close()
             rejects.close()
     finally:
-        out.close()
+        writer.close()
     print("\n".join(summary_lines(stats, settings)))
     if stats.stop_reason:
         print(f"stopped: {stats.stop_reason}", file=sys.stderr)
@@ -594,13 +547,3 @@ def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
         print("some pairs are missing; re-run the same command to retry them", file=sys.stderr)
         return EXIT_INCOMPLETE, stats
     return EXIT_OK, stats
-
-
-def generate_command_openai(args: argparse.Namespace) -> int:
-    """Entry point for `vistune generate --teacher openai` (see `vistune.cli`)."""
-    try:
-        code, _ = run_generate(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return code
