@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vistune.cli.common import handler
 
@@ -33,3 +34,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--num-image-tokens", type=int, default=None, help="override the image token count")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=handler("vistune.data.inspect:check_command"))
+    _register_scienceqa(dsub)
+
+
+def _register_scienceqa(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("scienceqa", help="convert ScienceQA into LLaVA training records")
+    p.add_argument("--problems", required=True, help="ScienceQA problems.json")
+    p.add_argument("--pid-splits", default=None,
+                   help="pid_splits.json (default: use each problem's own 'split' field)")
+    p.add_argument("--split", default="train", help="split to convert (default: train)")
+    p.add_argument("--prompt-format", default="QCM-LEA",
+                   help="IN-OUT parts: IN from Q,C,M,L,E; OUT from A,L,E, e.g. QCM-A, QCM-LEA (reason first), "
+                        "QCM-ALE (answer first) (default: QCM-LEA)")
+    p.add_argument("--out", required=True, help="output LLaVA JSON file")
+    p.set_defaults(func=scienceqa_command)
+
+
+def scienceqa_command(args: argparse.Namespace) -> int:
+    from vistune.data.scienceqa import ScienceQAError, convert_scienceqa
+
+    try:
+        counts = convert_scienceqa(args.problems, args.pid_splits, args.split, args.prompt_format, args.out)
+    except ScienceQAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {counts['records']} records ({counts['with_image']} with an image, {counts['text_only']} text-only) "
+          f"-> {args.out}")
+    return 0

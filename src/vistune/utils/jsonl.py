@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 
 try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
     import fcntl
@@ -116,3 +116,26 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RecordError(ValueError):
+    """A bad input record; the message names the file and the line."""
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; `RecordError` names a bad line."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise RecordError(f"{path}:{n}: expected a JSON object")
+            yield n, obj
