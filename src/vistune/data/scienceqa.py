@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vistune.utils.io import atomic_write_json
+from vistune.utils.jsonl import RecordError
 
 OPTIONS = "ABCDE"
 """Option letters; ScienceQA questions have 2 to 5 choices."""
@@ -26,7 +27,7 @@ INPUT_PARTS = "QCMLE"
 OUTPUT_PARTS = "ALE"
 
 
-class ScienceQAError(ValueError):
+class ScienceQAError(RecordError):
     """A problems/splits file or a prompt format that cannot be used; the message names the file."""
 
 
