@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vistune.cli.common import UsageError, handler
+from vistune.cli.common import UsageError, add_command, add_generation_flags, handler
 
 EXIT_INCOMPLETE, EXIT_USAGE, EXIT_STOPPED = 1, 2, 3
+
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,13 +70,8 @@ def _judge_options(args: argparse.Namespace, prefix: str):
 
 
 def _add_model_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--batch-size", type=int, default=8, help="questions per batch with --model (default: 8)")
-    p.add_argument("--temperature", type=float, default=0.0, help="candidate sampling; 0 is greedy (default: 0)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
-                   help=f"candidate answer length limit (default: {max_new_tokens})")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: auto, cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=8, help="questions per batch with --model")
+    add_generation_flags(p, max_new_tokens)
 
 
 def _run(fn, args: argparse.Namespace) -> int:
@@ -99,7 +95,7 @@ def _run(fn, args: argparse.Namespace) -> int:
 
 
 def _register_llava_bench(esub: argparse._SubParsersAction) -> None:
-    p = esub.add_parser("llava-bench", help="LLaVA-Bench: an LLM judge scores answers against reference answers")
+    p = add_command(esub, "llava-bench", "LLaVA-Bench: an LLM judge scores answers against reference answers")
     p.add_argument("--questions", help="questions JSONL {question_id, image, text, category: conv|detail|complex}")
     p.add_argument("--context", help="context JSONL {image, caption|captions, instances?: [{category, bbox}]}")
     p.add_argument("--references", help="reference answers JSONL {question_id, text} (Assistant 1)")
@@ -131,8 +127,8 @@ def _llava_bench(args: argparse.Namespace) -> int:
         out=args.out, questions=args.questions, context=args.context, references=args.references,
         images=args.images, model=args.model, answers=args.answers, reviews=args.reviews, judge=judge,
         judge_samples=args.judge_samples, seeds=seeds, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress)
+        max_new_tokens=args.max_new_tokens, top_p=args.top_p, sample_seed=args.seed, batch_size=args.batch_size,
+        device=args.device, dtype=args.dtype, progress=not args.no_progress)
     result = evaluate_llava_bench(options)
     print_result(result, judge)
     if result.missing:
@@ -146,7 +142,7 @@ def _llava_bench(args: argparse.Namespace) -> int:
 
 
 def _register_scienceqa(esub: argparse._SubParsersAction) -> None:
-    p = esub.add_parser("scienceqa", help="ScienceQA multiple choice, with the optional judge ensemble")
+    p = add_command(esub, "scienceqa", "ScienceQA multiple choice, with the optional judge ensemble")
     p.add_argument("--problems", required=True, help="ScienceQA problems.json")
     p.add_argument("--pid-splits", required=True, help="ScienceQA pid_splits.json")
     p.add_argument("--split", default="test", help="split to score (default: test)")
@@ -175,8 +171,8 @@ def _scienceqa(args: argparse.Namespace) -> int:
         problems=args.problems, pid_splits=args.pid_splits, split=args.split, out=args.out, images=args.images,
         model=args.model, answers=args.answers, prompt_format=args.prompt_format,
         ensemble_answers=args.ensemble_answers, judge=judge, limit=args.limit, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress)
+        max_new_tokens=args.max_new_tokens, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+        device=args.device, dtype=args.dtype, progress=not args.no_progress)
     result = evaluate_scienceqa(options)
     print_result(result, judge)
     if result.missing:

@@ -40,6 +40,7 @@ from vistune.llm_client import AuthError, MalformedResponse, RequestFailed, Retr
 from vistune.llm_client import ChatClient as TeacherClient
 from vistune.utils.jsonl import JsonlAppender as _JsonlAppender
 from vistune.utils.jsonl import read_done_ids, repair_tail  # noqa: F401  (part of this module's API)
+from vistune.errors import UserError
 
 BUILTIN_PROMPTS = Path(__file__).parent / "prompts"
 DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "single"
@@ -47,7 +48,7 @@ DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "sin
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad flags or input files; reported without a traceback (exit code 2)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
+from vistune.errors import UserError
 from vistune.llm_client import AuthError, ChatClient, MalformedResponse, RequestFailed, RetryPolicy
 from vistune.utils.jsonl import JsonlAppender, read_done_ids, repair_tail
 
@@ -32,7 +33,7 @@ class JudgeStopped(Exception):
     """The endpoint refused the key (401/403): nothing more can be asked."""
 
 
-class JudgeConfigError(ValueError):
+class JudgeConfigError(UserError, ValueError):
     """Judge options that cannot work (missing URL or model, non-positive limits)."""
 
 

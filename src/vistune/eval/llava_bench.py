@@ -197,6 +197,10 @@ class LlavaBenchOptions:
     """Candidate sampling temperature (0: greedy)."""
     max_new_tokens: int = 512
     """Candidate answer length limit."""
+    top_p: float = 1.0
+    """Candidate nucleus sampling mass."""
+    sample_seed: int | None = None
+    """Candidate sampling seed when `seeds` is not given."""
     batch_size: int = 8
     """Candidate questions per batch."""
     device: str = "auto"
@@ -238,9 +242,10 @@ def _candidate_answers(o: LlavaBenchOptions, questions: list[dict]) -> dict[int,
     engine = Engine.load(o.model, o.device, o.dtype, max_batch_size=o.batch_size)
     asked = [{"question_id": q["question_id"], "image": q["image"], "text": q["text"]} for q in questions]
     out: dict[int, dict[str, str]] = {}
-    for seed in o.seeds or [0]:
+    for seed in o.seeds or [0]:  # 0 names the single run
         path = Path(o.out) / ("answers.jsonl" if not o.seeds else f"answers-seed{seed}.jsonl")
-        params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, seed=seed)
+        params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
+                                seed=seed if o.seeds else o.sample_seed)
         summary = infer(engine, asked, o.images, path, params, o.batch_size, model_id=Path(o.model).resolve().name)
         if summary.failed:
             qid, reason = next(iter(summary.failed.items()))

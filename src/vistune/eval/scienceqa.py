@@ -152,6 +152,10 @@ class ScienceQAOptions:
     """Candidate sampling temperature (0: greedy)."""
     max_new_tokens: int = 256
     """Candidate answer length limit."""
+    top_p: float = 1.0
+    """Candidate nucleus sampling mass."""
+    seed: int | None = None
+    """Candidate sampling seed (with temperature > 0)."""
     batch_size: int = 8
     """Questions per batch with `model`."""
     device: str = "auto"
@@ -199,7 +203,7 @@ def _model_answers(o: ScienceQAOptions, problems: dict, pids: list[str]) -> dict
                  for p in pids]
     engine = Engine.load(o.model, o.device, o.dtype, max_batch_size=o.batch_size)
     path = Path(o.out) / "answers.jsonl"
-    params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature)
+    params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p, seed=o.seed)
     summary = infer(engine, questions, o.images, path, params, o.batch_size, model_id=Path(o.model).resolve().name)
     for pid, reason in summary.failed.items():
         print(f"not answered {pid}: {reason} (counted wrong)", file=sys.stderr)

@@ -8,13 +8,15 @@ import os
 from pathlib import Path
 from typing import IO, Iterator
 
+from vistune.errors import UserError
+
 try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 
-class OutputLockedError(ValueError):
+class OutputLockedError(UserError, ValueError):
     """Another process holds the lock on an output file."""
 
 
@@ -118,7 +120,7 @@ class JsonlAppender:
         self.close()
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A bad input record; the message names the file and the line."""
 
 
