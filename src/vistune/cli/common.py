@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Callable
 
 from vistune.errors import UserError
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import yaml
 
@@ -37,19 +35,11 @@ from vistune.datagen.context import (
     make_record,
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
-from vistune.datagen.teacher_client import (
-    AuthError,
-    MalformedResponse,
-    RequestFailed,
-    RetryPolicy,
-    TeacherClient,
-)
 from vistune.errors import UserError
-
-try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from vistune.llm_client import AuthError, MalformedResponse, RequestFailed, RetryPolicy
+from vistune.llm_client import ChatClient as TeacherClient
+from vistune.utils.jsonl import JsonlAppender as _JsonlAppender
+from vistune.utils.jsonl import read_done_ids, repair_tail  # noqa: F401  (part of this module's API)
 
 BUILTIN_PROMPTS = Path(__file__).parent / "prompts"
 DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "single"
@@ -178,94 +168,10 @@ def record_id(image: str, type_: str) -> str:
 # The output file: append-only JSONL, one write per record, resumable
 
 
-def _last_line_start(f: IO[bytes], end: int) -> int:
-    """Offset just after the last b"\\n" before `end` (0 when there is none)."""
-    pos = end
-    while pos > 0:
-        step = min(65536, pos)
-        f.seek(pos - step)
-        chunk = f.read(step)
-        idx = chunk.rfind(b"\n")
-        if idx >= 0:
-            return pos - step + idx + 1
-        pos -= step
-    return 0
+class JsonlAppender(_JsonlAppender):
+    """The output file's appender; a second writer is a usage error."""
 
-
-def repair_tail(path: str | Path) -> int:
-    """Cut a torn last line (no trailing newline, or not a JSON object); return bytes removed."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        end = size if f.read(1) == b"\n" else _last_line_start(f, size)
-        if end == size:  # the last line is complete; check that it parses
-            start = _last_line_start(f, size - 1)
-            f.seek(start)
-            if _parse_line(f.read(size - start)) is None:
-                end = start
-        if end < size:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - end
-
-
-def _parse_line(line: bytes) -> dict | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def read_done_ids(path: str | Path) -> tuple[set[str], int]:
-    """Ids of the records already written, and the number of unreadable lines (left in place)."""
-    done: set[str] = set()
-    bad = 0
-    if not Path(path).exists():
-        return done, bad
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            obj = _parse_line(line)
-            if obj is None or not isinstance(obj.get("id"), str):
-                bad += 1
-            else:
-                done.add(obj["id"])
-    return done, bad
-
-
-class JsonlAppender:
-    """Append whole lines with one `write()` each; `durable` adds an fsync per line."""
-
-    def __init__(self, path: str | Path, durable: bool = True, lock: bool = False) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.durable = durable
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if lock and fcntl is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise UsageError(f"{self.path} is being written by another run") from None
-
-    def write(self, obj: dict) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self.fd, data)
-        while written < len(data):  # only on a short write (disk full, signals); rare for files
-            written += os.write(self.fd, data[written:])
-        if self.durable:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
+    locked_error = UsageError
 
 
 def rejects_path(out: str | Path) -> Path:

@@ -78,7 +78,7 @@ def evaluate(engine, bench: Sequence[dict], images: str | Path, out: str | Path 
                            params=params)
     report = score(answers, bench)
     if out is not None:
-        write_report(report, out)
+        write_report(report, out, variant="shuffled_images" if shuffle else "full")
         atomic_write_jsonl(Path(out) / "answers.jsonl",
                            [{"id": q["id"], "type": q["type"], "question": q["question"], "answer": q["answer"],
                              "prediction": answers.get(q["id"])} for q in bench])
