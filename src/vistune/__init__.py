@@ -8,5 +8,7 @@ def load(path, dtype=None, device="cpu"):
     import torch
 
     from vistune.model.checkpoint import load_checkpoint
+    from vistune.utils.quiet import silence_library_output
 
+    silence_library_output()
     return load_checkpoint(path, dtype=dtype or torch.float32, device=device)
