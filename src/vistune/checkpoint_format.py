@@ -10,11 +10,13 @@ import json
 import os
 from pathlib import Path
 
+from vistune.errors import UserError
+
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "vistune"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A directory that is not a loadable vistune checkpoint."""
 
 
