@@ -17,7 +17,7 @@ from vistune.cli import main
 from vistune.conversation import IMAGE_TOKEN_ID, Message, conversation_messages
 from vistune.inference.assistant import Assistant
 from vistune.model.checkpoint import save_checkpoint
-from vistune.model.export import ExportError, export_hf_llava, write_hf_llava
+from vistune.model.export import ExportError, check_exportable, export_hf_llava, write_hf_llava
 from vistune.model.tiny import tiny_llm, tiny_vision_tower, tiny_vlm
 from vistune.model.vlm import VisionLanguageModel
 
@@ -290,8 +290,30 @@ def test_efficientnet_tower_is_refused_with_a_clear_message(tmp_path, capsys):
     code = main(["export", "--model", str(tmp_path / "ckpt"), "--to", "hf-llava", "--out", str(tmp_path / "hf")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "needs a transformers vision tower (CLIP or SigLIP)" in err and "efficientnet-lite0" in err
+    assert "'efficientnet-lite0' is not a transformers model" in err and "train with a CLIP or SigLIP tower" in err
+    assert "configs/llava15_*.yaml" in err and "vistune chat / infer / serve" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "hf").exists()
+
+
+def test_every_blocker_is_named_at_once_and_the_demo_recipe_is_refused_with_the_way_out():
+    from vistune.config import ModelConfig, apply_overrides, to_dict
+    from vistune.demo import COMMON
+
+    demo_model = apply_overrides({}, [f"{k}={v}" for k, v in COMMON.items() if k.startswith("model.")])["model"]
+    config = {"model": to_dict(ModelConfig(**demo_model)),
+              "vision_tower": {"kind": "efficientnet", "name": "efficientnet-lite0"}}
+    with pytest.raises(ExportError) as err:
+        check_exportable(config)
+    message = str(err.value)
+    assert "(2 blockers)" in message and "(1) its vision tower 'efficientnet-lite0'" in message
+    assert "(2) model.projector_norm=true" in message and "feature_standardise" not in message.split("(1)")[0]
+    config["model"]["feature_norm"] = True
+    with pytest.raises(ExportError, match=r"\(3 blockers\).*tower.*feature_norm=true.*projector_norm=true"):
+        check_exportable(config)
+    config = {"model": to_dict(ModelConfig(vision_tower="tiny-clip")),
+              "vision_tower": {"kind": "hf", "config": {"model_type": "clip_vision_model"}}}
+    check_exportable(config)  # the exportable path passes
 
 
 def test_feature_norm_is_refused(tmp_path):

@@ -71,9 +71,14 @@ def test_stage2_trains_llm_keeps_tower_and_starts_from_stage1(tiny, tmp_path):
 
 def test_init_from_must_match_the_model_section(tiny, tmp_path):
     ckpt, data = tiny
-    run = tiny_run_config(ckpt, data, tmp_path / "run", overrides=["model.projector=mlp2x_gelu"])
-    with pytest.raises(ConfigError, match="model.projector"):
+    with pytest.raises(ConfigError, match="model.projector"):  # an override is checked when the config loads
+        tiny_run_config(ckpt, data, tmp_path / "run", overrides=["model.projector=mlp2x_gelu"])
+    run = tiny_run_config(ckpt, data, tmp_path / "run")
+    run.model.projector, run.model.vision_layer = "mlp2x_gelu", 1  # a RunConfig built in Python is checked by train
+    with pytest.raises(ConfigError, match=r"model.vision_layer=1 .*model.projector='mlp2x_gelu'|"
+                                          r"model.projector='mlp2x_gelu' .*model.vision_layer=1"):
         train(run, progress=False)
+    assert not (tmp_path / "run" / "final").exists()
 
 
 def test_supervised_only_loss_equals_the_naive_full_logits_loss(tiny):

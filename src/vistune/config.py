@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import logging
+import os
 import re
 import textwrap
 import types
@@ -20,7 +22,11 @@ from typing import Any
 
 import yaml
 
+from vistune.checkpoint_format import CheckpointError, read_config
 from vistune.errors import UserError
+
+log = logging.getLogger(__name__)
+
 
 
 class ConfigError(UserError, ValueError):
@@ -225,9 +231,10 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Training run configuration (`vistune train --config FILE key=value ...`)
 
-# Architecture keys that a stage must share with its `init_from` checkpoint (the template may change).
-ARCHITECTURE_KEYS = ("vision_tower", "vision_layer", "vision_select", "projector", "llm", "image_size",
-                     "pad_to_square", "feature_norm", "feature_standardise", "projector_norm")
+# Model keys that say how conversations are written, not what the weights are: a stage may change them.
+CONVERSATION_KEYS = ("template", "system_prompt")
+# Every other model key fixes the architecture that an `init_from` checkpoint brings.
+ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in CONVERSATION_KEYS)
 
 
 @dataclass
@@ -397,7 +404,8 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The model's parts; with `init_from`, they must match that checkpoint's (the template may differ)."""
+    """The model's parts. With `init_from`, `load_run_config` takes them from that checkpoint (see
+    `model_from_checkpoint`); only the template and system prompt may differ from it."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -423,15 +431,92 @@ class RunConfig:
                                   f"{self.model.projector!r}")
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None
-                    ) -> RunConfig:
-    """YAML file (optional) + dotted overrides -> RunConfig; checks the batch split for `world_size` processes
-    (default: $WORLD_SIZE, else 1)."""
-    import os
+def _model_values(model: dict, prefix: str = "model.") -> dict:
+    """A model section (mapping) with every key present, values checked and coerced like a config file's."""
+    return to_dict(from_dict(ModelConfig, model, prefix=prefix))
 
+
+def _listing(items: dict, reference: dict) -> str:
+    return ", ".join(f"model.{k}={v!r} (checkpoint: {reference.get(k)!r})" for k, v in items.items())
+
+
+def architecture_conflicts(model: dict, checkpoint_model: dict) -> dict:
+    """The architecture keys of `model` (a possibly partial model section) whose values differ from the
+    checkpoint's model section: {key: value in `model`}."""
+    hints = typing.get_type_hints(ModelConfig)
+    return {k: v for k, v in model.items()
+            if k in ARCHITECTURE_KEYS and _coerce(v, hints[k], f"model.{k}") != checkpoint_model.get(k)}
+
+
+def check_matches_checkpoint(model: ModelConfig, checkpoint: str | Path) -> None:
+    """Raise ConfigError listing every architecture key of `model` that differs from the checkpoint's."""
+    ckpt = checkpoint_model(checkpoint)
+    conflicts = architecture_conflicts(to_dict(model), ckpt)
+    if conflicts:
+        raise ConfigError(f"the model section differs from the init_from checkpoint {checkpoint} in "
+                          f"{_listing(conflicts, ckpt)}; the model section must describe the checkpoint it starts "
+                          f"from (load_run_config takes it from the checkpoint)")
+
+
+def checkpoint_model(checkpoint: str | Path) -> dict:
+    """The model section of a checkpoint's config.json, every key present (plain JSON; no model code)."""
+    try:
+        return _model_values(read_config(checkpoint).get("model") or {}, prefix=f"{checkpoint}: model.")
+    except CheckpointError as e:
+        raise ConfigError(f"init_from: {e}") from e
+
+
+def model_from_checkpoint(checkpoint: str | Path, file_model: dict, override_model: dict
+                          ) -> tuple[dict, str | None]:
+    """The model section of a run that starts from `checkpoint`, and a one-line note naming what the config
+    file asked for that the checkpoint replaced (None when nothing).
+
+    file_model: the config file's model section; override_model: the command line's `model.*` overrides.
+    Precedence: the architecture (every key but the template and system prompt) comes from the checkpoint; a
+    command-line override that differs from it is an error, all such keys in one message; config-file keys that
+    differ are noted and not used. The template and system prompt come from the command line, else from the config
+    file where it names them, else from the checkpoint (so its system prompt is kept).
+    """
+    ckpt = checkpoint_model(checkpoint)
+    conflicts = architecture_conflicts(override_model, ckpt)
+    if conflicts:
+        raise ConfigError(f"init_from {checkpoint} fixes the architecture, and these overrides differ from it: "
+                          f"{_listing(conflicts, ckpt)}; drop them to fine-tune the checkpoint (or leave out "
+                          f"init_from to build a new model)")
+    model = dict(ckpt)
+    chosen = {k: v for source in (file_model, override_model) for k, v in source.items() if k in CONVERSATION_KEYS}
+    model.update(chosen)
+    model = _model_values(model)
+    unused = architecture_conflicts(file_model, ckpt)
+    changed = {k: model[k] for k in chosen if model[k] != ckpt[k]}
+    notes = []
+    if unused:
+        notes.append(f"the config file's {_listing(unused, ckpt)} are not used")
+    if changed:
+        notes.append(f"{_listing(changed, ckpt)} replace the checkpoint's")
+    note = f"model section from init_from {checkpoint}: " + "; ".join(notes) if notes else None
+    return model, note
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None,
+                    read_init_from: bool = True) -> RunConfig:
+    """YAML file (optional) + dotted overrides -> RunConfig; checks the batch split for `world_size` processes
+    (default: $WORLD_SIZE, else 1).
+
+    With `init_from`, the model section comes from that checkpoint (`model_from_checkpoint` says how the config
+    file and the overrides take part) and what the config file asked for differently is logged in one line.
+    read_init_from=False takes the model section as written (to check a config before its checkpoint exists).
+    """
     data = load_yaml(path) if path is not None else {}
+    file_model = dict(data["model"]) if isinstance(data.get("model"), dict) else {}
+    override_data = apply_overrides({}, list(overrides))
     apply_overrides(data, list(overrides))
-    run = from_dict(RunConfig, data)
+    run = from_dict(RunConfig, data)  # every key and value checked as written
+    if read_init_from and run.init_from is not None:
+        data["model"], note = model_from_checkpoint(run.init_from, file_model, override_data.get("model") or {})
+        run = from_dict(RunConfig, data)
+        if note:
+            log.info(note)
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     run.train.check_batch(world_size)

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vistune.utils.quiet import silence_library_output
+
+    silence_library_output()
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)

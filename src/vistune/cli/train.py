@@ -40,8 +40,8 @@ def train_command(args: argparse.Namespace) -> int:
 
     if args.resume and args.no_resume:
         raise UsageError("--resume and --no-resume contradict each other")
-    run = load_run_config(args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run = load_run_config(args.config, args.overrides)
     resume = True if args.resume else False if args.no_resume else None
     try:
         final = train(run, progress=True, resume=resume)

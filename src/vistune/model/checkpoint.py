@@ -22,30 +22,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vistune.checkpoint_format import CONFIG_NAME, MODEL_TYPE, CheckpointError, is_checkpoint, read_config
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
-from vistune.errors import UserError
 from vistune.model.projector import Projector
 from vistune.model.vision import EfficientNetTower, HFVisionTower
 from vistune.model.vlm import VisionLanguageModel
 from vistune.version import __version__
 
-CONFIG_NAME = "config.json"
-MODEL_TYPE = "vistune"
-
-
-class CheckpointError(UserError, ValueError):
-    """A directory that is not a loadable vistune checkpoint."""
-
-
-def is_checkpoint(path: str | os.PathLike) -> bool:
-    cfg = Path(path) / CONFIG_NAME
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, json.JSONDecodeError):
-        return False
+__all__ = ["CONFIG_NAME", "MODEL_TYPE", "CheckpointError", "is_checkpoint", "read_config", "save_checkpoint",
+           "load_checkpoint", "write_checkpoint_files"]
 
 
 def _is_peft(module) -> bool:
@@ -125,16 +111,6 @@ def _fsync_tree(directory: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-
-def read_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{path} is not a vistune checkpoint: {CONFIG_NAME} is missing")
-    config = json.loads((path / CONFIG_NAME).read_text())
-    if config.get("model_type") != MODEL_TYPE:
-        raise CheckpointError(f"{path}/{CONFIG_NAME} has model_type {config.get('model_type')!r}, not {MODEL_TYPE!r}")
-    return config
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu",

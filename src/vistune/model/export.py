@@ -78,28 +78,44 @@ def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     return out
 
 
-def check_exportable(config: dict) -> None:
-    """Refuse, from `config.json` alone, what llava-hf cannot express."""
+# Where a run that should export goes instead (every fix below needs a new run from stage 1).
+EXPORTABLE_RECIPES = "configs/llava15_*.yaml or configs/paper_*.yaml"
+
+
+def export_blockers(config: dict) -> list[str]:
+    """Every reason, from `config.json` alone, that llava-hf cannot express this checkpoint, each with its fix
+    (empty: exportable)."""
     model_config = from_dict(ModelConfig, config["model"], prefix="model.")
     tower = config["vision_tower"]
+    blockers = []
     if tower.get("kind") != "hf":
-        raise ExportError(
-            f"the hf-llava format needs a transformers vision tower (CLIP or SigLIP); this checkpoint's tower is "
-            f"{tower.get('name', tower.get('kind'))!r}, which LlavaForConditionalGeneration cannot load. "
-            "Use the vistune checkpoint directly (vistune chat / serve)."
-        )
-    model_type = tower["config"].get("model_type")
-    if model_type not in EXPORTABLE_TOWERS:
-        raise ExportError(f"vision tower type {model_type!r} is not supported by this export; "
-                          f"supported: {', '.join(EXPORTABLE_TOWERS)}")
+        blockers.append(
+            f"its vision tower {tower.get('name', tower.get('kind'))!r} is not a transformers model, and "
+            f"LlavaForConditionalGeneration loads only those: train with a CLIP or SigLIP tower ({EXPORTABLE_RECIPES}, "
+            f"or model.vision_tower=<a CLIP/SigLIP hub id or directory>)")
+    elif tower.get("config", {}).get("model_type") not in EXPORTABLE_TOWERS:
+        blockers.append(f"vision tower type {tower.get('config', {}).get('model_type')!r} is not supported by this "
+                        f"export: train with one of {', '.join(EXPORTABLE_TOWERS)} ({EXPORTABLE_RECIPES})")
     if model_config.feature_norm:
-        raise ExportError("model.feature_norm=true (a LayerNorm between tower and projector) has no llava-hf "
-                          "equivalent; this checkpoint cannot be exported")
+        blockers.append("model.feature_norm=true (a LayerNorm between tower and projector) has no llava-hf "
+                        "counterpart: train with model.feature_norm=false (model.feature_standardise=true exports)")
     if model_config.projector_norm:
-        raise ExportError("model.projector_norm=true (image tokens rescaled after the projector) has no llava-hf "
-                          "equivalent; this checkpoint cannot be exported")
+        blockers.append("model.projector_norm=true (image tokens rescaled after the projector) has no llava-hf "
+                        "counterpart: train with model.projector_norm=false")
     if model_config.template not in TEMPLATES:
-        raise ExportError(f"template {model_config.template!r} cannot be exported")
+        blockers.append(f"template {model_config.template!r} has no export: train with one of "
+                        f"{', '.join(TEMPLATES)}")
+    return blockers
+
+
+def check_exportable(config: dict) -> None:
+    """Refuse, from `config.json` alone, what llava-hf cannot express: one message listing every blocker."""
+    blockers = export_blockers(config)
+    if blockers:
+        listed = "; ".join(f"({i}) {b}" for i, b in enumerate(blockers, 1))
+        raise ExportError(f"this checkpoint cannot be exported to hf-llava ({len(blockers)} blocker"
+                          f"{'s' if len(blockers) > 1 else ''}): {listed}. Each fix needs a new run from stage 1; "
+                          "this checkpoint works as it is with vistune chat / infer / serve.")
 
 
 # --------------------------------------------------------------------------------------------------

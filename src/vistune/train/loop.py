@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, to_dict
+from vistune.config import ConfigError, RunConfig, check_matches_checkpoint, dump_yaml, to_dict
 from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.train import distributed as D
@@ -68,7 +68,7 @@ class TrainHooks:
 
 def build_model(run: RunConfig, resume_from: Path | None):
     """The model to train: a resumable checkpoint, else `init_from`, else fresh parts named in `run.model`."""
-    from vistune.model.checkpoint import load_checkpoint, read_config
+    from vistune.model.checkpoint import load_checkpoint
     from vistune.model.vlm import VisionLanguageModel
     from vistune.train.lora import add_lora, is_lora, merge_lora
 
@@ -77,12 +77,7 @@ def build_model(run: RunConfig, resume_from: Path | None):
     if resume_from is not None:
         model = load_checkpoint(resume_from, dtype=torch.float32, trainable_lora=lora)
     elif run.init_from is not None:
-        ckpt = read_config(run.init_from)
-        for key in ARCHITECTURE_KEYS:
-            if ckpt["model"].get(key) != getattr(run.model, key):
-                raise ConfigError(
-                    f"model.{key}={getattr(run.model, key)!r} but the init_from checkpoint {run.init_from} has "
-                    f"{ckpt['model'].get(key)!r}; the model section must describe the checkpoint it starts from")
+        check_matches_checkpoint(run.model, run.init_from)  # load_run_config made them match; RunConfig(...) may not
         model = load_checkpoint(run.init_from, dtype=torch.float32, trainable_lora=lora)
         if (model.config.template, model.config.system_prompt) != (run.model.template, run.model.system_prompt):
             model.set_conversation(run.model.template, run.model.system_prompt)
