@@ -7,7 +7,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer, RenderError
+from vistune.conversation import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_ID,
+    Renderer,
+    RenderError,
+    TokenizerMismatch,
+    check_whole_prompt_tokenization,
+)
 from vistune.data.dataset import REASONS, BadRecord, record_id, record_messages
 from vistune.data.image import ImageLoadError, load_image
 from vistune.utils.io import read_json_or_jsonl
@@ -99,7 +106,11 @@ def show_command(args) -> int:
 
 
 def check_records(records: list, images: str | None, renderer: Renderer | None, max_length: int) -> list[dict]:
-    """Every bad record as {"index", "id", "reason", "detail"}."""
+    """Every bad record as {"index", "id", "reason", "detail"}. With a renderer, the tokenizer is refused first
+    (`TokenizerMismatch`, naming the first differing position) when rendered ids cannot equal its ids for the whole
+    prompt, on probe conversations or on any record."""
+    if renderer is not None:
+        check_whole_prompt_tokenization(renderer)
     bad = []
     for i, record in enumerate(records):
         rid = record_id(record, i)
@@ -117,6 +128,8 @@ def check_records(records: list, images: str | None, renderer: Renderer | None, 
                     raise BadRecord("too_long", f"{len(rendered)} tokens > {max_length}")
         except BadRecord as e:
             bad.append({"index": i, "id": rid, "reason": e.reason, "detail": e.detail})
+        except TokenizerMismatch as e:
+            raise TokenizerMismatch(f"record {rid}: {e}", e.position) from None
         except RenderError as e:
             bad.append({"index": i, "id": rid, "reason": "invalid_record", "detail": str(e)})
     return bad
