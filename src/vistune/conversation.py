@@ -213,13 +213,16 @@ class SeparatorTemplate(Template):
     def answer_end(self, tokenizer) -> Piece:
         raise NotImplementedError
 
+    first_user_tag: str = ""
+    """The user tag of the first turn (the text right after the system message), when it differs."""
+
     def pieces(self, messages, tokenizer, add_generation_prompt):
         system, body = _system_and_body(messages, self.system)
         out = [Piece(system + self.system_suffix)]
-        for m in body:
+        for i, m in enumerate(body):
             if m.role == "user":
-                # the space after the role tag leads the content, as a whole-prompt tokenizer would split it
-                out += [Piece(self.user_tag), Piece(" " + m.content), Piece(self.user_suffix + self.assistant_tag)]
+                tag = self.first_user_tag if i == 0 and self.first_user_tag else self.user_tag
+                out += [Piece(tag), Piece(" " + m.content), Piece(self.user_suffix + self.assistant_tag)]
             else:
                 out += [Piece(self.answer_prefix + m.content, "all"), self.answer_end(tokenizer)]
         if not add_generation_prompt and body and body[-1].role == "user":
@@ -228,11 +231,11 @@ class SeparatorTemplate(Template):
 
 
 class V0Template(SeparatorTemplate):
-    """The paper's format: `### Human: …` / `### Assistant: …`, each answer closed by `###`."""
+    """The paper's format: `SYSTEM\n\n### Human: …\n### Assistant: …\n###`, each answer closed by `\n###`."""
 
     name = "v0"
     system = V0_SYSTEM
-    system_suffix = "\n###"
+    system_suffix = "\n\n###"
     user_tag = " Human:"
     user_suffix = "\n###"
     assistant_tag = " Assistant:"
@@ -244,11 +247,12 @@ class V0Template(SeparatorTemplate):
 
 
 class VicunaV1Template(SeparatorTemplate):
-    """LLaVA v1/v1.5: `SYSTEM USER: … ASSISTANT: …</s>` rounds."""
+    """LLaVA v1/v1.5: `SYSTEM USER: … ASSISTANT: …</s>USER: … ASSISTANT: …</s>`."""
 
     name = "vicuna_v1"
     system = VICUNA_SYSTEM
-    user_tag = " USER:"
+    first_user_tag = " USER:"
+    user_tag = "USER:"  # right after the previous answer's </s>, no space
     assistant_tag = " ASSISTANT:"
     answer_prefix = " "
     stop_strings = ("</s>",)

@@ -412,7 +412,8 @@ def _chat_template(template: str, tokenizer, prelude: str) -> str:
             "{{- system + " + _lit(t.system_suffix) + " -}}"
             "{%- for m in body -%}"
             "{%- if m['role'] == 'user' -%}"
-            "{{- " + _lit(t.user_tag + " ") + " + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
+            "{{- (" + _lit((t.first_user_tag or t.user_tag) + " ") + " if loop.first else " + _lit(t.user_tag + " ")
+            + ") + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
             "{%- else -%}{{- " + _lit(t.answer_prefix) + " + m['content'] + " + answer_end + " -}}{%- endif -%}"
             "{%- endfor -%}"
         )
