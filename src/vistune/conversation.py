@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Iterable, Literal, Sequence
 
+from vistune.errors import UserError
+
 IGNORE_INDEX = -100
 IMAGE_TOKEN_ID = -200
 IMAGE_PLACEHOLDER = "<image>"
@@ -44,9 +46,9 @@ class RenderError(ValueError):
     """A conversation that cannot be rendered consistently."""
 
 
-class TokenizerMismatch(RenderError):
+class TokenizerMismatch(RenderError, UserError):
     """The rendered ids cannot equal the tokenizer's ids for the whole prompt; `position` is the first differing
-    token."""
+    token. Commands print it as one line (exit 2)."""
 
     def __init__(self, message: str, position: int) -> None:
         super().__init__(message)
@@ -643,3 +645,17 @@ def check_whole_prompt_tokenization(renderer: Renderer, conversations: Iterable[
 def sample_rng(seed: int, index: int, epoch: int = 0) -> random.Random:
     """A per-sample rng that depends only on (seed, epoch, index): reproducible in any worker order."""
     return random.Random(f"vistune:{seed}:{epoch}:{index}")
+
+
+def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
+                          system: str | None = None) -> list[Message]:
+    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
+    messages = [Message("system", system)] if system else []
+    for i, (question, answer) in enumerate([*history, (prompt, None)]):
+        question = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        if i == 0 and has_image:
+            question = f"{IMAGE_PLACEHOLDER}\n{question}"
+        messages.append(Message("user", question))
+        if answer is not None:
+            messages.append(Message("assistant", answer))
+    return messages
