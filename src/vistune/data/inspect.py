@@ -6,7 +6,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer, RenderError, sample_rng
+from vistune.conversation import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_ID,
+    Renderer,
+    RenderError,
+    TokenizerMismatch,
+    check_whole_prompt_tokenization,
+    sample_rng,
+)
 from vistune.data.dataset import BadRecord, record_id, record_messages
 from vistune.data.image import ImageLoadError, load_image
 from vistune.utils.io import read_json_or_jsonl
@@ -70,7 +78,11 @@ def show_record(records: list, index: int, renderer: Renderer, seed: int = 0, in
 
 def check_records(records: list, images: str | None, renderer: Renderer | None, max_length: int | None
                   ) -> list[dict]:
-    """Every bad record as {"index", "id", "reason", "detail"}."""
+    """Every bad record as {"index", "id", "reason", "detail"}. With a renderer, the tokenizer is refused first
+    (`TokenizerMismatch`, naming the first differing position) when rendered ids cannot equal its ids for the whole
+    prompt, on probe conversations or on any record."""
+    if renderer is not None:
+        check_whole_prompt_tokenization(renderer)
     bad = []
     for i, record in enumerate(records):
         rid = record_id(record, i)
@@ -88,6 +100,8 @@ def check_records(records: list, images: str | None, renderer: Renderer | None, 
                     raise BadRecord("too_long", f"{len(rendered)} tokens > {max_length}")
         except BadRecord as e:
             bad.append({"index": i, "id": rid, "reason": e.reason, "detail": e.detail})
+        except TokenizerMismatch as e:
+            raise TokenizerMismatch(f"record {rid}: {e}", e.position) from None
         except RenderError as e:
             bad.append({"index": i, "id": rid, "reason": "invalid_record", "detail": str(e)})
     return bad

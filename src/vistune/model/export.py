@@ -35,7 +35,10 @@ from vistune.conversation import (
     TEMPLATES,
     Message,
     RenderError,
+    TokenizerMismatch,
+    check_whole_prompt_tokenization,
     conversation_messages,
+    first_difference,
 )
 from vistune.errors import UserError
 from vistune.model.checkpoint import read_config
@@ -127,6 +130,10 @@ def write_hf_llava(model, directory: Path) -> None:
     from transformers import AutoProcessor
 
     check_exportable({"model": dataclasses.asdict(model.config), "vision_tower": model.vision_tower.config_dict()})
+    try:
+        check_whole_prompt_tokenization(model.renderer)
+    except TokenizerMismatch as e:
+        raise ExportError(f"cannot export exactly: {e}") from None
     tokenizer, image_token_id = _tokenizer_with_image_token(model.tokenizer)
     config, generation_config, weights = build_llava(model, image_token_id)
     config.save_pretrained(directory)
@@ -409,7 +416,8 @@ def _chat_template(template: str, tokenizer, prelude: str) -> str:
             "{{- system + " + _lit(t.system_suffix) + " -}}"
             "{%- for m in body -%}"
             "{%- if m['role'] == 'user' -%}"
-            "{{- " + _lit(t.user_tag + " ") + " + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
+            "{{- (" + _lit((t.first_user_tag or t.user_tag) + " ") + " if loop.first else " + _lit(t.user_tag + " ")
+            + ") + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
             "{%- else -%}{{- " + _lit(t.answer_prefix) + " + m['content'] + " + answer_end + " -}}{%- endif -%}"
             "{%- endfor -%}"
         )
@@ -474,14 +482,13 @@ def check_prompt_parity(model, processor, image_token_id: int) -> None:
         text = processor.apply_chat_template(hf_messages, add_generation_prompt=answer is None, tokenize=False)
         got = processor(text=text, images=[image], return_tensors="pt")["input_ids"][0].tolist()
         if got != expected:
-            k = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            k = first_difference(got, expected)
             raise ExportError(
                 f"template {model.config.template!r} cannot be exported exactly with this tokenizer: on "
                 f"{label}, llava-hf's processor gives different token ids than vistune (first difference at "
                 f"position {k}: processor {tok.convert_ids_to_tokens(got[k:k + 4])}, vistune "
-                f"{tok.convert_ids_to_tokens(expected[k:k + 4])}). vistune tokenizes the template's text and each "
-                "message separately, the processor tokenizes the whole prompt, and this tokenizer merges "
-                "across that boundary"
+                f"{tok.convert_ids_to_tokens(expected[k:k + 4])}): the exported chat template does not write the "
+                "same text as vistune's template"
             )
         checked += 1
     if checked == 0:
