@@ -242,23 +242,6 @@ def test_bad_prompt_file_is_a_usage_error(tmp_path, capsys) -> None:
     assert "unknown keys ['example']" in capsys.readouterr().err
 
 
-def test_repair_tail(tmp_path) -> None:
-    good = b'{"id": "a"}\n{"id": "b"}\n'
-    p = tmp_path / "o.jsonl"
-    for torn in (b'{"id": "c", "conv', b'{"id": "c", "conv\n', b"[1, 2\n"):
-        p.write_bytes(good + torn)
-        assert ot.repair_tail(p) == len(torn)
-        assert p.read_bytes() == good
-    p.write_bytes(good)
-    assert ot.repair_tail(p) == 0 and p.read_bytes() == good
-    p.write_bytes(b'{"id": "only", "x"')
-    assert ot.repair_tail(p) == 18 and p.read_bytes() == b""
-    big = b"".join(b'{"id": "%d", "pad": "%s"}\n' % (i, b"x" * 900) for i in range(200))
-    p.write_bytes(big + b"x" * 70000)  # a torn tail longer than one read block
-    ot.repair_tail(p)
-    assert p.read_bytes() == big
-
-
 def test_output_lock_refuses_a_second_writer(tmp_path) -> None:
     first = ot.JsonlAppender(tmp_path / "o.jsonl", lock=True)
     try:

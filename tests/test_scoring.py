@@ -98,3 +98,16 @@ def test_write_variants_report(tmp_path):
     assert md[0] == "| type | model | prior |"
     assert "| count | 100.0 | 100.0 |" in md
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_both_wordings_of_a_bench_score_alike(tmp_path):
+    from vistune.data.synth import render_world
+
+    render_world(tmp_path, 12, seed=5, progress=False)
+    heldout = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    teacher = [json.loads(line) for line in (tmp_path / "bench_in_distribution.jsonl").read_text().splitlines()]
+    # a long-form answer to either wording: "Yes, ...", "Three.", "The left."
+    spoken = {"yes": "Yes, it is there.", "no": "No.", "3": "Three.", "left": "The left."}
+    preds = {q["id"]: spoken.get(q["answer"], q["answer"]) for q in heldout[::2]}
+    a, b = score(preds, heldout), score(preds, teacher)
+    assert a == b and 0 < a["correct"] == len(preds) < a["n"]

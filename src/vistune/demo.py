@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from vistune.conversation import IMAGE_PLACEHOLDER
+from vistune.data.synth import BENCH_FILE, BENCH_IN_DISTRIBUTION_FILE, render_world
 from vistune.utils.io import atomic_write_json, atomic_write_text, read_json_or_jsonl
 
 
@@ -81,6 +82,9 @@ STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "single_tur
               "detail_complex_ratio": 0.02}
 """Stage-2 data: the symbolic teacher's conversations of mostly one-word answers, cut into single-turn
 questions (each asked with its image), plus a fiftieth as many detailed descriptions and reasoning answers."""
+BENCH_LAYOUT = "heldout-wording+in-distribution"
+"""The benchmark files the held-out world carries: `bench.jsonl` in held-out wording (the primary score) and
+`bench_in_distribution.jsonl` with the same questions in the teacher's wording (variant `full_in_distribution`)."""
 SYSTEM_PROMPT = "You answer questions about the image."
 CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
 
@@ -131,7 +135,9 @@ class Demo:
         # Each step's params include those of the steps it depends on, so a changed step redoes what follows.
         world = {"train": p.train_images, "heldout": p.heldout_images, "max_objects": p.max_objects}
         self.step("synth_train", lambda: self._synth("train", p.train_images, seed=1), world)
-        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2), world)
+        # the held-out world also carries the bench files, so a new bench layout re-renders it (only it)
+        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2),
+                  {**world, "bench": BENCH_LAYOUT})
         self.step("stage1_data", self._stage1_data, world)
         s1 = {"world": world, "plan": p.stage1, "common": COMMON}
         stage1 = self.step("stage1", lambda: self._train(1), s1)
@@ -139,7 +145,7 @@ class Demo:
         s2 = {"stage1": s1, "mix": STAGE2_MIX, "plan": p.stage2, "system": SYSTEM_PROMPT}
         stage2 = self.step("stage2", lambda: self._train(2), s2)
         report = self.step("benchmark", lambda: self._benchmark(stage1["model"], stage2["model"]),
-                           {"bench_questions": p.bench_questions, "stage2": s2})
+                           {"bench_questions": p.bench_questions, "stage2": s2, "bench": BENCH_LAYOUT})
         self._chats(stage2["model"])
         self.log(format_table(report["variants"]))
         total = time.time() - start
@@ -147,8 +153,6 @@ class Demo:
         return report
 
     def _synth(self, split: str, n: int, seed: int) -> dict:
-        from vistune.data.synth import render_world
-
         return render_world(self.world / split, n, seed=seed, min_objects=1, max_objects=self.plan.max_objects,
                             progress=self.progress)
 
@@ -217,8 +221,12 @@ class Demo:
         from vistune.inference.engine import Engine
         from vistune.model.checkpoint import load_checkpoint, read_config
 
-        bench = balanced_subset(load_bench(self.world / "heldout" / "bench.jsonl"), self.plan.bench_questions)
-        images = self.world / "heldout" / "images"
+        heldout = self.world / "heldout"
+        bench = balanced_subset(load_bench(heldout / BENCH_FILE), self.plan.bench_questions)
+        # the same questions (same ids and answers) in the teacher's training wording
+        same = {q["id"] for q in bench}
+        in_distribution = [q for q in load_bench(heldout / BENCH_IN_DISTRIBUTION_FILE) if q["id"] in same]
+        images = heldout / "images"
         evals = self.out / "eval"
         variants = {}
         # stage 1 trains with the plain template; ask it the way the full model is asked
@@ -230,6 +238,8 @@ class Demo:
         del stage1
         full = Engine.from_checkpoint(stage2_model)
         variants["full"] = evaluate(full, bench, images, evals / "full", progress=self.progress)
+        variants["full_in_distribution"] = evaluate(full, in_distribution, images, evals / "full_in_distribution",
+                                                    progress=self.progress)
         variants["shuffled_images"] = evaluate(full, bench, images, evals / "shuffled_images", shuffle=True,
                                                progress=self.progress)
         prior = answer_prior(load_bench(self.world / "train" / "bench.jsonl"))

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import yaml
 
@@ -44,6 +44,8 @@ from vistune.datagen.teacher_client import (
     RetryPolicy,
     TeacherClient,
 )
+from vistune.utils.io import json_object_or_none
+from vistune.utils.io import repair_jsonl_tail as repair_tail
 
 try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
     import fcntl
@@ -169,57 +171,12 @@ def pick_question(spec: PromptSpec, image: str, seed: int) -> str | None:
     return random.Random(f"{seed}\0{image}\0{spec.type}").choice(spec.questions)
 
 
-def record_id(image: str, type_: str) -> str:
+def teacher_record_id(image: str, type_: str) -> str:
     return f"{image}#{type_}"
 
 
 # ---------------------------------------------------------------------------------------------
 # The output file: append-only JSONL, one write per record, resumable
-
-
-def _last_line_start(f: IO[bytes], end: int) -> int:
-    """Offset just after the last b"\\n" before `end` (0 when there is none)."""
-    pos = end
-    while pos > 0:
-        step = min(65536, pos)
-        f.seek(pos - step)
-        chunk = f.read(step)
-        idx = chunk.rfind(b"\n")
-        if idx >= 0:
-            return pos - step + idx + 1
-        pos -= step
-    return 0
-
-
-def repair_tail(path: str | Path) -> int:
-    """Cut a torn last line (no trailing newline, or not a JSON object); return bytes removed."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        end = size if f.read(1) == b"\n" else _last_line_start(f, size)
-        if end == size:  # the last line is complete; check that it parses
-            start = _last_line_start(f, size - 1)
-            f.seek(start)
-            if _parse_line(f.read(size - start)) is None:
-                end = start
-        if end < size:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - end
-
-
-def _parse_line(line: bytes) -> dict | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def read_done_ids(path: str | Path) -> tuple[set[str], int]:
@@ -232,7 +189,7 @@ def read_done_ids(path: str | Path) -> tuple[set[str], int]:
         for line in f:
             if not line.strip():
                 continue
-            obj = _parse_line(line)
+            obj = json_object_or_none(line)
             if obj is None or not isinstance(obj.get("id"), str):
                 bad += 1
             else:
@@ -362,7 +319,7 @@ def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collect
 
 
 @dataclass
-class Job:
+class TeacherJob:
     id: str
     image: str
     type: str
@@ -372,17 +329,17 @@ class Job:
 
 def plan_jobs(
     contexts: list[ImageContext], specs: dict[str, PromptSpec], seed: int, done: set[str]
-) -> list[Job]:
+) -> list[TeacherJob]:
     """One job per (image, type) not yet in the output, image-major order."""
     jobs = []
     for ctx in contexts:
         text = format_context(ctx)
         for type_, spec in specs.items():
-            rid = record_id(ctx.image, type_)
+            rid = teacher_record_id(ctx.image, type_)
             if rid in done:
                 continue
             question = pick_question(spec, ctx.image, seed)
-            jobs.append(Job(rid, ctx.image, type_, question, build_messages(spec, text, question)))
+            jobs.append(TeacherJob(rid, ctx.image, type_, question, build_messages(spec, text, question)))
     return jobs
 
 
@@ -418,7 +375,7 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-class Generator:
+class TeacherRun:
     """Runs the jobs with `concurrency` requests in flight and writes what passes validation."""
 
     def __init__(
@@ -437,13 +394,13 @@ class Generator:
         self.stats = stats
         self.on_progress = on_progress
 
-    async def run(self, jobs: list[Job]) -> None:
+    async def run(self, jobs: list[TeacherJob]) -> None:
         s = self.settings
         client = TeacherClient(
             s.base_url, s.model, s.api_key, timeout=s.timeout, retry=s.retry, max_connections=s.concurrency,
             temperature=s.temperature, max_tokens=s.max_tokens,
         )
-        queue: collections.deque[Job] = collections.deque(jobs)
+        queue: collections.deque[TeacherJob] = collections.deque(jobs)
         try:
             await _run_workers(s.concurrency, lambda: self._worker(client, queue))
         except StopRun:
@@ -454,7 +411,7 @@ class Generator:
             self.stats.retries = client.stats.retries
             self.stats.errors = dict(client.stats.errors)
 
-    async def _worker(self, client: TeacherClient, queue: collections.deque[Job]) -> None:
+    async def _worker(self, client: TeacherClient, queue: collections.deque[TeacherJob]) -> None:
         while queue:
             job = queue.popleft()
             record = await self._attempt_job(client, job)
@@ -464,7 +421,7 @@ class Generator:
                 self.stats.consecutive_failures = 0
             self.on_progress(self.stats)
 
-    async def _attempt_job(self, client: TeacherClient, job: Job) -> dict | None:
+    async def _attempt_job(self, client: TeacherClient, job: TeacherJob) -> dict | None:
         """Ask up to 1 + reject_retries times; a record, or None after counting the failure."""
         spec = self.specs[job.type]
         for _ in range(1 + self.settings.reject_retries):
@@ -488,7 +445,7 @@ class Generator:
             return make_record(job.id, job.image, turns, job.type, self.settings.model)
         return self._fail(job, "rejected", f"{1 + self.settings.reject_retries} outputs rejected")
 
-    def _reject(self, job: Job, rejected: Rejected, raw: str | None) -> None:
+    def _reject(self, job: TeacherJob, rejected: Rejected, raw: str | None) -> None:
         self.stats.rejected[rejected.reason] += 1
         self.rejects.write(
             {"id": job.id, "image": job.image, "type": job.type, "reason": rejected.reason,
@@ -496,7 +453,7 @@ class Generator:
         )
         _say(f"rejected {job.id}: {rejected}")
 
-    def _fail(self, job: Job, kind: str, message: str) -> None:
+    def _fail(self, job: TeacherJob, kind: str, message: str) -> None:
         """Count a failed pair; raise `StopRun` when too many failed in a row."""
         self.stats.failed += 1
         self.stats.failures[kind] += 1
@@ -579,7 +536,7 @@ def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
         rejects = JsonlAppender(rejects_path(args.out), durable=False)
         bar, update = _progress_bar(stats, settings.progress)
         try:
-            asyncio.run(Generator(settings, specs, out, rejects, stats, update).run(jobs))
+            asyncio.run(TeacherRun(settings, specs, out, rejects, stats, update).run(jobs))
         finally:
             bar.close()
             rejects.close()

@@ -69,7 +69,7 @@ class RetryPolicy:
 
 
 @dataclass
-class Completion:
+class TeacherReply:
     text: str | None
     finish_reason: str | None
     prompt_tokens: int
@@ -137,7 +137,7 @@ def error_message(response: httpx.Response) -> str:
     return json.dumps(body)[:500]
 
 
-def parse_completion(response: httpx.Response, attempts: int) -> Completion:
+def parse_completion(response: httpx.Response, attempts: int) -> TeacherReply:
     """Read choices[0].message.content, finish_reason and usage; raise `MalformedResponse`."""
     try:
         body = response.json()
@@ -148,7 +148,7 @@ def parse_completion(response: httpx.Response, attempts: int) -> Completion:
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise MalformedResponse(f"not a chat completion ({type(e).__name__}: {e})", response.text) from e
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    return Completion(
+    return TeacherReply(
         text=text,
         finish_reason=choice.get("finish_reason"),
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -203,7 +203,7 @@ class TeacherClient:
             "max_tokens": self.max_tokens,
         }
 
-    async def complete(self, messages: list[dict]) -> Completion:
+    async def complete(self, messages: list[dict]) -> TeacherReply:
         """One chat completion, retrying transient failures; raises `TeacherError` subclasses."""
         retries = 0
         while True:
@@ -232,7 +232,7 @@ class TeacherClient:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _attempt(self, messages: list[dict], attempt: int) -> Completion:
+    async def _attempt(self, messages: list[dict], attempt: int) -> TeacherReply:
         self.stats.requests += 1
         try:
             response = await asyncio.wait_for(self._http.post(self.url, json=self.body(messages)), self.timeout)

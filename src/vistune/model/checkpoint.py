@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from vistune import __version__
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
+from vistune.model.llm import is_peft_model
+from vistune.utils.io import atomic_dir
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "vistune"
@@ -44,18 +44,10 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def _is_peft(module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(module, PeftModel)
-
-
 def write_checkpoint_files(model, directory: Path, extra: dict | None = None) -> None:
     """Write the checkpoint's files into an existing, empty `directory`."""
     llm = model.llm
-    lora = _is_peft(llm)
+    lora = is_peft_model(llm)
     if lora:
         llm.save_pretrained(directory / "llm_adapter")
         # the base weights without the injected adapter layers, under their original names
@@ -92,35 +84,9 @@ def write_checkpoint_files(model, directory: Path, extra: dict | None = None) ->
 def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Save atomically: write a temporary sibling directory, then rename it to `path` (replacing it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
+    with atomic_dir(path) as tmp:
         write_checkpoint_files(model, tmp, extra)
-        _fsync_tree(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def _fsync_tree(directory: Path) -> None:
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def read_config(path: str | os.PathLike) -> dict:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,6 +35,8 @@ from vistune.conversation import (
     RenderError,
 )
 from vistune.model.checkpoint import CheckpointError, read_config
+from vistune.model.llm import is_peft_model
+from vistune.utils.io import atomic_dir
 
 IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<image>": the processor expands it to one token per image feature
 EXPORTABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
@@ -77,16 +77,8 @@ def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     from vistune.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint, dtype=_stored_dtype(checkpoint))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # replaces an empty `out` (checked above)
         write_hf_llava(model, tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -158,11 +150,7 @@ def _tokenizer_with_image_token(tokenizer):
 
 
 def _llm_without_adapters(llm):
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return llm
-    if isinstance(llm, PeftModel):
+    if is_peft_model(llm):
         import copy
 
         return copy.deepcopy(llm).merge_and_unload()
