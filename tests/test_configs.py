@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from vistune.config import ConfigError, RunConfig, describe, load_run_config
@@ -140,3 +141,32 @@ def test_every_field_is_documented():
                 "train.global_batch_size", "train.micro_batch_size", "train.save_every", "train.seed", "train.lora",
                 "init_from", "output_dir"):
         assert key in keys
+
+
+@pytest.mark.parametrize("old, new", [
+    ({"feature_norm": True}, ("token", "none")),
+    ({"feature_norm": False, "projector_norm": True}, ("none", "rms")),
+    ({"feature_standardise": True, "projector_norm": True}, ("channel", "rms")),
+    ({"feature_standardise": False, "projector_norm": False}, ("none", "none")),
+])
+def test_old_normalisation_keys_still_load(tmp_path, old, new):
+    from vistune.config import ModelConfig, from_dict
+
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"model": old, "train": {"projector_init": "ridge"}}))
+    with pytest.warns(FutureWarning, match="deprecated config values"):
+        run = load_run_config(path)
+    assert (run.model.feature_norm, run.model.projector_norm) == new
+    with pytest.warns(FutureWarning):  # an old checkpoint's config.json "model" section
+        assert from_dict(ModelConfig, old, prefix="model.") == run.model
+
+
+def test_normalisation_options_are_checked_and_described():
+    with pytest.raises(ConfigError, match=r"model.feature_norm='layer': expected one of \['none', 'token', 'channel'\]"):
+        load_run_config(None, ["model.feature_norm=layer"])
+    with pytest.raises(ConfigError, match="model.projector_norm='l2'"):
+        load_run_config(None, ["model.projector_norm=l2"])
+    with pytest.raises(ConfigError, match="feature_standardise=true"):
+        load_run_config(None, ["model.feature_norm=true", "model.feature_standardise=true"])
+    text = "\n".join(describe(RunConfig))
+    assert "Valid combinations" in text and "exportable: `feature_norm` `none` or" in text

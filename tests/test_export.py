@@ -258,7 +258,7 @@ def test_feature_standardisation_is_folded_into_the_first_layer(tmp_path, photo)
     from vistune.model.projector import Projector
 
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, feature_standardise=True)
+    config = dataclasses.replace(base.config, feature_norm="channel")
     dv, dl = base.projector.linear_1.in_features, base.projector.linear_1.out_features
     projector = Projector("linear", dv, dl, standardise=True)
     projector.load_state_dict({**base.projector.state_dict(), "input_mean": torch.randn(dv) * 0.5,
@@ -295,10 +295,10 @@ def test_efficientnet_tower_is_refused_with_a_clear_message(tmp_path, capsys):
 
 def test_feature_norm_is_refused(tmp_path):
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, feature_norm=True)
+    config = dataclasses.replace(base.config, feature_norm="token")
     model = VisionLanguageModel.from_parts(config, base.vision_tower, base.llm, base.tokenizer, base.projector)
     save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ExportError, match="feature_norm"):
+    with pytest.raises(ExportError, match="feature_norm=token standardises each image token"):
         export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

@@ -131,8 +131,8 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         llm = PeftModel.from_pretrained(llm, path / "llm_adapter", is_trainable=trainable_lora)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"],
-                          output_rms=1.0 if model_config.projector_norm else None,  # the saved values load next
-                          standardise=model_config.feature_standardise)
+                          output_rms=1.0 if model_config.projector_norm == "rms" else None,  # the saved values load next
+                          standardise=model_config.feature_norm == "channel")
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
     model = VisionLanguageModel(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))

@@ -96,12 +96,15 @@ def check_exportable(config: dict) -> None:
     if model_type not in EXPORTABLE_TOWERS:
         raise ExportError(f"vision tower type {model_type!r} is not supported by this export; "
                           f"supported: {', '.join(EXPORTABLE_TOWERS)}")
-    if model_config.feature_norm:
-        raise ExportError("model.feature_norm=true (a LayerNorm between tower and projector) has no llava-hf "
-                          "equivalent; this checkpoint cannot be exported")
-    if model_config.projector_norm:
-        raise ExportError("model.projector_norm=true (image tokens rescaled after the projector) has no llava-hf "
-                          "equivalent; this checkpoint cannot be exported")
+    # model.feature_norm=channel is an affine map of the inputs: it folds into linear_1 (see write_hf_llava)
+    if model_config.feature_norm == "token":
+        raise ExportError("model.feature_norm=token standardises each image token by its own mean and spread, "
+                          "which no linear layer of llava-hf's projector can express; this checkpoint cannot be "
+                          "exported (feature_norm none or channel can)")
+    if model_config.projector_norm == "rms":
+        raise ExportError("model.projector_norm=rms rescales each projected image token by its own norm, which "
+                          "no linear layer of llava-hf's projector can express; this checkpoint cannot be exported "
+                          "(projector_norm none can)")
     if model_config.template not in TEMPLATES:
         raise ExportError(f"template {model_config.template!r} cannot be exported")
 
