@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +81,3 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     path = resolve_llm_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def llm_config_dict(model: PreTrainedModel) -> dict:
-    return json.loads(model.config.to_json_string(use_diff=False))

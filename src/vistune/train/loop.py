@@ -35,7 +35,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, load_run_config, to_dict
+from vistune.config import (
+    ARCHITECTURE_KEYS,
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    dump_yaml,
+    from_dict,
+    load_run_config,
+    to_dict,
+)
 from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.model.checkpoint import write_checkpoint_files
@@ -54,9 +63,12 @@ from vistune.utils.io import (
 
 log = logging.getLogger(__name__)
 
-# Keys that may change when a run is resumed (they do not change what the finished run computes).
+# Keys that may change when a run is resumed: bookkeeping (checkpoints, logs, data workers), which never changes
+# the weights, and the time budget, which decides only where the run stops. `train.max_steps` and `train.epochs`
+# are not among them: they set the length of the learning-rate schedule, so the steps after the resume would
+# follow another schedule than the steps before it.
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_last", "train.log_every", "train.tensorboard",
-                     "train.max_minutes", "data.num_workers", "train.max_steps", "train.epochs"}
+                     "train.max_minutes", "data.num_workers"}
 
 
 class TrainingError(RuntimeError):
@@ -88,12 +100,12 @@ def build_model(run: RunConfig, resume_from: Path | None):
     if resume_from is not None:
         model = load_checkpoint(resume_from, dtype=torch.float32, trainable_lora=lora)
     elif run.init_from is not None:
-        ckpt = read_config(run.init_from)
+        saved = to_dict(from_dict(ModelConfig, read_config(run.init_from)["model"], prefix="model."))  # old keys too
         for key in ARCHITECTURE_KEYS:
-            if ckpt["model"].get(key) != getattr(run.model, key):
+            if saved.get(key) != getattr(run.model, key):
                 raise ConfigError(
                     f"model.{key}={getattr(run.model, key)!r} but the init_from checkpoint {run.init_from} has "
-                    f"{ckpt['model'].get(key)!r}; the model section must describe the checkpoint it starts from")
+                    f"{saved.get(key)!r}; the model section must describe the checkpoint it starts from")
         model = load_checkpoint(run.init_from, dtype=torch.float32, trainable_lora=lora)
         if (model.config.template, model.config.system_prompt) != (run.model.template, run.model.system_prompt):
             model.set_conversation(run.model.template, run.model.system_prompt)
@@ -231,6 +243,11 @@ class _Trainer:
 
     def _restore(self, ckpt: Path) -> int:
         state = json.loads((ckpt / S.STATE_NAME).read_text())
+        schedule = {"name": self.cfg.schedule, "warmup_steps": self.warmup, "total_steps": self.total}
+        saved = {k: state.get("scheduler", {}).get(k) for k in schedule}
+        if saved != schedule:  # e.g. the data file changed length under the same config
+            raise ConfigError(f"cannot resume {ckpt}: its learning-rate schedule {saved} differs from this run's "
+                              f"{schedule} (use --no-resume to start over, or a new output_dir)")
         optim_sd = S.load_optimizer(ckpt, state["optimizer"]) if self.world.is_main else {}
         D.load_full_state(self.wrapped, self.optimizer, self.world, optim_sd)
         if not S.load_rng(ckpt, self.world.rank):
