@@ -162,7 +162,7 @@ def test_old_normalisation_keys_still_load(tmp_path, old, new):
 
 
 def test_normalisation_options_are_checked_and_described():
-    with pytest.raises(ConfigError, match=r"model.feature_norm='layer': expected one of \['none', 'token', 'channel'\]"):
+    with pytest.raises(ConfigError, match=r"feature_norm='layer': expected one of \['none', 'token', 'channel'\]"):
         load_run_config(None, ["model.feature_norm=layer"])
     with pytest.raises(ConfigError, match="model.projector_norm='l2'"):
         load_run_config(None, ["model.projector_norm=l2"])

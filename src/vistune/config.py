@@ -21,8 +21,10 @@ from typing import Any
 
 import yaml
 
+from vistune.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used, with the offending key in the message."""
 
 
@@ -94,8 +96,8 @@ class ModelConfig:
         return data
 
     def __post_init__(self) -> None:
-        from vistune.model.projector import PROJECTORS
         from vistune.conversation import TEMPLATE_NAMES
+        from vistune.model.projector import PROJECTORS
 
         if self.feature_norm not in FEATURE_NORMS:
             raise ConfigError(f"model.feature_norm={self.feature_norm!r}: expected one of {list(FEATURE_NORMS)}")

@@ -44,6 +44,7 @@ from vistune.datagen.teacher_client import (
     RetryPolicy,
     TeacherClient,
 )
+from vistune.errors import UserError
 from vistune.utils.io import json_object_or_none
 from vistune.utils.io import repair_jsonl_tail as repair_tail
 
@@ -58,7 +59,7 @@ DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "sin
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad flags or input files; reported without a traceback (exit code 2)."""
 
 

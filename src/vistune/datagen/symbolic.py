@@ -183,7 +183,8 @@ def _long_answer(s: Scene, f: Fact) -> str:
     if f.family == "existence" and f.form == "kind":
         k = sl["k"]
         if f.answer == "yes":
-            return f"Yes, there {'is' if s.count_kind(k) == 1 else 'are'} {_count_phrase(s.count_kind(k), k)} in the image."
+            m = s.count_kind(k)
+            return f"Yes, there {'is' if m == 1 else 'are'} {_count_phrase(m, k)} in the image."
         return f"No, there is no {k} in the image."
     if f.family == "existence":
         c, k = sl["c"], sl["k"]

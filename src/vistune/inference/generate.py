@@ -16,10 +16,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from vistune.errors import UserError
+
 FinishReason = str  # "stop" | "length" | "cancelled"
 
 
-class SamplingError(ValueError):
+class SamplingError(UserError, ValueError):
     """Sampling parameters out of range."""
 
 

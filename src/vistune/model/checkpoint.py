@@ -20,17 +20,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vistune import __version__
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
+from vistune.errors import UserError
 from vistune.model.llm import is_peft_model
+from vistune.model.projector import Projector
+from vistune.model.vision import EfficientNetTower, HFVisionTower
+from vistune.model.vlm import VisionLanguageModel
 from vistune.utils.io import atomic_dir
+from vistune.version import __version__
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "vistune"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A directory that is not a loadable vistune checkpoint."""
 
 
@@ -100,13 +104,10 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu",
-                    trainable_lora: bool = False):
-    """Rebuild a VisionLanguageModel from a checkpoint directory alone."""
+                    trainable_lora: bool = False, cls: type[VisionLanguageModel] = VisionLanguageModel
+                    ) -> VisionLanguageModel:
+    """Rebuild a VisionLanguageModel (or subclass `cls`) from a checkpoint directory alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from vistune.model.projector import Projector
-    from vistune.model.vision import EfficientNetTower, HFVisionTower
-    from vistune.model.vlm import VisionLanguageModel
 
     path = Path(path)
     config = read_config(path)
@@ -131,10 +132,11 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         llm = PeftModel.from_pretrained(llm, path / "llm_adapter", is_trainable=trainable_lora)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"],
-                          output_rms=1.0 if model_config.projector_norm == "rms" else None,  # the saved values load next
+                          # the saved output_rms value loads next
+                          output_rms=1.0 if model_config.projector_norm == "rms" else None,
                           standardise=model_config.feature_norm == "channel")
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
-    model = VisionLanguageModel(model_config, tower, projector.to(dtype), llm, tokenizer,
+    model = cls(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))
     if model.num_image_tokens != config["num_image_tokens"]:
         raise CheckpointError(f"rebuilt tower gives {model.num_image_tokens} image tokens, config says "

@@ -466,7 +466,8 @@ class _Trainer:
             tmp = self.out / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            write_checkpoint_files(full, tmp, {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}})
+            extra = {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}}
+            write_checkpoint_files(full, tmp, extra)
             commit_dir(tmp, self.out / "final")
             plot_metrics(_read_metrics(self.metrics_path), self.out / "loss.png",
                          title=f"stage {self.cfg.stage}: {self.run_cfg.data.path}")
