@@ -13,9 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_is_cached_as_safetensors_and_answers():
-    from vistune.model.llm import load_llm
-
     from pathlib import Path
+
+    from vistune.model.llm import load_llm
 
     path = Path(resolve_llm_path("smollm2-135m-instruct"))
     assert (path / "model.safetensors").exists() and (path / "tokenizer.json").exists()

@@ -259,7 +259,7 @@ def test_feature_standardisation_is_folded_into_the_first_layer(tmp_path, photo)
     from vistune.model.projector import Projector
 
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, feature_standardise=True)
+    config = dataclasses.replace(base.config, feature_norm="channel")
     dv, dl = base.projector.linear_1.in_features, base.projector.linear_1.out_features
     projector = Projector("linear", dv, dl, standardise=True)
     projector.load_state_dict({**base.projector.state_dict(), "input_mean": torch.randn(dv) * 0.5,
@@ -297,19 +297,19 @@ def test_efficientnet_tower_is_refused_with_a_clear_message(tmp_path, capsys):
 
 
 def test_every_blocker_is_named_at_once_and_the_demo_recipe_is_refused_with_the_way_out():
-    from vistune.config import ModelConfig, apply_overrides, to_dict
-    from vistune.demo import COMMON
+    from vistune.config import ModelConfig, load_run_config, to_dict
+    from vistune.demo import DEMO_CONFIGS
 
-    demo_model = apply_overrides({}, [f"{k}={v}" for k, v in COMMON.items() if k.startswith("model.")])["model"]
-    config = {"model": to_dict(ModelConfig(**demo_model)),
+    demo_model = load_run_config(DEMO_CONFIGS / "stage2.yaml", read_init_from=False).model
+    config = {"model": to_dict(demo_model),
               "vision_tower": {"kind": "efficientnet", "name": "efficientnet-lite0"}}
     with pytest.raises(ExportError) as err:
         check_exportable(config)
     message = str(err.value)
     assert "(2 blockers)" in message and "(1) its vision tower 'efficientnet-lite0'" in message
-    assert "(2) model.projector_norm=true" in message and "feature_standardise" not in message.split("(1)")[0]
-    config["model"]["feature_norm"] = True
-    with pytest.raises(ExportError, match=r"\(3 blockers\).*tower.*feature_norm=true.*projector_norm=true"):
+    assert "(2) model.projector_norm=rms" in message and "feature_norm" not in message  # channel exports
+    config["model"]["feature_norm"] = "token"
+    with pytest.raises(ExportError, match=r"\(3 blockers\).*tower.*feature_norm=token.*projector_norm=rms"):
         check_exportable(config)
     config = {"model": to_dict(ModelConfig(vision_tower="tiny-clip")),
               "vision_tower": {"kind": "hf", "config": {"model_type": "clip_vision_model"}}}
@@ -318,10 +318,10 @@ def test_every_blocker_is_named_at_once_and_the_demo_recipe_is_refused_with_the_
 
 def test_feature_norm_is_refused(tmp_path):
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, feature_norm=True)
+    config = dataclasses.replace(base.config, feature_norm="token")
     model = VisionLanguageModel.from_parts(config, base.vision_tower, base.llm, base.tokenizer, base.projector)
     save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ExportError, match="feature_norm"):
+    with pytest.raises(ExportError, match="feature_norm=token .each image token standardised"):
         export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

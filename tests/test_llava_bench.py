@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_teacher_server import Fault, FakeTeacher  # noqa: E402
+from fake_teacher_server import FakeTeacher, Fault  # noqa: E402
 
 from vistune.cli import main  # noqa: E402
 from vistune.eval.llava_bench import figures, parse_review, read_questions, summarize  # noqa: E402

@@ -98,7 +98,7 @@ def test_projector_norm_keeps_image_tokens_at_the_word_embedding_scale(tmp_path,
     from vistune.model.vlm import VisionLanguageModel
 
     base = tiny_vlm("clip", projector=projector)
-    model = VisionLanguageModel.from_parts(replace(base.config, projector_norm=True), base.vision_tower, base.llm,
+    model = VisionLanguageModel.from_parts(replace(base.config, projector_norm="rms"), base.vision_tower, base.llm,
                                            base.tokenizer)
     words = base.llm.get_input_embeddings().weight.detach()
     px = torch.randn(3, 3, 32, 32)
@@ -112,5 +112,16 @@ def test_projector_norm_keeps_image_tokens_at_the_word_embedding_scale(tmp_path,
     loaded = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded.encode_images(px), tokens)
-    with pytest.raises(ExportError, match="projector_norm"):
+    with pytest.raises(ExportError, match="projector_norm=rms rescales"):
         check_exportable(read_config(tmp_path / "ckpt"))
+    # a checkpoint written before the option set (booleans, feature_standardise) loads the same model
+    import json
+
+    config = read_config(tmp_path / "ckpt")
+    config["model"].update(feature_norm=False, feature_standardise=False, projector_norm=True)
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(FutureWarning):
+        old = load_checkpoint(tmp_path / "ckpt")
+    assert old.config.projector_norm == "rms"
+    with torch.no_grad():
+        assert torch.equal(old.encode_images(px), tokens)

@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_teacher_server import Fault, FakeTeacher, RandomFaults, canned_answer  # noqa: E402
+from fake_teacher_server import FakeTeacher, Fault, RandomFaults, canned_answer  # noqa: E402
 
 from vistune.cli import main  # noqa: E402
-from vistune.datagen import openai_teacher as ot  # noqa: E402
 from vistune.data.annotations import ImageContext, Instance, format_context  # noqa: E402
+from vistune.datagen import openai_teacher as ot  # noqa: E402
 from vistune.datagen.parse import Rejected, parse_exchanges, parse_output, parse_single  # noqa: E402
-from vistune.datagen.teacher_client import RetryPolicy, parse_retry_after, retry_after_seconds  # noqa: E402
+from vistune.llm_client import RetryPolicy, parse_retry_after, retry_after_seconds  # noqa: E402
 
 TYPES = ["conversation", "detail", "complex"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -238,23 +238,6 @@ def test_bad_prompt_file_is_a_usage_error(tmp_path, capsys) -> None:
     code = run_gen(gen_argv("http://127.0.0.1:9/v1", tmp_path / "o.jsonl", "--prompts", str(tmp_path), inp=inp))
     assert code == ot.EXIT_USAGE
     assert "unknown keys ['example']" in capsys.readouterr().err
-
-
-def test_repair_tail(tmp_path) -> None:
-    good = b'{"id": "a"}\n{"id": "b"}\n'
-    p = tmp_path / "o.jsonl"
-    for torn in (b'{"id": "c", "conv', b'{"id": "c", "conv\n', b"[1, 2\n"):
-        p.write_bytes(good + torn)
-        assert ot.repair_tail(p) == len(torn)
-        assert p.read_bytes() == good
-    p.write_bytes(good)
-    assert ot.repair_tail(p) == 0 and p.read_bytes() == good
-    p.write_bytes(b'{"id": "only", "x"')
-    assert ot.repair_tail(p) == 18 and p.read_bytes() == b""
-    big = b"".join(b'{"id": "%d", "pad": "%s"}\n' % (i, b"x" * 900) for i in range(200))
-    p.write_bytes(big + b"x" * 70000)  # a torn tail longer than one read block
-    ot.repair_tail(p)
-    assert p.read_bytes() == big
 
 
 def test_output_lock_refuses_a_second_writer(tmp_path) -> None:
@@ -512,8 +495,8 @@ def test_vistune_generate_dispatches_to_openai(tmp_path, server_factory) -> None
 
 @pytest.mark.skipif(importlib.util.find_spec("vistune.data.synth") is None, reason="vistune.data.synth not available")
 def test_contexts_from_vistune_synth(tmp_path, server_factory) -> None:
-    from vistune.data.synth import render_world
     from vistune.data.annotations import load_coco
+    from vistune.data.synth import render_world
 
     render_world(tmp_path / "world", 6, seed=0, progress=False)
     caps, inst = tmp_path / "world" / "captions.json", tmp_path / "world" / "instances.json"

@@ -120,3 +120,16 @@ def test_variants_report_marks_types_where_full_does_not_beat_a_control(tmp_path
     assert "| count * | 0.0 | 0.0 | 100.0 |" in md and "| colour | 100.0 | 50.0 | 50.0 |" in md
     assert "count: full (0.0 %) does not beat shuffled_images (0.0 %)" in md
     assert "`shuffled_images`: the same model" in md and "stopped at step 78" in md
+
+
+def test_both_wordings_of_a_bench_score_alike(tmp_path):
+    from vistune.data.synth import render_world
+
+    render_world(tmp_path, 12, seed=5, progress=False)
+    heldout = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    teacher = [json.loads(line) for line in (tmp_path / "bench_in_distribution.jsonl").read_text().splitlines()]
+    # a long-form answer to either wording: "Yes, ...", "Three.", "The left."
+    spoken = {"yes": "Yes, it is there.", "no": "No.", "3": "Three.", "left": "The left."}
+    preds = {q["id"]: spoken.get(q["answer"], q["answer"]) for q in heldout[::2]}
+    a, b = score(preds, heldout), score(preds, teacher)
+    assert a == b and 0 < a["correct"] == len(preds) < a["n"]

@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-
 from test_inference import GOOD_IMAGES, chatty_tiny_vlm, random_image
+
 from vistune.inference.engine import Engine, EngineWorker, Request
 from vistune.inference.generate import SamplingParams
 from vistune.model.checkpoint import load_checkpoint, save_checkpoint

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from vistune.cli import main
-from vistune.data.synth import SHORT_ANSWER_INSTRUCTION, render_world
 from vistune.data.annotations import (
     ImageContext,
     Instance,
@@ -23,6 +22,7 @@ from vistune.data.annotations import (
     load_context_jsonl,
     make_record,
 )
+from vistune.data.synth import SHORT_ANSWER_INSTRUCTION, render_world
 from vistune.datagen.symbolic import generate_symbolic
 
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "heart", "cross", "diamond"]

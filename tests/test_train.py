@@ -182,6 +182,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny, tmp_path, stage,
         train(run, progress=False, hooks=TrainHooks(after_step=crash))
     with pytest.raises(ConfigError, match="train.lr"):
         train(tiny_run_config(ckpt, data, tmp_path / "resumed", lr=5e-4, **common), progress=False, resume=True)
+    longer = {**common, "max_steps": 8}  # a longer run would stretch the learning-rate schedule
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        train(tiny_run_config(ckpt, data, tmp_path / "resumed", **longer), progress=False, resume=True)
     resumed = vistune.load(train(run, progress=False, resume=True))
     a, b = _state(full), _state(resumed)
     assert a.keys() == b.keys()
@@ -299,3 +302,38 @@ def test_cpu_parameters_get_the_fused_adamw_step(tiny):
     model.projector.linear_1.weight.grad = torch.ones_like(before)
     optimizer.step()
     assert not torch.equal(model.projector.linear_1.weight, before)
+
+
+def test_resume_refuses_a_checkpoint_whose_schedule_differs(tiny, tmp_path):
+    ckpt, data = tiny
+
+    def crash(step, model):
+        if step == 3:
+            raise _Crash()
+
+    run = tiny_run_config(ckpt, data, tmp_path / "run", max_steps=4, save_every=2)
+    with pytest.raises(_Crash):
+        train(run, progress=False, hooks=TrainHooks(after_step=crash))
+    state_path = tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    assert state["scheduler"]["total_steps"] == 4
+    state["scheduler"]["total_steps"] = 6  # as if the data had another length when the checkpoint was written
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="learning-rate schedule"):
+        train(run, progress=False, resume=True)
+
+
+def test_a_lora_checkpoint_writes_the_llm_once(tiny, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    ckpt, data = tiny
+    writes = []
+    original = PreTrainedModel.save_pretrained
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained",  # a spy: counts, then saves as usual
+                        lambda self, path, *a, **k: writes.append(path.name) or original(self, path, *a, **k))
+    run = tiny_run_config(ckpt, data, tmp_path / "run", stage=2, max_steps=2, save_every=2, lora=True, lora_r=4,
+                          lora_alpha=8)
+    final = train(run, progress=False)
+    assert writes.count("llm") == 2  # one write per checkpoint: step 2 and final
+    assert (final / "llm_adapter").is_dir()
+    assert not any(".lora_" in k or ".base_layer." in k for k in load_file(final / "llm" / "model.safetensors"))

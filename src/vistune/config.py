@@ -16,6 +16,7 @@ import re
 import textwrap
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ class ConfigError(UserError, ValueError):
 
 PROJECTORS = ("linear", "mlp2x_gelu")
 """Projector types: one matrix (the paper), or linear-GELU-linear (LLaVA-1.5)."""
+#: `model.feature_norm`: normalisation of the tower's features before the projector.
+FEATURE_NORMS = ("none", "token", "channel")
+#: `model.projector_norm`: normalisation of the projector's outputs.
+PROJECTOR_NORMS = ("none", "rms")
 
 
 @dataclass
@@ -55,20 +60,56 @@ class ModelConfig:
     """Input resolution; None takes the tower's own."""
     pad_to_square: bool = False
     """Pad images to a square with the mean colour before resizing (LLaVA-1.5) instead of centre-cropping."""
-    feature_norm: bool = False
-    """Standardise vision features per token with a non-learned LayerNorm before the projector."""
-    feature_standardise: bool = False
-    """Standardise each channel of the vision features with its mean and standard deviation over training image
-    tokens (buffers of the projector, measured by `train.projector_init: ridge`, which it needs)."""
-    projector_norm: bool = False
-    """RMS-normalise every projected image token to the root-mean-square of the LLM's word embeddings (a fixed
-    scale taken when the projector is built). Unbounded image-token norms can turn image positions into
-    attention sinks that the LLM attends to but reads nothing from; this keeps them at the scale of words."""
+    feature_norm: str = "none"
+    """How the tower's features are normalised before the projector: `none`; `token`: each token standardised
+    over its channels (a LayerNorm without learned scale; no llava-hf equivalent, so it cannot be exported);
+    `channel`: each channel standardised with its mean and standard deviation over training image tokens
+    (projector buffers measured by the ridge warm start, so a new projector needs `train.projector_init: ridge`;
+    folded into the projector's first linear layer on export). Old configs: `true` = `token`, `false` = `none`,
+    and `feature_standardise: true` = `channel`."""
+    projector_norm: str = "none"
+    """How the projector's outputs are normalised: `none`, or `rms`: every image token rescaled to the
+    root-mean-square of the LLM's word embeddings (a fixed scale taken when the projector is built), which keeps
+    image positions from becoming attention sinks of unbounded norm. `rms` depends on each token's own norm, which
+    no linear layer expresses, so it cannot be exported to llava-hf. Old configs: `true` = `rms`, `false` = `none`.
+    Valid combinations: any `feature_norm` with any `projector_norm`; exportable: `feature_norm` `none` or
+    `channel` with `projector_norm: none`."""
     system_prompt: str | None = None
     """System message added to every conversation that has none (None: the template's own default)."""
 
+    @staticmethod
+    def upgrade(data: dict, prefix: str = "model.") -> dict:
+        """Map the keys of older configs and checkpoints onto the current ones (with a deprecation warning):
+        `feature_norm: true/false`, `feature_standardise: true/false` and `projector_norm: true/false`."""
+        data = dict(data)
+        old = {k: data[k] for k in ("feature_norm", "projector_norm") if isinstance(data.get(k), bool)}
+        standardise = data.pop("feature_standardise", None)
+        if not old and standardise is None:
+            return data
+        if standardise is not None and not isinstance(standardise, bool):
+            raise ConfigError(f"{prefix}feature_standardise: expected true/false, got {standardise!r}")
+        token = old.get("feature_norm", False)
+        if token and standardise:
+            raise ConfigError(f"{prefix}feature_norm=true with {prefix}feature_standardise=true (a per-token and a "
+                              "per-channel standardisation, both) has no equivalent in the current options")
+        if "feature_norm" in old or standardise is not None:
+            data["feature_norm"] = "token" if token else ("channel" if standardise else "none")
+        if "projector_norm" in old:
+            data["projector_norm"] = "rms" if old["projector_norm"] else "none"
+        if standardise is not None:
+            old["feature_standardise"] = standardise
+        new = {prefix + k: data[k] for k in ("feature_norm", "projector_norm") if k in data}
+        warnings.warn(f"deprecated config values {({prefix + k: v for k, v in old.items()})} read as {new}; "
+                      "write the new values", FutureWarning, stacklevel=3)
+        return data
+
     def __post_init__(self) -> None:
         from vistune.conversation import TEMPLATE_NAMES
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"model.feature_norm={self.feature_norm!r}: expected one of {list(FEATURE_NORMS)}")
+        if self.projector_norm not in PROJECTOR_NORMS:
+            raise ConfigError(f"model.projector_norm={self.projector_norm!r}: expected one of {list(PROJECTOR_NORMS)}")
+
         if self.projector not in PROJECTORS:
             raise ConfigError(f"model.projector={self.projector!r}: expected one of {sorted(PROJECTORS)}")
         if self.template not in TEMPLATE_NAMES:
@@ -157,6 +198,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a mapping; unknown keys raise ConfigError."""
+    upgrade = getattr(cls, "upgrade", None)
+    if upgrade is not None:  # keys of older configs
+        data = upgrade(data, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -422,9 +466,9 @@ class RunConfig:
             raise ConfigError("output_dir is required")
         if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
             raise ConfigError("init_from and output_dir are the same directory; the run would overwrite its start")
-        if self.model.feature_standardise and self.train.projector_init != "ridge" and self.init_from is None:
-            raise ConfigError("model.feature_standardise=true needs train.projector_init=ridge (which measures the "
-                              "feature statistics) for a new projector")
+        if self.model.feature_norm == "channel" and self.train.projector_init != "ridge" and self.init_from is None:
+            raise ConfigError("model.feature_norm=channel needs train.projector_init=ridge (which measures the "
+                              "per-channel feature statistics) for a new projector")
         if self.train.projector_init == "ridge":
             if self.init_from is not None:
                 raise ConfigError("train.projector_init=ridge fits a new projector, but init_from brings one")

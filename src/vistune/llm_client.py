@@ -71,7 +71,7 @@ class RetryPolicy:
 
 
 @dataclass
-class Completion:
+class ChatReply:
     text: str | None
     finish_reason: str | None
     prompt_tokens: int
@@ -139,7 +139,7 @@ def error_message(response: httpx.Response) -> str:
     return json.dumps(body)[:500]
 
 
-def parse_completion(response: httpx.Response, attempts: int) -> Completion:
+def parse_completion(response: httpx.Response, attempts: int) -> ChatReply:
     """Read choices[0].message.content, finish_reason and usage; raise `MalformedResponse`."""
     try:
         body = response.json()
@@ -150,7 +150,7 @@ def parse_completion(response: httpx.Response, attempts: int) -> Completion:
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise MalformedResponse(f"not a chat completion ({type(e).__name__}: {e})", response.text) from e
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    return Completion(
+    return ChatReply(
         text=text,
         finish_reason=choice.get("finish_reason"),
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -205,7 +205,7 @@ class ChatClient:
             "max_tokens": self.max_tokens,
         }
 
-    async def complete(self, messages: list[dict]) -> Completion:
+    async def complete(self, messages: list[dict]) -> ChatReply:
         """One chat completion, retrying transient failures; raises `ClientError` subclasses."""
         retries = 0
         while True:
@@ -234,7 +234,7 @@ class ChatClient:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _attempt(self, messages: list[dict], attempt: int) -> Completion:
+    async def _attempt(self, messages: list[dict], attempt: int) -> ChatReply:
         self.stats.requests += 1
         try:
             response = await asyncio.wait_for(self._http.post(self.url, json=self.body(messages)), self.timeout)

@@ -86,7 +86,7 @@ def generate_command(args: argparse.Namespace) -> int:
     types = list(dict.fromkeys(t.strip() for t in args.types.split(",") if t.strip()))
     if args.teacher == "openai":
         from vistune.datagen.openai_teacher import Settings, generate_openai  # needs httpx
-        from vistune.datagen.teacher_client import RetryPolicy
+        from vistune.llm_client import RetryPolicy
 
         settings = Settings(
             base_url=args.base_url, model=args.model,

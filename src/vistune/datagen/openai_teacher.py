@@ -36,10 +36,10 @@ from vistune.data.annotations import (
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
 from vistune.errors import UserError
-from vistune.llm_client import AuthError, MalformedResponse, RequestFailed, RetryPolicy
-from vistune.llm_client import ChatClient as TeacherClient
+from vistune.llm_client import AuthError, ChatClient, MalformedResponse, RequestFailed, RetryPolicy
+from vistune.utils.io import repair_jsonl_tail
 from vistune.utils.jsonl import JsonlAppender as _JsonlAppender
-from vistune.utils.jsonl import read_done_ids, repair_tail  # noqa: F401  (part of this module's API)
+from vistune.utils.jsonl import read_done_ids
 
 BUILTIN_PROMPTS = Path(__file__).parent / "prompts"
 DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "single"
@@ -160,7 +160,7 @@ def pick_question(spec: PromptSpec, image: str, seed: int) -> str | None:
     return random.Random(f"{seed}\0{image}\0{spec.type}").choice(spec.questions)
 
 
-def record_id(image: str, type_: str) -> str:
+def teacher_record_id(image: str, type_: str) -> str:
     return f"{image}#{type_}"
 
 
@@ -221,7 +221,7 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 
 @dataclass
-class Job:
+class TeacherJob:
     id: str
     image: str
     type: str
@@ -231,17 +231,17 @@ class Job:
 
 def plan_jobs(
     contexts: list[ImageContext], specs: dict[str, PromptSpec], seed: int, done: set[str]
-) -> list[Job]:
+) -> list[TeacherJob]:
     """One job per (image, type) not yet in the output, image-major order."""
     jobs = []
     for ctx in contexts:
         text = format_context(ctx)
         for type_, spec in specs.items():
-            rid = record_id(ctx.image, type_)
+            rid = teacher_record_id(ctx.image, type_)
             if rid in done:
                 continue
             question = pick_question(spec, ctx.image, seed)
-            jobs.append(Job(rid, ctx.image, type_, question, build_messages(spec, text, question)))
+            jobs.append(TeacherJob(rid, ctx.image, type_, question, build_messages(spec, text, question)))
     return jobs
 
 
@@ -277,7 +277,7 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-class Generator:
+class TeacherRun:
     """Runs the jobs with `concurrency` requests in flight and writes what passes validation."""
 
     def __init__(
@@ -296,13 +296,13 @@ class Generator:
         self.stats = stats
         self.on_progress = on_progress
 
-    async def run(self, jobs: list[Job]) -> None:
+    async def run(self, jobs: list[TeacherJob]) -> None:
         s = self.settings
-        client = TeacherClient(
+        client = ChatClient(
             s.base_url, s.model, s.api_key, timeout=s.timeout, retry=s.retry, max_connections=s.concurrency,
             temperature=s.temperature, max_tokens=s.max_tokens,
         )
-        queue: collections.deque[Job] = collections.deque(jobs)
+        queue: collections.deque[TeacherJob] = collections.deque(jobs)
         try:
             await _run_workers(s.concurrency, lambda: self._worker(client, queue))
         except StopRun:
@@ -313,7 +313,7 @@ class Generator:
             self.stats.retries = client.stats.retries
             self.stats.errors = dict(client.stats.errors)
 
-    async def _worker(self, client: TeacherClient, queue: collections.deque[Job]) -> None:
+    async def _worker(self, client: ChatClient, queue: collections.deque[TeacherJob]) -> None:
         while queue:
             job = queue.popleft()
             record = await self._attempt_job(client, job)
@@ -323,7 +323,7 @@ class Generator:
                 self.stats.consecutive_failures = 0
             self.on_progress(self.stats)
 
-    async def _attempt_job(self, client: TeacherClient, job: Job) -> dict | None:
+    async def _attempt_job(self, client: ChatClient, job: TeacherJob) -> dict | None:
         """Ask up to 1 + reject_retries times; a record, or None after counting the failure."""
         spec = self.specs[job.type]
         for _ in range(1 + self.settings.reject_retries):
@@ -347,7 +347,7 @@ class Generator:
             return make_record(job.id, job.image, turns, job.type, self.settings.model)
         return self._fail(job, "rejected", f"{1 + self.settings.reject_retries} outputs rejected")
 
-    def _reject(self, job: Job, rejected: Rejected, raw: str | None) -> None:
+    def _reject(self, job: TeacherJob, rejected: Rejected, raw: str | None) -> None:
         self.stats.rejected[rejected.reason] += 1
         self.rejects.write(
             {"id": job.id, "image": job.image, "type": job.type, "reason": rejected.reason,
@@ -355,7 +355,7 @@ class Generator:
         )
         _say(f"rejected {job.id}: {rejected}")
 
-    def _fail(self, job: Job, kind: str, message: str) -> None:
+    def _fail(self, job: TeacherJob, kind: str, message: str) -> None:
         """Count a failed pair; raise `StopRun` when too many failed in a row."""
         self.stats.failed += 1
         self.stats.failures[kind] += 1
@@ -425,7 +425,7 @@ def generate_openai(settings: Settings, source: ContextSource, out: str | Path,
     specs = load_prompts(settings.types, prompts_dir)
     contexts, skips = load_contexts(source)
     print(f"contexts: {len(contexts)} images; {format_skips(skips)}", file=sys.stderr)
-    cut = repair_tail(out)
+    cut = repair_jsonl_tail(out)
     if cut:
         print(f"{out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
     writer = JsonlAppender(out, durable=True, lock=True)
@@ -439,7 +439,7 @@ def generate_openai(settings: Settings, source: ContextSource, out: str | Path,
         rejects = JsonlAppender(rejects_path(out), durable=False)
         bar, update = _progress_bar(stats, settings.progress)
         try:
-            asyncio.run(Generator(settings, specs, writer, rejects, stats, update).run(jobs))
+            asyncio.run(TeacherRun(settings, specs, writer, rejects, stats, update).run(jobs))
         finally:
             bar.close()
             rejects.close()

@@ -131,7 +131,7 @@ def parse_single(text: str) -> str:
     return answer
 
 
-def single_turns(question: str, answer: str) -> list[dict]:
+def one_turn_conversation(question: str, answer: str) -> list[dict]:
     return [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}, {"from": "gpt", "value": answer}]
 
 
@@ -143,5 +143,5 @@ def parse_output(kind: str, text: str | None, finish_reason: str | None, questio
     if kind == "single":
         if question is None:
             raise ValueError("a single-answer type needs a question from its pool")
-        return single_turns(question, parse_single(clean))
+        return one_turn_conversation(question, parse_single(clean))
     raise ValueError(f"unknown output kind {kind!r}; expected one of {OUTPUT_KINDS}")

@@ -24,7 +24,8 @@ import yaml
 
 from vistune.errors import UserError
 from vistune.llm_client import AuthError, ChatClient, MalformedResponse, RequestFailed, RetryPolicy
-from vistune.utils.jsonl import JsonlAppender, read_done_ids, repair_tail
+from vistune.utils.io import repair_jsonl_tail
+from vistune.utils.jsonl import JsonlAppender, read_done_ids
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -138,7 +139,7 @@ def run_judge(jobs: list[JudgeJob], out_path: str | Path, options: JudgeOptions,
     """
     from tqdm import tqdm
 
-    cut = repair_tail(out_path)
+    cut = repair_jsonl_tail(out_path)
     if cut:
         tqdm.write(f"{out_path}: removed a torn last line ({cut} bytes)", file=sys.stderr)
     stats = JudgeStats(total=len(jobs))

@@ -19,6 +19,7 @@ from vistune.data.image import ImageLoadError, load_image
 from vistune.errors import UserError
 from vistune.inference.engine import Engine, Request, RequestError
 from vistune.inference.generate import SamplingParams
+from vistune.utils.io import repair_jsonl_tail
 
 
 class QuestionsError(UserError, ValueError):
@@ -64,11 +65,8 @@ def answered_ids(path: str | os.PathLike) -> set:
     path = Path(path)
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    good = len(data)
-    if data and not data.endswith(b"\n"):  # a torn last record
-        good = data.rfind(b"\n") + 1
-    lines = data[:good].splitlines()
+    repair_jsonl_tail(path)
+    lines = path.read_bytes().splitlines()
     done = set()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -77,9 +75,6 @@ def answered_ids(path: str | os.PathLike) -> set:
             done.add(json.loads(line)["question_id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise QuestionsError(f"{path}:{n}: not an answer record; refusing to append to this file") from None
-    if good < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good)
     return done
 
 

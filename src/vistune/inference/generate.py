@@ -210,9 +210,11 @@ class BatchDecoder:
     @property
     def can_add(self) -> bool:
         """Whether `add` can join new prompts to this batch (plain per-layer key/value tensors only)."""
+        from transformers import DynamicLayer
+
         layers = getattr(self.cache, "layers", None)
         return bool(self.rows) and layers is not None and all(
-            type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+            type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
 
     @torch.no_grad()
     def add(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams], indices: Sequence[int]) -> None:
@@ -234,6 +236,9 @@ class BatchDecoder:
             shape[dim] = missing
             return torch.cat([x.new_zeros(shape), x], dim=dim)
 
+        # transformers has no public call that joins two caches of different lengths along the batch (only
+        # batch_select_indices / crop / batch_repeat_interleave), so this writes the per-layer `keys` / `values`
+        # tensors of DynamicLayer directly, as those methods do.
         for old, new in zip(self.cache.layers, cache.layers):  # keys/values (B, H, L, d)
             old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)], dim=0)
             old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)], dim=0)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,27 +23,21 @@ from safetensors.torch import load_file, save_file
 from vistune.checkpoint_format import CONFIG_NAME, MODEL_TYPE, CheckpointError, is_checkpoint, read_config
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
+from vistune.model.llm import is_peft_model
 from vistune.model.projector import Projector
 from vistune.model.vision import EfficientNetTower, HFVisionTower
 from vistune.model.vlm import VisionLanguageModel
+from vistune.utils.io import atomic_dir
 from vistune.version import __version__
 
 __all__ = ["CONFIG_NAME", "MODEL_TYPE", "CheckpointError", "is_checkpoint", "read_config", "save_checkpoint",
            "load_checkpoint", "write_checkpoint_files"]
 
 
-def _is_peft(module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(module, PeftModel)
-
-
 def write_checkpoint_files(model, directory: Path, extra: dict | None = None) -> None:
     """Write the checkpoint's files into an existing, empty `directory`."""
     llm = model.llm
-    lora = _is_peft(llm)
+    lora = is_peft_model(llm)
     if lora:
         llm.save_pretrained(directory / "llm_adapter")
         # the base weights without the injected adapter layers, under their original names
@@ -82,35 +74,9 @@ def write_checkpoint_files(model, directory: Path, extra: dict | None = None) ->
 def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Save atomically: write a temporary sibling directory, then rename it to `path` (replacing it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
+    with atomic_dir(path) as tmp:
         write_checkpoint_files(model, tmp, extra)
-        _fsync_tree(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def _fsync_tree(directory: Path) -> None:
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu",
@@ -142,8 +108,9 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         llm = PeftModel.from_pretrained(llm, path / "llm_adapter", is_trainable=trainable_lora)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"],
-                          output_rms=1.0 if model_config.projector_norm else None,  # the saved values load next
-                          standardise=model_config.feature_standardise)
+                          # the saved output_rms value loads next
+                          output_rms=1.0 if model_config.projector_norm == "rms" else None,
+                          standardise=model_config.feature_norm == "channel")
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
     model = cls(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))

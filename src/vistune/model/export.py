@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -42,6 +40,8 @@ from vistune.conversation import (
 )
 from vistune.errors import UserError
 from vistune.model.checkpoint import read_config
+from vistune.model.llm import is_peft_model
+from vistune.utils.io import atomic_dir
 
 IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<image>": the processor expands it to one token per image feature
 EXPORTABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
@@ -68,16 +68,8 @@ def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     from vistune.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint, dtype=_stored_dtype(checkpoint))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # replaces an empty `out` (checked above)
         write_hf_llava(model, tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -99,12 +91,13 @@ def export_blockers(config: dict) -> list[str]:
     elif tower.get("config", {}).get("model_type") not in EXPORTABLE_TOWERS:
         blockers.append(f"vision tower type {tower.get('config', {}).get('model_type')!r} is not supported by this "
                         f"export: train with one of {', '.join(EXPORTABLE_TOWERS)} ({EXPORTABLE_RECIPES})")
-    if model_config.feature_norm:
-        blockers.append("model.feature_norm=true (a LayerNorm between tower and projector) has no llava-hf "
-                        "counterpart: train with model.feature_norm=false (model.feature_standardise=true exports)")
-    if model_config.projector_norm:
-        blockers.append("model.projector_norm=true (image tokens rescaled after the projector) has no llava-hf "
-                        "counterpart: train with model.projector_norm=false")
+    # model.feature_norm=channel is an affine map of the inputs: it folds into linear_1 (see write_hf_llava)
+    if model_config.feature_norm == "token":
+        blockers.append("model.feature_norm=token (each image token standardised by its own mean and spread) has "
+                        "no llava-hf counterpart: train with model.feature_norm=none or channel")
+    if model_config.projector_norm == "rms":
+        blockers.append("model.projector_norm=rms (image tokens rescaled after the projector) has no llava-hf "
+                        "counterpart: train with model.projector_norm=none")
     if model_config.template not in TEMPLATES:
         blockers.append(f"template {model_config.template!r} has no export: train with one of "
                         f"{', '.join(TEMPLATES)}")
@@ -169,11 +162,7 @@ def _tokenizer_with_image_token(tokenizer):
 
 
 def _llm_without_adapters(llm):
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return llm
-    if isinstance(llm, PeftModel):
+    if is_peft_model(llm):
         import copy
 
         return copy.deepcopy(llm).merge_and_unload()

@@ -75,9 +75,9 @@ class VisionLanguageModel(nn.Module):
         llm_dim = llm.get_input_embeddings().weight.shape[1]
         if projector is None:
             embeddings = llm.get_input_embeddings().weight.detach()
-            output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm else None
+            output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm == "rms" else None
             projector = Projector(config.projector, tower.hidden_size, llm_dim, output_rms,
-                                  config.feature_standardise).to(embeddings.dtype)
+                                  config.feature_norm == "channel").to(embeddings.dtype)
         processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
         return cls(config, tower, projector, llm, tokenizer, processor)
 
@@ -102,7 +102,7 @@ class VisionLanguageModel(nn.Module):
     def projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (I, 3, H, W) -> (I, N, D_v)
         """The tower's features as the projector receives them."""
         features = self.vision_tower(pixel_values.to(self.device))  # no grad
-        if self.config.feature_norm:
+        if self.config.feature_norm == "token":
             features = F.layer_norm(features.float(), features.shape[-1:])
         return features.to(self.projector.linear_1.weight.dtype)
 

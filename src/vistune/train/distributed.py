@@ -91,14 +91,6 @@ def all_sum_tensor(world: World, t: torch.Tensor) -> torch.Tensor:
     return moved.cpu()
 
 
-def broadcast_object(world: World, obj):
-    if not world.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class TrainStep(nn.Module):
     """The module that DDP/FSDP wrap: the model's loss, with the projector always in the graph (a zero-weighted
     pass when a batch has no image), so every process reduces the same gradients in every step."""

@@ -7,23 +7,16 @@ from pathlib import Path
 import torch
 
 from vistune.config import TrainConfig
-
-
-def is_lora(llm) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(llm, PeftModel)
+from vistune.model.llm import is_peft_model
 
 
 def add_lora(model, cfg: TrainConfig) -> None:
     """Wrap `model.llm` in a peft LoRA model over its linear layers (LM head excluded); in place."""
     try:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
     except ImportError as e:
         raise ImportError("train.lora needs the `peft` package (pip install 'vistune[lora]')") from e
-    if isinstance(model.llm, PeftModel):
+    if is_peft_model(model.llm):
         return  # started from an unmerged LoRA checkpoint: keep training its adapters
     target = "all-linear" if cfg.lora_target == ["all-linear"] else list(cfg.lora_target)
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -33,9 +26,7 @@ def add_lora(model, cfg: TrainConfig) -> None:
 
 def merge_lora(model) -> None:
     """Fold LoRA adapters into the LLM's weights; in place."""
-    from peft import PeftModel
-
-    if not isinstance(model.llm, PeftModel):
+    if not is_peft_model(model.llm):
         raise ValueError("the model has no LoRA adapters to merge")
     model.llm = model.llm.merge_and_unload()
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 from vistune.errors import UserError
+from vistune.utils.io import json_object_or_none
 
 try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
     import fcntl
@@ -18,52 +19,6 @@ except ImportError:  # pragma: no cover
 
 class OutputLockedError(UserError, ValueError):
     """Another process holds the lock on an output file."""
-
-
-def _last_line_start(f: IO[bytes], end: int) -> int:
-    """Offset just after the last b"\\n" before `end` (0 when there is none)."""
-    pos = end
-    while pos > 0:
-        step = min(65536, pos)
-        f.seek(pos - step)
-        chunk = f.read(step)
-        idx = chunk.rfind(b"\n")
-        if idx >= 0:
-            return pos - step + idx + 1
-        pos -= step
-    return 0
-
-
-def parse_line(line: bytes) -> dict | None:
-    """A JSON object from one line, or None when the line is not one."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def repair_tail(path: str | Path) -> int:
-    """Cut a torn last line (no trailing newline, or not a JSON object); return bytes removed."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        end = size if f.read(1) == b"\n" else _last_line_start(f, size)
-        if end == size:  # the last line is complete; check that it parses
-            start = _last_line_start(f, size - 1)
-            f.seek(start)
-            if parse_line(f.read(size - start)) is None:
-                end = start
-        if end < size:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - end
 
 
 def read_done_ids(path: str | Path, key: str = "id") -> tuple[set[str], int]:
@@ -76,7 +31,7 @@ def read_done_ids(path: str | Path, key: str = "id") -> tuple[set[str], int]:
         for line in f:
             if not line.strip():
                 continue
-            obj = parse_line(line)
+            obj = json_object_or_none(line)
             if obj is None or not isinstance(obj.get(key), str):
                 bad += 1
             else:
