@@ -40,7 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--ui", action="store_true", help="also serve a chat page at /")
     serve.add_argument("--image-root", help="directory that file:// image URLs may read from")
     serve.add_argument("--api-key-env", help="environment variable holding the required Bearer key")
-    serve.add_argument("--allow-remote-images", action="store_true", help="allow http(s) image URLs")
+    serve.add_argument("--allow-remote-images", action="store_true",
+                       help="allow http(s) image URLs (from public addresses only)")
+    serve.add_argument("--allow-private-image-hosts", action="store_true",
+                       help="with --allow-remote-images, also fetch from loopback, private and link-local addresses")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a host name clients may reach the server by (repeatable; IP addresses, localhost and "
+                            "--host are always accepted)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda when available)")
     serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                        help="weights dtype (auto: bfloat16 on CUDA, float32 on CPU)")

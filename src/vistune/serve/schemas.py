@@ -21,9 +21,10 @@ class APIError(Exception):
     """An error answered to the client in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
@@ -54,7 +55,16 @@ class ServeLimits:
     max_stop: int = 4
     """Most stop strings per request."""
     remote_timeout_s: float = 10.0
-    """Time limit for fetching one http(s) image (with --allow-remote-images)."""
+    """Time limit for fetching one http(s) image (with --allow-remote-images), redirects included."""
+    max_aspect_ratio: float = 32.0
+    """Longest image side / shortest (a 1 x 40M image would otherwise resize to billions of pixels)."""
+    max_concurrent_decodes: int = 2
+    """Images decoded at once; each is shrunk to the model's input size right after decoding, so decoding
+    memory is bounded by about this many times max_image_pixels x 4 bytes."""
+    max_prompt_chars: int = 400_000
+    """Characters of message text per request, checked before tokenizing."""
+    max_pending: int = 128
+    """Requests admitted at once (reading, decoding, queued or generating); more get a 503 at once."""
 
 
 @dataclass
@@ -76,10 +86,34 @@ class ChatRequest:
 
 
 def parse_json(body: bytes) -> Any:
+    """Decoded JSON; APIError (400) for invalid JSON, nesting too deep to decode, or invalid Unicode (a lone
+    surrogate such as "\\ud800", which no tokenizer can encode)."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
+    check_unicode(data)
+    return data
+
+
+def check_unicode(data: Any) -> None:
+    """APIError (400) if any string (key or value) in decoded JSON is not encodable as UTF-8."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, "the request contains invalid Unicode (a lone surrogate)",
+                               code="invalid_json") from None
 
 
 def _number(data: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
@@ -159,8 +193,9 @@ def parse_messages(raw: Any, limits: ServeLimits) -> tuple[list[Message], list[t
         raise APIError(400, "'messages' is required", param="messages", code="missing_required_parameter")
     if not isinstance(raw, list) or not raw:
         raise APIError(400, "'messages' must be a non-empty list", param="messages", code="invalid_value")
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, list[str]]] = []
     images: list[tuple[str, str]] = []
+    chars = 0
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -204,11 +239,15 @@ def parse_messages(raw: Any, limits: ServeLimits) -> tuple[list[Message], list[t
                            param=f"{where}.content", code="invalid_type")
         if role == "system" and out and out[-1][0] != "system":
             raise APIError(400, f"{where}: system messages must come first", param=where, code="invalid_value")
+        chars += len(text) + 1
+        if chars > limits.max_prompt_chars:
+            raise APIError(400, f"the messages are longer than {limits.max_prompt_chars} characters",
+                           param="messages", code="context_length_exceeded")
         if out and out[-1][0] == role:  # consecutive messages of one role form one turn
-            out[-1] = (role, f"{out[-1][1]}\n{text}")
+            out[-1][1].append(text)
         else:
-            out.append((role, text))
-    messages = [Message(r, t.strip()) for r, t in out]  # type: ignore[arg-type]
+            out.append((role, [text]))
+    messages = [Message(r, "\n".join(t).strip()) for r, t in out]  # type: ignore[arg-type]
     try:
         validate_messages(messages, for_generation=True)
     except RenderError as e:
