@@ -36,6 +36,7 @@ from vistune.serve.images import ImageLoader, RemoteFetcher, Resolver
 from vistune.serve.schemas import (
     APIError,
     ChatRequest,
+    chat_openapi,
     ServeLimits,
     chunk_body,
     completion_body,
@@ -197,7 +198,12 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "vistune"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: HTTPRequest):
+        check_key(request)
+        return app.openapi()
+
+    @app.post("/v1/chat/completions", openapi_extra=chat_openapi(limits), response_model=None)
     async def chat_completions(request: HTTPRequest):
         nonlocal admitted
         check_key(request)

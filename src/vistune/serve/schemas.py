@@ -290,3 +290,118 @@ def sse(obj: dict | str) -> bytes:
     """One server-sent event line."""
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
+
+
+# -------------------------------------------------------------------------------------------------
+# the OpenAPI description of what `parse_chat_request` accepts (the hand-written parser stays the authority
+# for error messages; tests fuzz the live server with bodies generated from this description)
+
+
+def chat_openapi(limits: ServeLimits) -> dict:
+    """OpenAPI fragment (request body and responses) for POST /v1/chat/completions under `limits`."""
+    from typing import Annotated, Literal, Union
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from vistune.inference.generate import SEED_MAX, SEED_MIN
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")  # OpenAI clients send fields this server ignores
+
+    class ImageURL(Open):
+        url: Annotated[str, Field(min_length=1)]
+        """A data:image/...;base64 URL, a file:// URL under --image-root or (if allowed) an http(s) URL."""
+
+    class ImagePart(Open):
+        type: Literal["image_url"]
+        image_url: Union[ImageURL, Annotated[str, Field(min_length=1)]]
+
+    class TextPart(Open):
+        type: Literal["text"]
+        text: str
+
+    class ChatMessage(Open):
+        role: Literal["system", "developer", "user", "assistant"]
+        content: Union[str, list[Union[TextPart, ImagePart]]]
+
+    class StreamOptions(Open):
+        include_usage: bool = False
+
+    class ChatCompletionRequest(Open):
+        """A chat completion request. Beyond this shape: the conversation must end with a user turn, system
+        messages come first, images only in user messages (at most `max_images`), and the prompt must fit."""
+
+        messages: Annotated[list[ChatMessage], Field(min_length=1)]
+        model: str | None = None
+        max_tokens: Annotated[int, Field(ge=1, le=limits.max_tokens)] | None = None
+        max_completion_tokens: Annotated[int, Field(ge=1, le=limits.max_tokens)] | None = None
+        temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+        top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+        seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
+        n: Literal[1] | None = None
+        stop: Union[str, Annotated[list[str], Field(max_length=limits.max_stop)], None] = None
+        stream: bool | None = None
+        stream_options: StreamOptions | None = None
+
+    class ErrorDetail(BaseModel):
+        message: str
+        type: str
+        param: str | None
+        code: str | None
+
+    class ErrorResponse(BaseModel):
+        error: ErrorDetail
+
+    class AssistantMessage(BaseModel):
+        role: Literal["assistant"]
+        content: str
+
+    class Choice(BaseModel):
+        index: int
+        message: AssistantMessage
+        finish_reason: str
+        logprobs: None = None
+
+    class Usage(BaseModel):
+        prompt_tokens: int
+        completion_tokens: int
+        total_tokens: int
+
+    class ChatCompletion(BaseModel):
+        id: str
+        object: Literal["chat.completion"]
+        created: int
+        model: str
+        choices: list[Choice]
+        usage: Usage
+
+    error = {"application/json": {"schema": inline_refs(ErrorResponse.model_json_schema())}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": inline_refs(ChatCompletionRequest.model_json_schema())}}},
+        "responses": {
+            "200": {"description": "The answer (JSON), or server-sent chat.completion.chunk events with stream",
+                    "content": {"application/json": {"schema": inline_refs(ChatCompletion.model_json_schema())},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            **{str(code): {"description": what, "content": error} for code, what in [
+                (400, "Invalid request"), (401, "Missing or wrong API key"), (403, "Cross-origin request"),
+                (404, "Unknown model"), (413, "Body too large"), (415, "Not JSON"), (421, "Host not allowed"),
+                (499, "The client disconnected"), (500, "Internal error"), (503, "Busy")]},
+        },
+    }
+
+
+def inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` references replaced by the definitions (none are recursive)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(dict(defs[node["$ref"].rsplit("/", 1)[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
