@@ -277,6 +277,8 @@ class EngineWorker:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="vistune-engine", daemon=True)
         self.stats = WorkerStats()
+        self.running = 0
+        """Rows in the running batch (0 when idle)."""
         self._started = False
         self._lock = threading.Lock()
 
@@ -386,6 +388,7 @@ class EngineWorker:
                         _safe_call(job.on_event, "done", Completion(row.stream.text, row.finish_reason,
                                                                     len(p.input_ids), len(row.token_ids),
                                                                     row.token_ids))
+                self.running = len(decoder.rows)
                 room = self.max_batch_size - len(decoder.rows)
                 jobs = self._drain(room) if room > 0 and (decoder.done or decoder.can_add) else []
         except Exception as e:  # a failure of the batch: every job in it gets the error
@@ -393,6 +396,8 @@ class EngineWorker:
             for job, _ in live.values():
                 self.stats.record("error", 0)
                 _safe_call(job.on_event, "error", e)
+        finally:
+            self.running = 0
 
 
 def _safe_call(fn, *args) -> None:

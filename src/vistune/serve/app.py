@@ -190,7 +190,8 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "queued": worker.pending()}
+        return {"status": "ok", "model": model_name, "queued": worker.pending(), "running": worker.running,
+                "admitted": admitted}
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
