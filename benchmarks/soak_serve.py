@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import wait_ready  # noqa: E402
+
 PROMPTS = [f"Question {i}: tell me about the number {i * 7}." + " Please." * (i % 4) for i in range(16)]
 
 
@@ -171,11 +174,11 @@ def main(argv=None) -> int:
         port = sock.getsockname()[1]
         sock.close()
         server = subprocess.Popen([sys.executable, "-m", "vistune", "serve", "--model", str(model), "--port",
-                                   str(port), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   str(port), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_for(url, server)
+            wait_ready(url, server, timeout=180)
             report = asyncio.run(soak(url, server.pid, args))
         finally:
             server.terminate()
@@ -191,22 +194,6 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1
-
-
-def _wait_for(url: str, server: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the server exited: " + server.stderr.read().decode()[-2000:])
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the server did not start")
 
 
 if __name__ == "__main__":
