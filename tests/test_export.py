@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from vistune.cli import main
 from vistune.conversation import IMAGE_TOKEN_ID, Message
+from vistune.inference.assistant import Assistant
 from vistune.model.checkpoint import save_checkpoint
 from vistune.model.export import ExportError, export_hf_llava, write_hf_llava
 from vistune.model.tiny import tiny_llm, tiny_vision_tower, tiny_vlm
@@ -117,7 +118,7 @@ def test_pixels_and_logits_match_within_1e4(exported, photo):
 
 def test_greedy_generation_gives_vistunes_text(exported, photo):
     model, hf, processor, _ = exported
-    ours = model.chat(photo, PROMPT, max_new_tokens=20, temperature=0)
+    ours = Assistant.wrap(model).chat(photo, PROMPT, max_new_tokens=20, temperature=0)
     inputs = hf_inputs(processor, photo)
     out = hf.generate(**inputs, max_new_tokens=20, do_sample=False)
     theirs = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

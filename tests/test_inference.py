@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from vistune.cli import main
+from vistune.inference.assistant import Assistant
 from vistune.inference.engine import Engine, Request, RequestError
 from vistune.inference.generate import SamplingError, SamplingParams, TextStream
 from vistune.model.checkpoint import save_checkpoint
@@ -112,7 +113,7 @@ def test_stream_pieces_join_to_the_answer_and_model_chat_delegates(engine):
     full = engine.generate([request])[0]
     pieces = list(engine.stream(request))
     assert len(pieces) > 1 and "".join(pieces) == full.text
-    model = engine.model
+    model = Assistant.wrap(engine.model)
     assert model.chat(image, "Tell me about it.", max_new_tokens=16) == full.text
     assert "".join(model.chat_stream(image, "Tell me about it.", max_new_tokens=16)) == full.text
     model.train()

@@ -5,6 +5,7 @@ import torch
 
 from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Message
 from vistune.data.dataset import Sample, collate
+from vistune.inference.assistant import Assistant
 from vistune.model.tiny import tiny_vlm
 from vistune.model.vlm import ImageTokenMismatch
 
@@ -84,7 +85,7 @@ def test_every_tower_and_projector_assemble(tower, projector):
     assert feats.shape == (1, m.num_image_tokens, m.llm.config.hidden_size)
     expected = {"clip": 16, "siglip": 16, "efficientnet": 49}[tower]
     assert m.num_image_tokens == expected
-    assert isinstance(m.chat(None, "Hi", max_new_tokens=3), str)
+    assert isinstance(Assistant.wrap(m).chat(None, "Hi", max_new_tokens=3), str)
 
 
 

@@ -20,8 +20,10 @@ from typing import Any
 
 import yaml
 
+from vistune.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used, with the offending key in the message."""
 
 
@@ -56,8 +58,8 @@ class ModelConfig:
     """System message added to every conversation that has none (None: the template's own default)."""
 
     def __post_init__(self) -> None:
-        from vistune.model.projector import PROJECTORS
         from vistune.conversation import TEMPLATE_NAMES
+        from vistune.model.projector import PROJECTORS
 
         if self.projector not in PROJECTORS:
             raise ConfigError(f"model.projector={self.projector!r}: expected one of {sorted(PROJECTORS)}")

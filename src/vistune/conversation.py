@@ -459,3 +459,17 @@ def _split_images(pieces: Iterable[Piece]) -> Iterable[Piece]:
 def sample_rng(seed: int, index: int, epoch: int = 0) -> random.Random:
     """A per-sample rng that depends only on (seed, epoch, index): reproducible in any worker order."""
     return random.Random(f"vistune:{seed}:{epoch}:{index}")
+
+
+def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
+                          system: str | None = None) -> list[Message]:
+    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
+    messages = [Message("system", system)] if system else []
+    for i, (question, answer) in enumerate([*history, (prompt, None)]):
+        question = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        if i == 0 and has_image:
+            question = f"{IMAGE_PLACEHOLDER}\n{question}"
+        messages.append(Message("user", question))
+        if answer is not None:
+            messages.append(Message("assistant", answer))
+    return messages

@@ -6,6 +6,7 @@ import argparse
 
 from vistune.cli.common import handler
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     synth = sub.add_parser("synth", help="render a synthetic visual world with COCO-format annotations")
     synth.add_argument("--out", required=True, help="output directory")

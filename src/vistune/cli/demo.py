@@ -6,6 +6,7 @@ import argparse
 
 from vistune.cli.common import handler
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="build a visual assistant from scratch offline and evaluate it")
     demo.add_argument("--out", default="runs/demo", help="run directory")

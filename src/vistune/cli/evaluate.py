@@ -6,6 +6,7 @@ import argparse
 
 from vistune.cli.common import handler
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="evaluate a model")
     esub = ev.add_subparsers(dest="eval_command", required=True)

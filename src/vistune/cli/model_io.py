@@ -6,6 +6,7 @@ import argparse
 
 from vistune.cli.common import handler
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a checkpoint to another format")
     export.add_argument("--model", required=True, help="vistune checkpoint directory")

@@ -6,6 +6,7 @@ import argparse
 
 from vistune.cli.common import handler
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     chat = sub.add_parser("chat", help="talk to a model in the terminal")
     chat.add_argument("--model", required=True, help="vistune checkpoint directory")

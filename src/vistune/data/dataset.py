@@ -21,13 +21,14 @@ from vistune.conversation import (
     IMAGE_PLACEHOLDER,
     Message,
     Placement,
-    RenderError,
     Renderer,
+    RenderError,
     messages_from_llava,
     sample_rng,
     validate_messages,
 )
 from vistune.data.image import ImageLoadError, ImageProcessor, load_image
+from vistune.errors import UserError
 from vistune.utils.io import read_json_or_jsonl
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ REASONS = {
 }
 
 
-class BadRecord(ValueError):
+class BadRecord(UserError, ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail or REASONS.get(reason, '')}")
         self.reason = reason

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vistune.errors import UserError
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An image that is missing or cannot be decoded; `reason` is "missing_image" or "unreadable_image"."""
 
     def __init__(self, message: str, reason: str = "unreadable_image") -> None:

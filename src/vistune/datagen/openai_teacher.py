@@ -44,6 +44,7 @@ from vistune.datagen.teacher_client import (
     RetryPolicy,
     TeacherClient,
 )
+from vistune.errors import UserError
 
 try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
     import fcntl
@@ -56,7 +57,7 @@ DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "sin
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad flags or input files; reported without a traceback (exit code 2)."""
 
 

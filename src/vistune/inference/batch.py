@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Sequence
 
 from vistune.data.image import ImageLoadError, load_image
+from vistune.errors import UserError
 from vistune.inference.engine import Engine, Request, RequestError
 from vistune.inference.generate import SamplingError, SamplingParams
 
 
-class QuestionsError(ValueError):
+class QuestionsError(UserError, ValueError):
     """A questions file that cannot be used as given."""
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from vistune.conversation import IMAGE_PLACEHOLDER, Message, RenderError
+from vistune.conversation import Message, RenderError, conversation_messages
 from vistune.inference.generate import BatchDecoder, FinishReason, SamplingParams, StepEvent
 
 log = logging.getLogger(__name__)
@@ -52,20 +52,6 @@ class Request:
         if params is None:
             params = SamplingParams(**sampling)
         return cls(messages, [image] if image is not None else [], params)
-
-
-def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
-                          system: str | None = None) -> list[Message]:
-    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
-    messages = [Message("system", system)] if system else []
-    for i, (question, answer) in enumerate([*history, (prompt, None)]):
-        question = question.replace(IMAGE_PLACEHOLDER, "").strip()
-        if i == 0 and has_image:
-            question = f"{IMAGE_PLACEHOLDER}\n{question}"
-        messages.append(Message("user", question))
-        if answer is not None:
-            messages.append(Message("assistant", answer))
-    return messages
 
 
 @dataclass

@@ -16,14 +16,15 @@ from typing import Callable, Sequence
 
 import torch
 
-FinishReason = str  # "stop" | "length" | "cancelled" | "error"
+from vistune.errors import UserError
 
+FinishReason = str  # "stop" | "length" | "cancelled" | "error"
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 """The seeds a torch generator accepts."""
 
 
-class SamplingError(ValueError):
+class SamplingError(UserError, ValueError):
     """Sampling parameters out of range."""
 
 

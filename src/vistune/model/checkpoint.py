@@ -22,15 +22,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vistune import __version__
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
+from vistune.errors import UserError
+from vistune.model.projector import Projector
+from vistune.model.vision import EfficientNetTower, HFVisionTower
+from vistune.model.vlm import VisionLanguageModel
+from vistune.version import __version__
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "vistune"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A directory that is not a loadable vistune checkpoint."""
 
 
@@ -134,13 +138,10 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu",
-                    trainable_lora: bool = False):
-    """Rebuild a VisionLanguageModel from a checkpoint directory alone."""
+                    trainable_lora: bool = False, cls: type[VisionLanguageModel] = VisionLanguageModel
+                    ) -> VisionLanguageModel:
+    """Rebuild a VisionLanguageModel (or subclass `cls`) from a checkpoint directory alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from vistune.model.projector import Projector
-    from vistune.model.vision import EfficientNetTower, HFVisionTower
-    from vistune.model.vlm import VisionLanguageModel
 
     path = Path(path)
     config = read_config(path)
@@ -168,7 +169,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                           output_rms=1.0 if model_config.projector_norm else None,  # the saved values load next
                           standardise=model_config.feature_standardise)
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
-    model = VisionLanguageModel(model_config, tower, projector.to(dtype), llm, tokenizer,
+    model = cls(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))
     if model.num_image_tokens != config["num_image_tokens"]:
         raise CheckpointError(f"rebuilt tower gives {model.num_image_tokens} image tokens, config says "

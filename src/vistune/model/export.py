@@ -34,15 +34,18 @@ from vistune.conversation import (
     IMAGE_TOKEN_ID,
     LLAMA2_SYSTEM,
     TEMPLATES,
+    Message,
     RenderError,
+    conversation_messages,
 )
+from vistune.errors import UserError
 from vistune.model.checkpoint import CheckpointError, read_config
 
 IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<image>": the processor expands it to one token per image feature
 EXPORTABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A checkpoint that cannot be expressed in the target format; the message says why."""
 
 
@@ -453,14 +456,12 @@ def check_prompt_parity(model, processor, image_token_id: int) -> None:
     conversations, at generation time and in training form; raise ExportError naming the first difference."""
     from PIL import Image
 
-    from vistune.conversation import Message
-
     size = model.image_processor.config.crop_size
     image = Image.new("RGB", (size + 7, size), (120, 60, 30))
     tok = processor.tokenizer
     checked = 0
     for label, history, prompt, answer, system in _probes():
-        messages = model.prompt_messages(prompt, history, has_image=True, system=system)
+        messages = conversation_messages(prompt, history, has_image=True, system=system)
         if answer is not None:
             messages = [*messages, Message("assistant", answer)]
         try:

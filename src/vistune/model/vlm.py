@@ -9,15 +9,13 @@ supervised positions, so no full-vocabulary logits are built for prompts, images
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from vistune.config import ModelConfig
-from vistune.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, Message, Renderer
+from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer
 from vistune.data.image import ImageProcessor
 from vistune.model.projector import Projector
 from vistune.model.vision import VisionTower
@@ -164,58 +162,3 @@ class VisionLanguageModel(nn.Module):
             cap = cfg.final_logit_softcapping
             logits = torch.tanh(logits / cap) * cap
         return logits
-
-    # ---------------------------------------------------------------------------------------------
-    # simple generation (the inference engine adds KV-cache reuse, batching and streaming)
-
-    def prompt_messages(self, prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
-                        system: str | None = None) -> list[Message]:
-        """History of (question, answer) turns, then the new prompt; the image goes in the first turn."""
-        from vistune.inference.engine import conversation_messages
-
-        return conversation_messages(prompt, history, has_image, system)
-
-    def chat(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
-             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None) -> str:
-        """Answer `prompt` about `image` (None for text only), after earlier (question, answer) turns.
-        `temperature=0` is greedy."""
-        return "".join(self.chat_stream(image, prompt, history, max_new_tokens, temperature, top_p, seed))
-
-    def chat_stream(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
-                    max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                    seed: int | None = None) -> Iterator[str]:
-        """Like `chat`, yielding text pieces as they are generated (joined: the answer)."""
-        from vistune.inference.engine import Engine, Request
-        from vistune.inference.generate import SamplingParams
-
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        return Engine(self, set_eval=False).stream(Request.of(prompt, image, history, params))
-
-    def decode_answer(self, ids: list[int]) -> str:
-        """Text of generated ids, cut at the first end-of-turn id or stop string (as the engine cuts it)."""
-        from vistune.inference.generate import TextStream
-
-        stops = set(self.renderer.end_of_turn_ids())
-        stream = TextStream(self.tokenizer, self.renderer.stop_strings)
-        for t in ids:
-            if t in stops:
-                break
-            stream.push(t)
-            if stream.stopped:
-                break
-        return stream.text
-
-    # ---------------------------------------------------------------------------------------------
-    # persistence
-
-    def save_pretrained(self, path, **kwargs) -> None:
-        from vistune.model.checkpoint import save_checkpoint
-
-        save_checkpoint(self, path, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        from vistune.model.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, dtype=dtype, device=device)
