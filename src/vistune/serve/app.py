@@ -107,6 +107,21 @@ class RequestGuard:
         return None
 
 
+class ReleasingStream(StreamingResponse):
+    """A streaming response that calls `release` when it ends, also when the client left before the first
+    event (the body generator's own `finally` never runs if the generator never started)."""
+
+    def __init__(self, content, release, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None = None,
                image_root: str | os.PathLike | None = None, allow_remote_images: bool = False, ui: bool = False,
                limits: ServeLimits | None = None, worker: EngineWorker | None = None,
@@ -212,7 +227,15 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
             raise APIError(503, "the server is busy; try again shortly", type="server_error",
                            code="server_overloaded", headers={"Retry-After": "1"})
         admitted += 1
-        handed_over = False
+        released = False
+
+        def release() -> None:  # exactly once, however the request ends
+            nonlocal admitted, released
+            if not released:
+                released = True
+                admitted -= 1
+
+        streaming = False
         try:
             job, parsed, events = await admit(request)
             if parsed.stream:
@@ -220,14 +243,19 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
                 if first[0] == "error":
                     job.cancel()
                     raise as_api_error(first[1])
-                handed_over = True
-                return StreamingResponse(stream_events(new_id(), parsed, first, events, job),
-                                         media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                streaming = True
+
+                def end_stream() -> None:
+                    job.cancel()  # no-op when finished
+                    release()
+
+                return ReleasingStream(stream_events(new_id(), parsed, first, events, job), end_stream,
+                                       media_type="text/event-stream",
+                                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             return await complete(request, job, events)
         finally:
-            if not handed_over:
-                admitted -= 1
+            if not streaming:
+                release()
 
     async def admit(request: HTTPRequest):
         """Parse, check and load everything of a request in this thread pool, then queue it for the engine."""
@@ -294,7 +322,6 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
             watcher.cancel()
 
     async def stream_events(rid: str, parsed: ChatRequest, first, events: asyncio.Queue, job) -> AsyncIterator[bytes]:
-        nonlocal admitted
         try:
             yield sse(chunk_body(rid, model_name, {"role": "assistant", "content": ""}))
             kind, payload = first
@@ -312,7 +339,6 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
             yield sse("[DONE]")
         finally:
             job.cancel()  # the client went away (or we finished): stop generating for it
-            admitted -= 1
 
     if ui:
         from vistune.serve.ui import add_ui
