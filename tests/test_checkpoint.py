@@ -1,7 +1,6 @@
 """Checkpoints: config.json + safetensors + tokenizer rebuild the model alone; writes are atomic; no pickle."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import email.utils
 import importlib.util
 import json
@@ -20,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_teacher_server import Fault, FakeTeacher, RandomFaults, canned_answer  # noqa: E402
 
-from vistune.cli import build_parser  # noqa: E402
+from vistune.cli import main  # noqa: E402
 from vistune.datagen import openai_teacher as ot  # noqa: E402
 from vistune.datagen.context import ImageContext, Instance, format_context  # noqa: E402
 from vistune.datagen.parse import Rejected, parse_exchanges, parse_output, parse_single  # noqa: E402
@@ -93,8 +92,7 @@ def gen_argv(base_url: str, out: Path, *extra: str, inp: Path | None = None) -> 
 
 
 def run_gen(argv: list[str]) -> int:
-    args: argparse.Namespace = build_parser().parse_args(argv)
-    return ot.generate_command_openai(args)
+    return main(argv)
 
 
 def read_records(path: Path) -> list[dict]:
@@ -461,10 +459,8 @@ def test_many_contexts_with_random_faults(tmp_path, server_factory) -> None:
 
 
 def _cli_shim() -> list[str]:
-    """Run the real parser and this module's entry point (independent of build.py's dispatch)."""
-    code = ("import sys; from vistune.cli import build_parser; "
-            "from vistune.datagen.openai_teacher import generate_command_openai as g; "
-            "sys.exit(g(build_parser().parse_args(sys.argv[1:])))")
+    """Run the real command line in a fresh interpreter."""
+    code = "import sys; from vistune.cli import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code]
 
 
@@ -504,9 +500,6 @@ def test_sigkill_mid_run_then_resume(tmp_path, server_factory) -> None:
     assert len(server.attempts) - before == 120 - len(written)  # only what was missing was asked
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("vistune.datagen.build") is None, reason="vistune.datagen.build not available yet"
-)
 def test_vistune_generate_dispatches_to_openai(tmp_path, server_factory) -> None:
     contexts = make_contexts(2)
     server, url = server_factory()

@@ -3,7 +3,6 @@ bad data, non-finite loss, in-process resume, LoRA and merge-lora, stage 2 from 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from vistune.config import ConfigError
 from vistune.data.dataset import LlavaDataset, collate
 from vistune.model.checkpoint import load_checkpoint, read_config
 from vistune.train.loop import TrainHooks, TrainingError, train
-from vistune.train.lora import merge_command
+from vistune.train.lora import merge_lora_checkpoint
 from vistune.train.tiny import save_tiny_checkpoint, tiny_run_config, write_tiny_data
 
 
@@ -209,7 +208,7 @@ def test_lora_trains_adapters_only_and_merges_into_a_plain_checkpoint(tiny, tmp_
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # adapters trained (lora_B starts at zero)
 
     merged = tmp_path / "merged"
-    assert merge_command(argparse.Namespace(model=str(final), out=str(merged))) == 0
+    assert merge_lora_checkpoint(final, merged) == merged
     assert read_config(merged)["lora"] is False and not (merged / "llm_adapter").exists()
     plain = vistune.load(merged)
     model = vistune.load(final)
@@ -219,7 +218,9 @@ def test_lora_trains_adapters_only_and_merges_into_a_plain_checkpoint(tiny, tmp_
     with torch.no_grad():
         torch.testing.assert_close(plain(*args).loss, model(*args).loss, rtol=1e-4, atol=1e-5)
     # merging a plain checkpoint is refused with a message
-    assert merge_command(argparse.Namespace(model=str(merged), out=str(tmp_path / "again"))) == 2
+    from vistune.cli import main
+
+    assert main(["merge-lora", "--model", str(merged), "--out", str(tmp_path / "again")]) == 2
 
 
 def test_lora_in_stage1_is_a_contradiction(tiny, tmp_path):

@@ -9,7 +9,6 @@ marker matches the plan (`--force` redoes them). A killed training step resumes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -304,7 +303,6 @@ def format_table(variants: dict) -> str:
     return "\n".join(rows)
 
 
-def demo_command(args: argparse.Namespace) -> int:
-    plan = QUICK if args.quick else FULL
-    Demo(args.out, plan, force=args.force).run()
-    return 0
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False) -> None:
+    """`vistune demo`: every step of the offline demo under `out` (finished steps are skipped unless `force`)."""
+    Demo(out, QUICK if quick else FULL, force=force).run()

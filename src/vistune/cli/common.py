@@ -1,26 +1,14 @@
-"""What every command shares: lazy handlers, the user-error type and the flags several commands declare."""
+"""What every command shares: the usage-error type, help formatting and the flags several commands declare."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Callable
 
 from vistune.errors import UserError
 
 
 class UsageError(UserError):
     """A flag the user can fix; printed as one line (no traceback) and the command exits with 2."""
-
-
-def handler(target: str) -> Callable[[argparse.Namespace], int | None]:
-    """Resolve "module:function" lazily so `vistune --help` stays fast."""
-
-    def run(args: argparse.Namespace) -> int | None:
-        module, func = target.split(":")
-        return getattr(importlib.import_module(module), func)(args)
-
-    return run
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

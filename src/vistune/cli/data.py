@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "with --llm/--model)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=check_command)
+    _register_scienceqa(dsub)
 
 
 def _add_render_source(p: argparse.ArgumentParser) -> None:
@@ -119,3 +120,24 @@ def check_command(args: argparse.Namespace) -> int:
     for check, why in report.skipped_checks.items():
         print(f"not checked: {check}: {why}")
     return 1 if report.bad else 0
+
+
+def _register_scienceqa(dsub: argparse._SubParsersAction) -> None:
+    p = add_command(dsub, "scienceqa", "convert ScienceQA into LLaVA training records")
+    p.add_argument("--problems", required=True, help="ScienceQA problems.json")
+    p.add_argument("--pid-splits", default=None, help="pid_splits.json (none: each problem's own 'split' field)")
+    p.add_argument("--split", default="train", help="split to convert")
+    p.add_argument("--prompt-format", default="QCM-LEA",
+                   help="IN-OUT parts: IN from Q,C,M,L,E; OUT from A,L,E, e.g. QCM-A, QCM-LEA (reason first), "
+                        "QCM-ALE (answer first)")
+    p.add_argument("--out", required=True, help="output LLaVA JSON file")
+    p.set_defaults(func=scienceqa_command)
+
+
+def scienceqa_command(args: argparse.Namespace) -> int:
+    from vistune.data.scienceqa import convert_scienceqa
+
+    counts = convert_scienceqa(args.problems, args.pid_splits, args.split, args.prompt_format, args.out)
+    print(f"wrote {counts['records']} records ({counts['with_image']} with an image, {counts['text_only']} text-only) "
+          f"-> {args.out}")
+    return 0

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import argparse
 
-from vistune.cli.common import handler
+from vistune.cli.common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    export = sub.add_parser("export", help="export a checkpoint to another format")
+    export = add_command(sub, "export", "export a checkpoint to another format")
     export.add_argument("--model", required=True, help="vistune checkpoint directory")
     export.add_argument("--to", required=True, choices=["hf-llava"], help="target format")
     export.add_argument("--out", required=True, help="output directory")
-    export.set_defaults(func=handler("vistune.model.export:export_command"))
+    export.set_defaults(func=export_command)
 
-    merge = sub.add_parser("merge-lora", help="merge LoRA adapters into a plain checkpoint")
+    merge = add_command(sub, "merge-lora", "merge LoRA adapters into a plain checkpoint")
     merge.add_argument("--model", required=True, help="checkpoint directory with LoRA adapters")
     merge.add_argument("--out", required=True, help="output directory for the merged checkpoint")
-    merge.set_defaults(func=handler("vistune.train.lora:merge_command"))
+    merge.set_defaults(func=merge_command)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from vistune.model.export import export_hf_llava
+
+    out = export_hf_llava(args.model, args.out)
+    print(f"wrote {out} (load with transformers' LlavaForConditionalGeneration and AutoProcessor)")
+    return 0
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from vistune.train.lora import merge_lora_checkpoint
+
+    out = merge_lora_checkpoint(args.model, args.out)
+    print(f"merged LoRA adapters of {args.model} into {out}")
+    return 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer, RenderError, sample_rng
-from vistune.data.dataset import REASONS, BadRecord, record_id, record_messages
+from vistune.data.dataset import BadRecord, record_id, record_messages
 from vistune.data.image import ImageLoadError, load_image
 from vistune.utils.io import read_json_or_jsonl
 

@@ -17,7 +17,6 @@ type. The same seed gives byte-identical files; each image draws from its own ge
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import sys
@@ -542,23 +541,3 @@ def render_world(out: str | Path, n_images: int, seed: int = 0, min_objects: int
     bench = select_balanced(bench_in, seed)
     atomic_write_jsonl(out / "bench.jsonl", bench)
     return {"images": len(images), "captions": len(cap_anns), "instances": len(inst_anns), "bench": len(bench)}
-
-
-def synth_command(args: argparse.Namespace) -> int:
-    kw = {}
-    for flag in ("min_objects", "max_objects", "min_object_size", "max_object_size"):
-        if getattr(args, flag, None) is not None:
-            kw[flag] = getattr(args, flag)
-    if getattr(args, "size", None) is not None:
-        kw["image_size"] = args.size
-    try:
-        summary = render_world(args.out, args.images, args.seed, **kw)
-    except ValueError as e:
-        print(f"vistune synth: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"vistune synth: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {summary['images']} images, {summary['captions']} captions, {summary['instances']} boxes, "
-          f"{summary['bench']} bench questions to {args.out}")
-    return 0

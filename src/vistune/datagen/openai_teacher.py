@@ -15,41 +15,31 @@ input, 3 stopped early (401/403, or too many consecutive failures).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import json
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import yaml
 
 from vistune.datagen.context import (
+    ContextSource,
     ImageContext,
     format_context,
     format_skips,
-    load_image_contexts,
+    load_contexts,
     make_record,
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
-from vistune.datagen.teacher_client import (
-    AuthError,
-    MalformedResponse,
-    RequestFailed,
-    RetryPolicy,
-    TeacherClient,
-)
 from vistune.errors import UserError
-
-try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from vistune.llm_client import AuthError, MalformedResponse, RequestFailed, RetryPolicy
+from vistune.llm_client import ChatClient as TeacherClient
+from vistune.utils.jsonl import JsonlAppender as _JsonlAppender
+from vistune.utils.jsonl import read_done_ids, repair_tail  # noqa: F401  (part of this module's API)
 
 BUILTIN_PROMPTS = Path(__file__).parent / "prompts"
 DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "single"
@@ -178,108 +168,10 @@ def record_id(image: str, type_: str) -> str:
 # The output file: append-only JSONL, one write per record, resumable
 
 
-def _last_line_start(f: IO[bytes], end: int) -> int:
-    """Offset just after the last b"\\n" before `end` (0 when there is none)."""
-    pos = end
-    while pos > 0:
-        step = min(65536, pos)
-        f.seek(pos - step)
-        chunk = f.read(step)
-        idx = chunk.rfind(b"\n")
-        if idx >= 0:
-            return pos - step + idx + 1
-        pos -= step
-    return 0
+class JsonlAppender(_JsonlAppender):
+    """The output file's appender; a second writer is a usage error."""
 
-
-def repair_tail(path: str | Path) -> int:
-    """Cut a torn last line (no trailing newline, or not a JSON object); return bytes removed."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        end = size if f.read(1) == b"\n" else _last_line_start(f, size)
-        if end == size:  # the last line is complete; check that it parses
-            start = _last_line_start(f, size - 1)
-            f.seek(start)
-            if _parse_line(f.read(size - start)) is None:
-                end = start
-        if end < size:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - end
-
-
-def _parse_line(line: bytes) -> dict | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def read_done_ids(path: str | Path) -> tuple[set[str], int]:
-    """Ids of the records already written, and the number of unreadable lines (left in place)."""
-    done: set[str] = set()
-    bad = 0
-    if not Path(path).exists():
-        return done, bad
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            obj = _parse_line(line)
-            if obj is None or not isinstance(obj.get("id"), str):
-                bad += 1
-            else:
-                done.add(obj["id"])
-    return done, bad
-
-
-class JsonlAppender:
-    """Append whole lines with one `write()` each; `durable` adds an fsync per line."""
-
-    def __init__(self, path: str | Path, durable: bool = True, lock: bool = False) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.durable = durable
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if lock and fcntl is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise UsageError(f"{self.path} is being written by another run") from None
-
-    def write(self, obj: dict) -> None:
-        """Append one line. If the write fails (a full disk, say), the partial line is cut off again and an
-        OSError says that the file is intact and the run can be resumed."""
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        start = os.fstat(self.fd).st_size
-        try:
-            self._write_all(data)
-            if self.durable:
-                os.fsync(self.fd)
-        except OSError as e:
-            try:
-                os.ftruncate(self.fd, start)
-            except OSError:
-                pass  # the next run's repair_tail removes the partial line
-            raise OSError(e.errno, f"cannot write to {self.path} ({e.strerror or e}); the records written before "
-                          "are intact: make room and re-run the same command to resume") from e
-
-    def _write_all(self, data: bytes) -> None:
-        written = os.write(self.fd, data)
-        while written < len(data):  # only on a short write (disk full, signals); rare for files
-            written += os.write(self.fd, data[written:])
-
-    def close(self) -> None:
-        os.close(self.fd)
+    locked_error = UsageError
 
 
 def rejects_path(out: str | Path) -> Path:
@@ -308,72 +200,24 @@ class Settings:
     price_out: float | None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if not self.model:
+            raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
+        if not self.types:
+            raise UsageError("--types names no type")
+        for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
+            _positive(name, getattr(self, name))
+        _positive("reject_retries", self.reject_retries, allow_zero=True)
+        _positive("max_retries", self.retry.max_retries, allow_zero=True)
+        _positive("retry_base_delay", self.retry.base_delay, allow_zero=True)
+        _positive("retry_max_delay", self.retry.max_delay, allow_zero=True)
+
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def parse_types(text: str) -> list[str]:
-    types = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not types:
-        raise UsageError("--types names no type")
-    return types
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    if not args.base_url:
-        raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-    if not args.model:
-        raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
-    for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    for name in ("max_retries", "reject_retries", "retry_base_delay", "retry_max_delay"):
-        _positive(name.replace("_", "-"), getattr(args, name), allow_zero=True)
-    env = getattr(args, "api_key_env", None)
-    return Settings(
-        base_url=args.base_url,
-        model=args.model,
-        api_key=os.environ.get(env) if env else None,
-        types=parse_types(args.types),
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        retry=RetryPolicy(args.max_retries, args.retry_base_delay, args.retry_max_delay),
-        reject_retries=args.reject_retries,
-        max_consecutive_failures=args.max_consecutive_failures,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        price_in=args.price_in,
-        price_out=args.price_out,
-        progress=not getattr(args, "no_progress", False),
-    )
-
-
-def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collections.Counter]:
-    """Contexts from `--input` JSONL or `--captions` (+ `--instances`), unique images, `--limit`."""
-    if args.input and (args.captions or args.instances):
-        raise UsageError("give either --input or --captions/--instances, not both")
-    if not args.input and not args.captions:
-        raise UsageError("--teacher openai needs --input JSONL or --captions (and --instances)")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    try:
-        contexts, skips = load_image_contexts(args.input, args.captions, args.instances)
-    except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    unique: dict[str, ImageContext] = {}
-    for ctx in contexts:
-        if ctx.image in unique:
-            skips["duplicate_image"] += 1
-        else:
-            unique[ctx.image] = ctx
-    contexts = list(unique.values())
-    if args.limit is not None:
-        contexts = contexts[: args.limit]
-    if not contexts:
-        raise UsageError(f"no usable images in the input ({format_skips(skips)})")
-    return contexts, skips
+        raise UsageError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
 @dataclass
@@ -574,32 +418,33 @@ def _progress_bar(stats: RunStats, enabled: bool) -> tuple[Any, Callable[[RunSta
     return bar, update
 
 
-def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
-    """The whole command; returns (exit code, stats). Raises `UsageError` on bad input."""
-    settings = settings_from_args(args)
-    specs = load_prompts(settings.types, args.prompts)
-    contexts, skips = load_contexts(args)
+def generate_openai(settings: Settings, source: ContextSource, out: str | Path,
+                    prompts_dir: str | Path | None = None) -> tuple[int, RunStats]:
+    """`vistune generate --teacher openai`: ask the teacher for every (image, type) pair not yet in `out`
+    (append-only JSONL, resumable). Returns (exit code, stats); raises `UsageError` on bad input."""
+    specs = load_prompts(settings.types, prompts_dir)
+    contexts, skips = load_contexts(source)
     print(f"contexts: {len(contexts)} images; {format_skips(skips)}", file=sys.stderr)
-    cut = repair_tail(args.out)
+    cut = repair_tail(out)
     if cut:
-        print(f"{args.out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
-    out = JsonlAppender(args.out, durable=True, lock=True)
+        print(f"{out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
+    writer = JsonlAppender(out, durable=True, lock=True)
     try:
-        done, bad = read_done_ids(args.out)
+        done, bad = read_done_ids(out)
         if bad:
-            print(f"{args.out}: {bad} unreadable lines left in place", file=sys.stderr)
+            print(f"{out}: {bad} unreadable lines left in place", file=sys.stderr)
         jobs = plan_jobs(contexts, specs, settings.seed, done)
         stats = RunStats(total=len(contexts) * len(specs))
         stats.skipped = stats.total - len(jobs)
-        rejects = JsonlAppender(rejects_path(args.out), durable=False)
+        rejects = JsonlAppender(rejects_path(out), durable=False)
         bar, update = _progress_bar(stats, settings.progress)
         try:
-            asyncio.run(Generator(settings, specs, out, rejects, stats, update).run(jobs))
+            asyncio.run(Generator(settings, specs, writer, rejects, stats, update).run(jobs))
         finally:
             bar.close()
             rejects.close()
     finally:
-        out.close()
+        writer.close()
     print("\n".join(summary_lines(stats, settings)))
     if stats.stop_reason:
         print(f"stopped: {stats.stop_reason}", file=sys.stderr)
@@ -608,13 +453,3 @@ def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
         print("some pairs are missing; re-run the same command to retry them", file=sys.stderr)
         return EXIT_INCOMPLETE, stats
     return EXIT_OK, stats
-
-
-def generate_command_openai(args: argparse.Namespace) -> int:
-    """Entry point for `vistune generate --teacher openai` (see `vistune.cli`)."""
-    try:
-        code, _ = run_generate(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return code

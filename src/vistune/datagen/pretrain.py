@@ -24,9 +24,7 @@ bounds how many captions each phrase contributes, as in the paper.
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -155,23 +153,3 @@ def make_pretrain_data(captions_path: str | Path, out: str | Path, seed: int = 0
     atomic_write_json(out, records)
     stats["pairs"] = len(records)
     return stats
-
-
-def pretrain_data_command(args: argparse.Namespace) -> int:
-    from vistune.datagen.context import format_skips
-
-    try:
-        stats = make_pretrain_data(args.captions, args.out, seed=args.seed, filter=args.filter,
-                                   min_count=getattr(args, "min_count", 3),
-                                   max_per_concept=getattr(args, "max_per_concept", 100))
-    except (OSError, ValueError) as e:
-        print(f"vistune pretrain-data: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {stats['pairs']} image-caption pairs from {stats['images']} images to {args.out}")
-    if args.filter == "concepts":
-        print(f"concept filter ({stats['extractor']} noun phrases): {stats['concepts_kept']} of "
-              f"{stats['concepts_total']} concepts seen >= {stats['min_count']} times "
-              f"({stats['concepts_capped']} capped at {stats['max_per_concept']}); "
-              f"{stats['captions_kept']} of {stats['captions_in']} pairs kept")
-    print(format_skips(Counter(stats["skipped"])))
-    return 0

@@ -24,7 +24,6 @@ at least `REL_MARGIN`; an object is named only by a phrase that picks it out uni
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 from collections import Counter
@@ -44,6 +43,8 @@ from vistune.data.synth import (
     size_word,
 )
 from vistune.datagen.context import ImageContext, make_record
+from vistune.errors import UserError
+from vistune.utils.io import atomic_write_json
 
 TYPES = ("conversation", "detail", "complex", "short")
 PAPER_TYPES = TYPES[:3]
@@ -666,21 +667,14 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = P
     return records
 
 
-def symbolic_command(args: argparse.Namespace, contexts: list[ImageContext], load_skips: Counter) -> int:
-    """Write the records for `generate --teacher symbolic` (contexts already loaded)."""
-    from vistune.datagen.context import format_skips
-    from vistune.utils.io import atomic_write_json
-
-    types = [t.strip() for t in (args.types or "").split(",") if t.strip()]
+def write_symbolic(contexts: list[ImageContext], types: list[str], out: str | Path, seed: int = 0
+                   ) -> tuple[Counter, Counter]:
+    """`vistune generate --teacher symbolic`: write the records of `types` for `contexts` to `out` (one JSON
+    list, written atomically). Returns (records per type, generation skips by reason)."""
+    bad = [t for t in types if t not in TYPES]
+    if not types or bad:
+        raise UserError(f"--types must list some of {','.join(TYPES)} (got {','.join(types) or 'nothing'})")
     skips: Counter = Counter()
-    kw = {}
-    if getattr(args, "short_fraction", None) is not None:
-        kw["short_fraction"] = args.short_fraction
-    records = generate_symbolic(contexts, types, seed=args.seed, skips=skips, **kw)
-    atomic_write_json(args.out, records)
-    per_type = Counter(r["metadata"]["type"] for r in records)
-    print(f"wrote {len(records)} records from {len(contexts)} images to {args.out}: "
-          + ", ".join(f"{t}={per_type.get(t, 0)}" for t in types))
-    print("input " + format_skips(load_skips))
-    print("generation " + format_skips(skips))
-    return 0
+    records = generate_symbolic(contexts, types, seed=seed, skips=skips)
+    atomic_write_json(out, records)
+    return Counter(r["metadata"]["type"] for r in records), skips

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from vistune.conversation import (
     conversation_messages,
 )
 from vistune.errors import UserError
-from vistune.model.checkpoint import CheckpointError, read_config
+from vistune.model.checkpoint import read_config
 
 IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<image>": the processor expands it to one token per image feature
 EXPORTABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
@@ -51,20 +50,6 @@ class ExportError(UserError, ValueError):
 
 # --------------------------------------------------------------------------------------------------
 # entry points
-
-
-def export_command(args) -> int:
-    """`vistune export --model DIR --to hf-llava --out DIR`."""
-    if args.to != "hf-llava":
-        print(f"error: unknown export format {args.to!r}; expected 'hf-llava'", file=sys.stderr)
-        return 2
-    try:
-        out = export_hf_llava(args.model, args.out)
-    except (ExportError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} (load with transformers' LlavaForConditionalGeneration and AutoProcessor)")
-    return 0
 
 
 def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -10,14 +10,12 @@ error is answered in OpenAI's shape; unexpected ones as a 500 without internals.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
 import ipaddress
 import logging
 import os
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Sequence
@@ -354,27 +352,3 @@ def as_api_error(exc: object) -> APIError:
         return APIError(400, str(exc), param="messages", code="invalid_value")
     log.error("generation failed", exc_info=exc if isinstance(exc, BaseException) else None)
     return APIError(500, "internal server error", type="server_error")
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            print(f"error: --api-key-env {args.api_key_env}: that environment variable is not set or empty",
-                  file=sys.stderr)
-            return 2
-    if args.image_root and not Path(args.image_root).is_dir():
-        print(f"error: --image-root {args.image_root} is not a directory", file=sys.stderr)
-        return 2
-    engine = Engine.load(args.model, args.device, args.dtype)
-    app = create_app(engine, model_name=Path(args.model).resolve().name, api_key=api_key,
-                     image_root=args.image_root, allow_remote_images=args.allow_remote_images, ui=args.ui,
-                     allow_private_image_hosts=args.allow_private_image_hosts,
-                     allowed_hosts=[args.host, *args.allowed_host])
-    print(f"serving {args.model} at http://{args.host}:{args.port}/v1" + (" (chat page at /)" if args.ui else ""),
-          file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0

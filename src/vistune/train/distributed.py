@@ -159,8 +159,7 @@ def full_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer, world: Worl
                trainable_only: bool = True) -> tuple[dict, dict]:
     """(model state, optimizer state) in full on rank 0 (CPU tensors, keys are parameter names of the
     TrainStep's model; empty dicts on other ranks)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     module = _unwrap(wrapped)
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -16,15 +16,11 @@ the update does not depend on how the batch is split. Run directory:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, load_run_config, to_dict
+from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, to_dict
 from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.train import distributed as D
@@ -467,28 +463,3 @@ def _read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def train_command(args: argparse.Namespace) -> int:
-    if args.resume and args.no_resume:
-        print("error: --resume and --no-resume contradict each other", file=sys.stderr)
-        return 2
-    try:
-        run = load_run_config(args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    resume = True if args.resume else False if args.no_resume else None
-    try:
-        final = train(run, progress=True, resume=resume)
-    except (ConfigError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(final)
-    return 0

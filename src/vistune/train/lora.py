@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -42,23 +40,16 @@ def merge_lora(model) -> None:
     model.llm = model.llm.merge_and_unload()
 
 
-def merge_command(args: argparse.Namespace) -> int:
+def merge_lora_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a copy of a LoRA checkpoint with its adapters folded into the LLM (`vistune merge-lora`)."""
     from vistune.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
 
-    src, out = Path(args.model), Path(args.out)
-    try:
-        config = read_config(src)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    src, out = Path(checkpoint), Path(out)
+    config = read_config(src)
     if not config.get("lora"):
-        print(f"error: {src} has no LoRA adapters (config.json says lora: false); nothing to merge", file=sys.stderr)
-        return 2
+        raise CheckpointError(f"{src} has no LoRA adapters (config.json says lora: false); nothing to merge")
     if out.resolve() == src.resolve():
-        print("error: --out must differ from --model", file=sys.stderr)
-        return 2
+        raise CheckpointError("the output must differ from the LoRA checkpoint (--out vs --model)")
     model = load_checkpoint(src, dtype=torch.float32)
     merge_lora(model)
-    save_checkpoint(model, out, extra={"merged_from": str(src)})
-    print(f"merged LoRA adapters of {src} into {out}")
-    return 0
+    return save_checkpoint(model, out, extra={"merged_from": str(src)})
