@@ -94,7 +94,7 @@ def messages_from_llava(conversations: Sequence[dict]) -> list[Message]:
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise RenderError(f"turn {i} is not an object with 'from' and 'value'")
-        role = LLAVA_ROLES.get(turn["from"])
+        role = LLAVA_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
         if role is None:
             raise RenderError(f"turn {i} has unknown speaker {turn['from']!r}")
         if not isinstance(turn["value"], str):

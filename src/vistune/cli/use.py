@@ -37,7 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--ui", action="store_true", help="also serve a chat page at /")
     serve.add_argument("--image-root", help="directory that file:// image URLs may read from")
     serve.add_argument("--api-key-env", help="environment variable holding the required Bearer key")
-    serve.add_argument("--allow-remote-images", action="store_true", help="allow http(s) image URLs")
+    serve.add_argument("--allow-remote-images", action="store_true",
+                       help="allow http(s) image URLs (from public addresses only)")
+    serve.add_argument("--allow-private-image-hosts", action="store_true",
+                       help="with --allow-remote-images, also fetch from loopback, private and link-local addresses")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a host name clients may reach the server by (repeatable; IP addresses, localhost and "
+                            "--host are always accepted)")
     add_device_flags(serve)
     serve.set_defaults(func=serve_command)
 
@@ -142,7 +148,9 @@ def serve_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--image-root {args.image_root} is not a directory")
     engine = load_engine(args)
     app = create_app(engine, model_name=run_name(args.model), api_key=api_key, image_root=args.image_root,
-                     allow_remote_images=args.allow_remote_images, ui=args.ui)
+                     allow_remote_images=args.allow_remote_images, ui=args.ui,
+                     allow_private_image_hosts=args.allow_private_image_hosts,
+                     allowed_hosts=[args.host, *args.allowed_host])
     print(f"serving {args.model} at http://{args.host}:{args.port}/v1" + (" (chat page at /)" if args.ui else ""),
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -94,6 +94,8 @@ def record_messages(record: Any) -> list[Message]:
     if any(IMAGE_PLACEHOLDER in m.content for m in body if m.role == "assistant"):
         raise BadRecord("image_not_in_first_turn", "<image> in an answer")
     has_image = record.get("image") not in (None, "")
+    if has_image and not isinstance(record["image"], str):
+        raise BadRecord("invalid_record", "'image' is not a string")
     if has_image and total == 0:
         raise BadRecord("no_image_placeholder")
     if total > 1:

@@ -52,6 +52,7 @@ class Assistant(VisionLanguageModel):
             stream.push(t)
             if stream.stopped:
                 break
+        stream.finish()  # a trailing incomplete character shows as U+FFFD, as a whole decode would show it
         return stream.text
 
 

@@ -58,12 +58,26 @@ class JsonlAppender:
                 raise self.locked_error(f"{self.path} is being written by another run") from None
 
     def write(self, obj: dict) -> None:
+        """Append one line. If the write fails (a full disk, say), the partial line is cut off again and an
+        OSError says that the file is intact and the run can be resumed."""
         data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        start = os.fstat(self.fd).st_size
+        try:
+            self._write_all(data)
+            if self.durable:
+                os.fsync(self.fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError:
+                pass  # the next run's repair_tail removes the partial line
+            raise OSError(e.errno, f"cannot write to {self.path} ({e.strerror or e}); the records written before "
+                          "are intact: make room and re-run the same command to resume") from e
+
+    def _write_all(self, data: bytes) -> None:
         written = os.write(self.fd, data)
         while written < len(data):  # only on a short write (disk full, signals); rare for files
             written += os.write(self.fd, data[written:])
-        if self.durable:
-            os.fsync(self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
