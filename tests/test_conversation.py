@@ -207,4 +207,4 @@ def test_llava15_recipes_put_the_image_first():
 
     root = Path(__file__).resolve().parent.parent / "configs"
     for name in ("llava15_stage2.yaml", "llava15_stage2_lora.yaml"):
-        assert load_run_config(root / name).data.placement == "front"
+        assert load_run_config(root / name, read_init_from=False).data.placement == "front"

@@ -21,7 +21,7 @@ from fake_teacher_server import Fault, FakeTeacher, RandomFaults, canned_answer 
 
 from vistune.cli import main  # noqa: E402
 from vistune.datagen import openai_teacher as ot  # noqa: E402
-from vistune.datagen.context import ImageContext, Instance, format_context  # noqa: E402
+from vistune.data.annotations import ImageContext, Instance, format_context  # noqa: E402
 from vistune.datagen.parse import Rejected, parse_exchanges, parse_output, parse_single  # noqa: E402
 from vistune.datagen.teacher_client import RetryPolicy, parse_retry_after, retry_after_seconds  # noqa: E402
 
@@ -546,7 +546,7 @@ def test_vistune_generate_dispatches_to_openai(tmp_path, server_factory) -> None
 @pytest.mark.skipif(importlib.util.find_spec("vistune.data.synth") is None, reason="vistune.data.synth not available")
 def test_contexts_from_vistune_synth(tmp_path, server_factory) -> None:
     from vistune.data.synth import render_world
-    from vistune.datagen.context import load_coco
+    from vistune.data.annotations import load_coco
 
     render_world(tmp_path / "world", 6, seed=0, progress=False)
     caps, inst = tmp_path / "world" / "captions.json", tmp_path / "world" / "instances.json"

@@ -15,7 +15,7 @@ import pytest
 
 from vistune.cli import main
 from vistune.data.synth import SHORT_ANSWER_INSTRUCTION, render_world
-from vistune.datagen.context import (
+from vistune.data.annotations import (
     ImageContext,
     Instance,
     format_context,

@@ -33,6 +33,10 @@ class ConfigError(UserError, ValueError):
     """A configuration that cannot be used, with the offending key in the message."""
 
 
+PROJECTORS = ("linear", "mlp2x_gelu")
+"""Projector types: one matrix (the paper), or linear-GELU-linear (LLaVA-1.5)."""
+
+
 @dataclass
 class ModelConfig:
     vision_tower: str = "efficientnet-lite0"
@@ -65,8 +69,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         from vistune.conversation import TEMPLATE_NAMES
-        from vistune.model.projector import PROJECTORS
-
         if self.projector not in PROJECTORS:
             raise ConfigError(f"model.projector={self.projector!r}: expected one of {sorted(PROJECTORS)}")
         if self.template not in TEMPLATE_NAMES:

@@ -158,7 +158,7 @@ class Demo:
         return {"records": len(read_json_or_jsonl(self.data / "stage1.json"))}
 
     def _stage2_data(self) -> dict:
-        from vistune.datagen.context import load_coco
+        from vistune.data.annotations import load_coco
         from vistune.datagen.symbolic import generate_symbolic
 
         train = self.world / "train"
@@ -238,8 +238,8 @@ class Demo:
         return {"variants": variants}
 
     def _chats(self, model_dir: str) -> None:
+        from vistune.data.annotations import load_coco
         from vistune.data.image import load_image
-        from vistune.datagen.context import load_coco
         from vistune.eval.shapes import load_bench
         from vistune.inference.engine import Engine, Request
 

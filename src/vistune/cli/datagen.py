@@ -80,7 +80,7 @@ def synth_command(args: argparse.Namespace) -> int:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from vistune.datagen.context import ContextSource, format_skips, load_contexts
+    from vistune.data.annotations import ContextSource, format_skips, load_contexts
 
     source = ContextSource(args.input, args.captions, args.instances, args.limit)
     types = list(dict.fromkeys(t.strip() for t in args.types.split(",") if t.strip()))
@@ -112,7 +112,7 @@ def generate_command(args: argparse.Namespace) -> int:
 def pretrain_data_command(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from vistune.datagen.context import format_skips
+    from vistune.data.annotations import format_skips
     from vistune.datagen.pretrain import make_pretrain_data
 
     try:

@@ -55,7 +55,9 @@ def chat_command(args: argparse.Namespace) -> int:
 
     params = sampling_params(args)
     image = load_image(args.image) if args.image else None
-    session = load_engine(args).session(image, params)
+    from vistune.inference.chat import ChatSession
+
+    session = ChatSession(load_engine(args), image, params)
     if args.prompt is not None:
         return _answer(session, args.prompt)
     print(CHAT_HELP, file=sys.stderr)

@@ -72,13 +72,21 @@ def record_messages(record: Any) -> list[Message]:
     body = [m for m in messages if m.role != "system"] if messages and messages[0].role == "system" else messages
     if not body:
         raise BadRecord("invalid_record", "no turns")
+    offset = len(messages) - len(body)  # a leading system turn
+    speakers = [t["from"] for t in record["conversations"]]
+
+    def name(role: str) -> str:  # the data's own word for a role, as `data check` reports it
+        return next((w for w, m in zip(speakers, messages) if m.role == role), {"user": "human"}.get(role, "gpt"))
+
     if body[0].role != "user":
-        raise BadRecord("first_not_human")
+        raise BadRecord("first_not_human", f"turn {offset} is from {speakers[offset]!r}, not {name('user')!r}")
     for i, m in enumerate(body):
-        if m.role != ("user" if i % 2 == 0 else "assistant"):
-            raise BadRecord("roles_not_alternating", f"turn {i} is {m.role!r}")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m.role != expected:
+            raise BadRecord("roles_not_alternating",
+                            f"turn {i + offset} is from {speakers[i + offset]!r}, expected {name(expected)!r}")
         if not m.content:
-            raise BadRecord("empty_turn", f"turn {i} ({m.role})")
+            raise BadRecord("empty_turn", f"turn {i + offset} (from {speakers[i + offset]!r})")
     if body[-1].role != "assistant":
         raise BadRecord("ends_with_human")
     placeholders = [m.content.count(IMAGE_PLACEHOLDER) for m in body]

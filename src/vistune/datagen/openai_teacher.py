@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 
 import yaml
 
-from vistune.datagen.context import (
+from vistune.data.annotations import (
     ContextSource,
     ImageContext,
     format_context,

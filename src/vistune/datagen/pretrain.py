@@ -29,7 +29,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vistune.utils.io import atomic_write_json, read_json_or_jsonl
+from vistune.data.annotations import load_caption_sets
+from vistune.utils.io import atomic_write_json
 
 BRIEF_INSTRUCTIONS = (
     "Describe the image briefly.",
@@ -44,37 +45,6 @@ BRIEF_INSTRUCTIONS = (
     "Offer a short summary of the image.",
     "Briefly say what the picture contains.",
 )
-
-
-def load_caption_sets(path: str | Path) -> tuple[list[tuple[str, list[str]]], Counter]:
-    """(image, captions) per image in first-seen order, plus skip counts."""
-    skips: Counter = Counter()
-    text_start = Path(path).read_text(encoding="utf-8").lstrip()[:1]
-    if text_start == "{":
-        try:
-            import json
-
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and "images" in data and "annotations" in data:
-            from vistune.datagen.context import load_coco
-
-            contexts, skips = load_coco(path)
-            return [(c.image, c.captions) for c in contexts if c.captions], skips
-    groups: dict[str, list[str]] = defaultdict(list)
-    for rec in read_json_or_jsonl(path):
-        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) or not rec["image"]:
-            skips["record_malformed"] += 1
-            continue
-        caps = rec.get("captions", rec.get("caption"))
-        caps = [caps] if isinstance(caps, str) else (caps if isinstance(caps, list) else [])
-        good = [" ".join(c.split()) for c in caps if isinstance(c, str) and c.strip()]
-        if not good:
-            skips["caption_malformed"] += 1
-            continue
-        groups[rec["image"]].extend(good)
-    return list(groups.items()), skips
 
 
 def choose_pairs(caption_sets: Sequence[tuple[str, list[str]]], seed: int = 0) -> list[tuple[str, str]]:

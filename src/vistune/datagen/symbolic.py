@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from vistune.data.annotations import ImageContext, make_record
 from vistune.data.synth import (
     ABS_MARGIN,
     COLOURS,
@@ -42,7 +43,6 @@ from vistune.data.synth import (
     region_phrase,
     size_word,
 )
-from vistune.datagen.context import ImageContext, make_record
 from vistune.errors import UserError
 from vistune.utils.io import atomic_write_json
 

@@ -3,7 +3,7 @@
     engine = Engine(vistune.load("runs/demo/stage2"))
     engine.generate_batch([Request.of("What is this?", image), Request.of("And 2+2?")])   # -> list[str]
     for piece in engine.stream(Request.of("Describe it.", image)): print(piece, end="")
-    session = engine.session(image); session.ask("What is it?"); session.ask("What colour?")
+    session = ChatSession(engine, image); session.ask("What is it?"); session.ask("What colour?")  # inference.chat
 
 Requests are rendered with the model's template, images are encoded in one tower call per batch, and
 prompts of similar length are batched together (left-padded; answers do not depend on the batching).
@@ -185,13 +185,6 @@ class Engine:
             for e in decoder.step():
                 if e.text:
                     yield e.text
-
-    def session(self, image: Image.Image | None = None, params: SamplingParams | None = None,
-                system: str | None = None):
-        """A multi-turn conversation that reuses its KV cache between turns."""
-        from vistune.inference.chat import ChatSession
-
-        return ChatSession(self, image=image, params=params, system=system)
 
 
 # -------------------------------------------------------------------------------------------------

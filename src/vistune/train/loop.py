@@ -106,13 +106,20 @@ def train(run: RunConfig, progress: bool = True, resume: bool | None = None,
     """Train as `run` says and return the final checkpoint directory (`output_dir/final`).
 
     resume: None resumes when `output_dir/checkpoints` has a checkpoint, True requires one, False starts over
-    (deleting earlier checkpoints, metrics and final model of this output directory).
+    (deleting earlier checkpoints, metrics and final model of this output directory). A run that fails before
+    it saved anything leaves no output directory behind (when it created it).
     """
     hooks = hooks or TrainHooks()
     cfg = run.train
+    out = Path(run.output_dir)
+    created = not out.exists()
     world = D.init_world(cfg.device)
     try:
         return _Trainer(run, world, progress, hooks).run(resume)
+    except BaseException:
+        if created and world.is_main and not S.list_checkpoints(out / "checkpoints") and not (out / "final").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         D.close_world(world)
 

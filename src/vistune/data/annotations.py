@@ -1,4 +1,5 @@
-"""Symbolic image context: captions + normalised boxes, the only thing a text-only teacher sees.
+"""Image annotations: captions + normalised boxes (the symbolic context, the only thing a text-only teacher sees),
+and caption sets for stage 1 and the projector warm start.
 
 Inputs are COCO files (captions JSON, optional instances JSON) or a JSONL of ready contexts.
 Annotations that cannot be trusted are skipped and counted by reason (a `collections.Counter`),
@@ -15,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,3 +300,30 @@ def load_contexts(source: ContextSource) -> tuple[list[ImageContext], collection
     if not contexts:
         raise UserError(f"no usable images in the input ({format_skips(skips)})")
     return contexts, skips
+
+
+def load_caption_sets(path: str | Path) -> tuple[list[tuple[str, list[str]]], Counter]:
+    """(image, captions) per image in first-seen order, plus skip counts."""
+    skips: Counter = Counter()
+    text_start = Path(path).read_text(encoding="utf-8").lstrip()[:1]
+    if text_start == "{":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            contexts, skips = load_coco(path)
+            return [(c.image, c.captions) for c in contexts if c.captions], skips
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rec in read_json_or_jsonl(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) or not rec["image"]:
+            skips["record_malformed"] += 1
+            continue
+        caps = rec.get("captions", rec.get("caption"))
+        caps = [caps] if isinstance(caps, str) else (caps if isinstance(caps, list) else [])
+        good = [" ".join(c.split()) for c in caps if isinstance(c, str) and c.strip()]
+        if not good:
+            skips["caption_malformed"] += 1
+            continue
+        groups[rec["image"]].extend(good)
+    return list(groups.items()), skips
