@@ -61,7 +61,10 @@ def canned_answer(type_: str, context: str) -> str:
             f"Question: What does the picture show?\nAnswer: {first}\n===\n"
             f"Question: How many objects are there?\nAnswer: There are {len(labels)} objects in {key}."
         )
-    return f"This {type_} answer is about {key}: there are {len(labels)} objects, {', '.join(labels)}."
+    answer = f"This {type_} answer is about {key}: there are {len(labels)} objects, {', '.join(labels)}."
+    if type_ == "complex":  # the teacher writes the reasoning question and its answer
+        return f"Question: What follows from the arrangement in {key}?\nAnswer: {answer}"
+    return answer
 
 
 def context_of(messages: list[dict]) -> str:

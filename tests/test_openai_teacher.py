@@ -217,19 +217,49 @@ def test_builtin_prompts_load_and_their_examples_validate() -> None:
         assert "label: [x1, y1, x2, y2]" in spec.system and spec.examples
         for ex in spec.examples:  # the few-shot answers pass the same checks as the teacher's
             parse_output(spec.output, ex.answer, "stop", ex.question or "q")
-    for t in ("detail", "complex"):
-        assert len(specs[t].questions) >= 5
+    assert len(specs["detail"].questions) >= 5
+    assert specs["complex"].output == "qa_pair" and not specs["complex"].questions  # the teacher asks
+    # the paper's few-shot counts: conversation 2, detail 3, complex 3
+    assert {t: len(spec.examples) for t, spec in specs.items()} == {"conversation": 2, "detail": 3, "complex": 3}
+    complex_msgs = ot.build_messages(specs["complex"], "ctx", ot.pick_question(specs["complex"], "a.png", 0))
+    assert complex_msgs[-1]["content"] == "ctx" and "Request:" not in "".join(m["content"] for m in complex_msgs)
+    assert all(m["content"].startswith("Question: ") for m in complex_msgs[2:-1:2])
     msgs = ot.build_messages(specs["detail"], "ctx", "Describe the image in detail.")
     assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * len(specs["detail"].examples) + ["user"]
     assert msgs[-1]["content"] == "ctx\n\nRequest: Describe the image in detail."
 
 
 def test_question_choice_is_seeded_per_image() -> None:
-    spec = ot.load_prompts(["complex"])["complex"]
+    spec = ot.load_prompts(["detail"])["detail"]
     q = [ot.pick_question(spec, f"img_{i}.png", 0) for i in range(40)]
     assert q == [ot.pick_question(spec, f"img_{i}.png", 0) for i in range(40)]
     assert len(set(q)) > 3
     assert q != [ot.pick_question(spec, f"img_{i}.png", 1) for i in range(40)]
+
+
+def test_parse_qa_pair_needs_both_and_only_one() -> None:
+    answer = "The circle is larger, so it must be the one on the left."
+    assert parse_output("qa_pair", f"Question: Which is larger?\nAnswer: {answer}", "stop", None) == [
+        {"from": "human", "value": "<image>\nWhich is larger?"}, {"from": "gpt", "value": answer}]
+    assert parse_output("qa_pair", f"**Question:**\nWhich is larger?\n===\nAnswer:\n{answer}", "stop", None)[1] == {
+        "from": "gpt", "value": answer}
+    for text, reason in [
+        (answer, "no_pairs"),  # free text: no question
+        (f"Answer: {answer}", "bad_order"),
+        ("Question: Which is larger?", "unanswered_question"),
+        ("Question: Which is larger?\nAnswer:", "empty_block"),
+        (f"Question: A?\nAnswer: {answer}\n===\nQuestion: B?\nAnswer: {answer}", "several_pairs"),
+        ("Question: Which is larger?\nAnswer: The circle.", "too_short"),
+    ]:
+        with pytest.raises(Rejected) as err:
+            parse_output("qa_pair", text, "stop", None)
+        assert err.value.reason == reason, text
+
+
+def test_a_question_pool_for_a_qa_pair_type_is_a_usage_error(tmp_path) -> None:
+    (tmp_path / "complex.yaml").write_text("output: qa_pair\nsystem: Ask and answer.\nquestions: [Why is it so]\n")
+    with pytest.raises(ot.UsageError, match="the teacher writes the questions itself"):
+        ot.load_prompts(["complex"], tmp_path)
 
 
 def test_bad_prompt_file_is_a_usage_error(tmp_path, capsys) -> None:
@@ -277,10 +307,13 @@ def test_clean_run_writes_one_record_per_pair(tmp_path, server_factory, capsys) 
         text = format_context(ctx)
         conv = by_id[f"{c['image']}#conversation"]["conversations"]
         assert conv[1]["value"] == c["captions"][0] and len(conv) == 4
-        for t in ("detail", "complex"):
-            rec = by_id[f"{c['image']}#{t}"]["conversations"]
-            assert rec[1]["value"] == canned_answer(t, text)
-            assert rec[0]["value"] == "<image>\n" + ot.pick_question(specs[t], c["image"], 0)
+        rec = by_id[f"{c['image']}#detail"]["conversations"]
+        assert rec[1]["value"] == canned_answer("detail", text)
+        assert rec[0]["value"] == "<image>\n" + ot.pick_question(specs["detail"], c["image"], 0)
+        question, answer = canned_answer("complex", text).split("\nAnswer: ")
+        rec = by_id[f"{c['image']}#complex"]["conversations"]  # the teacher's own question and answer
+        assert rec == [{"from": "human", "value": "<image>\n" + question.removeprefix("Question: ")},
+                       {"from": "gpt", "value": answer}]
     summary = capsys.readouterr().out
     assert "tokens: 1800 prompt, 360 completion" in summary  # 18 requests x (100, 20)
     assert "cost: 0.0081" in summary  # 1800 * 2.5e-6 + 360 * 10e-6
@@ -352,7 +385,7 @@ def test_faults_are_retried_and_rejects_counted(tmp_path, server_factory) -> Non
     assert {r["id"] for r in records} == {f"{c['image']}#{t}" for c in contexts for t in TYPES} - missing
     rejects = [json.loads(line) for line in ot.rejects_path(out).read_text().splitlines()]
     reasons = sorted(r["reason"] for r in rejects)
-    assert reasons == sorted(["too_short", "empty", "truncated", "bad_response"] + ["too_short"] * 3)
+    assert reasons == sorted(["too_short", "empty", "truncated", "bad_response"] + ["no_pairs"] * 3)  # complex: no Q/A
     assert all(r["raw"] is not None or r["reason"] == "empty" for r in rejects)
     assert {r["id"] for r in rejects if r["reason"] == "bad_response"} == {"img_0005.png#conversation"}
 

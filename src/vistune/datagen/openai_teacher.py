@@ -120,6 +120,9 @@ def parse_prompt_spec(type_: str, data: Any, path: Path) -> PromptSpec:
         raise UsageError(f"{path}: `questions` must be a list of non-empty strings")
     if output == "single" and not questions:
         raise UsageError(f"{path}: a single-answer type needs a `questions` pool")
+    if output != "single" and questions:
+        raise UsageError(f"{path}: `questions` is a pool for `output: single`; with `output: {output}` the teacher "
+                         "writes the questions itself")
     system = _str_field(data, "system", path)
     return PromptSpec(type_, system, examples, [q.strip() for q in questions], output, path)
 
