@@ -12,9 +12,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_serve import (
+    MODEL,
+    LiveServer,
+    engine,  # noqa: F401  (module fixture)
+)
 
-from test_serve import engine  # noqa: F401  (module fixture)
-from test_serve import MODEL, LiveServer
 from vistune.inference.engine import EngineWorker
 from vistune.serve.app import create_app
 from vistune.serve.schemas import ServeLimits
@@ -45,6 +48,7 @@ def _check(response: httpx.Response, negative: bool, body) -> None:
         raise AssertionError(f"a body outside the schema was accepted: {where}")
 
 
+@pytest.mark.slow
 def test_schema_fuzzing_no_5xx_and_errors_in_openai_shape(fuzz_server):
     raw = fuzz_server.app.openapi()
     schema = schemathesis.openapi.from_dict(raw)
