@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from vistune.checkpoint_format import CheckpointError, read_config
+from vistune.conversation import TEMPLATE_NAMES
 from vistune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,6 @@ class ModelConfig:
         return data
 
     def __post_init__(self) -> None:
-        from vistune.conversation import TEMPLATE_NAMES
         if self.feature_norm not in FEATURE_NORMS:
             raise ConfigError(f"model.feature_norm={self.feature_norm!r}: expected one of {list(FEATURE_NORMS)}")
         if self.projector_norm not in PROJECTOR_NORMS:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from vistune.conversation import Message, RenderError, conversation_messages
 from vistune.inference.generate import BatchDecoder, FinishReason, SamplingParams, StepEvent
+from vistune.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, path, dtype: torch.dtype = torch.float32, device="cpu", **kwargs) -> "Engine":
-        from vistune.model.checkpoint import load_checkpoint
-
         return cls(load_checkpoint(path, dtype=dtype, device=device), **kwargs)
 
     @classmethod

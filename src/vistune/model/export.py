@@ -39,7 +39,7 @@ from vistune.conversation import (
     first_difference,
 )
 from vistune.errors import UserError
-from vistune.model.checkpoint import read_config
+from vistune.model.checkpoint import load_checkpoint, read_config
 from vistune.model.llm import is_peft_model
 from vistune.utils.io import atomic_dir
 
@@ -64,8 +64,6 @@ def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
         raise ExportError("--out must differ from --model (the export would overwrite the checkpoint)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty directory; choose another --out")
-
-    from vistune.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint, dtype=_stored_dtype(checkpoint))
     with atomic_dir(out) as tmp:  # replaces an empty `out` (checked above)

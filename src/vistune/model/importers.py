@@ -44,6 +44,9 @@ STRING_CONTENT_PRELUDE = (
     "{%- endfor -%}"
     "{%- set messages = ns.msgs -%}"
 )
+from vistune.conversation import RenderError, check_whole_prompt_tokenization
+from vistune.model.checkpoint import save_checkpoint
+from vistune.model.export import ExportError, check_prompt_parity
 
 
 class ImportRefused(UserError, ValueError):
@@ -121,8 +124,6 @@ def import_llava_hf(src: str | os.PathLike, out: str | os.PathLike, template: st
                                pad_to_square=image_config.pad_to_square, system_prompt=system_prompt)
     vlm = VisionLanguageModel(model_config, tower, projector, llm, tokenizer, ImageProcessor(image_config))
     if derived:
-        from vistune.model.export import ExportError, check_prompt_parity
-
         try:
             check_prompt_parity(vlm, processor, int(config.image_token_id))
         except ExportError as e:
@@ -469,9 +470,6 @@ def _check_out(out: str | os.PathLike, src: Path) -> None:
 def _save(model: VisionLanguageModel, out: str | os.PathLike, source: dict) -> Path:
     """Check that the template renders with this tokenizer exactly as whole-prompt tokenization, then save the
     checkpoint atomically at `out` (an empty directory there is replaced)."""
-    from vistune.conversation import RenderError, check_whole_prompt_tokenization
-    from vistune.model.checkpoint import save_checkpoint
-
     try:
         check_whole_prompt_tokenization(model.renderer)
     except RenderError as e:

@@ -17,8 +17,9 @@ from torch import nn
 from vistune.config import ModelConfig
 from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer
 from vistune.data.image import ImageProcessor
+from vistune.model.llm import load_llm
 from vistune.model.projector import Projector
-from vistune.model.vision import VisionTower
+from vistune.model.vision import VisionTower, build_vision_tower
 
 
 class ImageTokenMismatch(ValueError):
@@ -56,9 +57,6 @@ class VisionLanguageModel(nn.Module):
     @classmethod
     def build(cls, config: ModelConfig, dtype: torch.dtype = torch.float32) -> "VisionLanguageModel":
         """Assemble a fresh model from the parts named in `config` (pretrained tower and LLM, new projector)."""
-        from vistune.model.llm import load_llm
-        from vistune.model.vision import build_vision_tower
-
         tower = build_vision_tower(config.vision_tower, config.vision_layer, config.vision_select, dtype,
                                    config.image_size)
         llm, tokenizer = load_llm(config.llm, dtype)

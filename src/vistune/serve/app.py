@@ -44,6 +44,7 @@ from vistune.serve.schemas import (
     sse,
     usage_chunk_body,
 )
+from vistune.serve.ui import add_ui
 from vistune.version import __version__
 
 log = logging.getLogger(__name__)
@@ -339,8 +340,6 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
             job.cancel()  # the client went away (or we finished): stop generating for it
 
     if ui:
-        from vistune.serve.ui import add_ui
-
         add_ui(app, model_name)
     return app
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vistune.conversation import IMAGE_PLACEHOLDER, Message, RenderError, validate_messages
+from vistune.inference.generate import SEED_MAX, SEED_MIN
 
 
 class APIError(Exception):
@@ -303,7 +304,6 @@ def chat_openapi(limits: ServeLimits) -> dict:
 
     from pydantic import BaseModel, ConfigDict, Field
 
-    from vistune.inference.generate import SEED_MAX, SEED_MIN
 
     class Open(BaseModel):
         model_config = ConfigDict(extra="allow")  # OpenAI clients send fields this server ignores

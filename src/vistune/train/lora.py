@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from vistune.config import TrainConfig
+from vistune.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
 from vistune.model.llm import is_peft_model
 
 
@@ -33,8 +34,6 @@ def merge_lora(model) -> None:
 
 def merge_lora_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """Write a copy of a LoRA checkpoint with its adapters folded into the LLM (`vistune merge-lora`)."""
-    from vistune.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
-
     src, out = Path(checkpoint), Path(out)
     config = read_config(src)
     if not config.get("lora"):
