@@ -53,9 +53,19 @@ def test_answering_commands_share_device_flags_and_greedy_generation(command):
                 "eval": ["--bench", "b", "--images", "i", "--out", "o"], "serve": []}[command[0]]
     args = parser.parse_args([*command, "--model", "m", *required])
     assert (args.device, args.dtype) == ("auto", "auto")
-    if command != ["serve"]:
-        assert (args.temperature, args.top_p, args.seed) == (0.0, 1.0, None)  # greedy: answers repeat
-        assert args.max_new_tokens > 0
+    assert (args.temperature, args.top_p, args.seed) == (0.0, 1.0, None)  # greedy: answers repeat
+    assert args.max_new_tokens > 0
+
+
+def test_a_server_request_without_sampling_values_gets_the_servers_greedy_defaults():
+    from vistune.serve.schemas import ServeLimits, parse_chat_request
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    request = parse_chat_request(body, ServeLimits())
+    assert (request.temperature, request.top_p, request.seed, request.max_tokens) == (0.0, 1.0, None, 512)
+    request = parse_chat_request(body, ServeLimits(default_temperature=0.7, default_top_p=0.9, default_seed=3))
+    assert (request.temperature, request.top_p, request.seed) == (0.7, 0.9, 3)
+    assert parse_chat_request({**body, "temperature": 0}, ServeLimits(default_temperature=0.7)).temperature == 0
 
 
 def test_help_shows_defaults(capsys):

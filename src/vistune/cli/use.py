@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from vistune.cli.common import UsageError, add_command, add_device_flags, add_generation_flags, run_name
+from vistune.cli.common import UsageError, add_command, add_generation_flags, run_name, sampling_params
 
 CHAT_HELP = "commands: /image PATH (new conversation about another image), /reset, /quit"
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="a host name clients may reach the server by (repeatable; IP addresses, localhost and "
                             "--host are always accepted)")
-    add_device_flags(serve)
+    add_generation_flags(serve, max_new_tokens=512)  # the defaults for requests that leave a value out
     serve.set_defaults(func=serve_command)
 
 
@@ -56,7 +56,6 @@ def load_engine(args: argparse.Namespace, **kwargs):
 
 
 def chat_command(args: argparse.Namespace) -> int:
-    from vistune.cli.common import sampling_params
     from vistune.data.image import load_image
 
     params = sampling_params(args)
@@ -115,7 +114,6 @@ def _answer(session, question: str, prefix: str = "") -> int:
 
 
 def infer_command(args: argparse.Namespace) -> int:
-    from vistune.cli.common import sampling_params
     from vistune.inference.batch import answered_ids, infer, read_questions
 
     params = sampling_params(args)
@@ -146,9 +144,16 @@ def serve_command(args: argparse.Namespace) -> int:
             raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     if args.image_root and not Path(args.image_root).is_dir():
         raise UsageError(f"--image-root {args.image_root} is not a directory")
+    from vistune.serve.schemas import ServeLimits
+
+    defaults = sampling_params(args)  # checked like every command's; used where a request sets none
+    limits = ServeLimits(default_max_tokens=defaults.max_new_tokens, default_temperature=defaults.temperature,
+                         default_top_p=defaults.top_p, default_seed=defaults.seed)
+    if defaults.max_new_tokens > limits.max_tokens:
+        raise UsageError(f"--max-new-tokens {defaults.max_new_tokens} is above the server's limit {limits.max_tokens}")
     engine = load_engine(args)
     app = create_app(engine, model_name=run_name(args.model), api_key=api_key, image_root=args.image_root,
-                     allow_remote_images=args.allow_remote_images, ui=args.ui,
+                     allow_remote_images=args.allow_remote_images, ui=args.ui, limits=limits,
                      allow_private_image_hosts=args.allow_private_image_hosts,
                      allowed_hosts=[args.host, *args.allowed_host])
     print(f"serving {args.model} at http://{args.host}:{args.port}/v1" + (" (chat page at /)" if args.ui else ""),

@@ -51,8 +51,13 @@ class ServeLimits:
     """Largest `max_tokens` a request may ask for."""
     default_max_tokens: int = 512
     """Answer length limit when a request gives no `max_tokens`."""
-    default_temperature: float = 0.2
-    """Temperature when a request gives none (an explicit 0 is greedy)."""
+    default_temperature: float = 0.0
+    """Temperature when a request gives none; 0 (greedy, like every vistune command) unless `vistune serve
+    --temperature` says otherwise."""
+    default_top_p: float = 1.0
+    """Nucleus mass when a request gives no `top_p`."""
+    default_seed: int | None = None
+    """Sampling seed when a request gives none (None: a fresh one per request)."""
     max_stop: int = 4
     """Most stop strings per request."""
     remote_timeout_s: float = 10.0
@@ -157,8 +162,10 @@ def parse_chat_request(data: Any, limits: ServeLimits) -> ChatRequest:
         raise APIError(400, f"'{key}' must be between 1 and {limits.max_tokens}, got {max_tokens}", param=key,
                        code="invalid_value")
     temperature = _number(data, "temperature", limits.default_temperature, 0.0, 2.0)
-    top_p = _number(data, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    top_p = _number(data, "top_p", limits.default_top_p, 0.0, 1.0, lo_open=True)
     seed = _integer(data, "seed")
+    if seed is None:
+        seed = limits.default_seed
     n = _integer(data, "n")
     if n is not None and n != 1:
         raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
