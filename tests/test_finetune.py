@@ -22,7 +22,7 @@ def _fake_checkpoint(path: Path, **model) -> Path:
     """A directory with only a checkpoint's config.json (enough for configuration code)."""
     path.mkdir(parents=True)
     section = to_dict(ModelConfig(vision_tower="tiny-clip", vision_layer=-1, llm="tiny-llama", projector="linear",
-                                  image_size=32, feature_norm=True, system_prompt=SYSTEM, **model))
+                                  image_size=32, feature_norm="token", system_prompt=SYSTEM, **model))
     (path / "config.json").write_text(json.dumps({"model_type": "vistune", "model": section}))
     return path
 
@@ -33,7 +33,7 @@ def test_the_checkpoint_supplies_the_model_section_and_keeps_its_system_prompt(t
         run = load_run_config(STAGE2, [f"init_from={ckpt}"])
     m = run.model
     assert (m.vision_tower, m.vision_layer, m.llm, m.image_size, m.feature_norm) == (
-        "tiny-clip", -1, "tiny-llama", 32, True)
+        "tiny-clip", -1, "tiny-llama", 32, "token")
     assert m.system_prompt == SYSTEM and m.template == "chat_template"
     notes = [r.getMessage() for r in caplog.records if r.name == "vistune.config"]
     assert len(notes) == 1  # one line, naming every config-file key that was not used
@@ -58,14 +58,14 @@ def test_conversation_keys_command_line_then_file_then_checkpoint(tmp_path):
 
 def test_architecture_overrides_that_differ_are_reported_together(tmp_path):
     ckpt = _fake_checkpoint(tmp_path / "ck")
-    overrides = [f"init_from={ckpt}", "model.vision_layer=-2", "model.image_size=64", "model.feature_norm=false",
+    overrides = [f"init_from={ckpt}", "model.vision_layer=-2", "model.image_size=64", "model.feature_norm=none",
                  "model.llm=tiny-llama"]  # the last one agrees with the checkpoint
     with pytest.raises(ConfigError) as err:
         load_run_config(STAGE2, overrides)
     message = str(err.value)
     assert "\n" not in message
     for part in ("model.vision_layer=-2 (checkpoint: -1)", "model.image_size=64 (checkpoint: 32)",
-                 "model.feature_norm=False (checkpoint: True)"):
+                 "model.feature_norm='none' (checkpoint: 'token')"):
         assert part in message
     assert "model.llm" not in message
 
