@@ -423,7 +423,7 @@ def test_imported_llava_hf_chats_and_serves_like_any_checkpoint(imported_hf, pho
     photo.save(buf, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     app = create_app(Engine(model), model_name="imported")
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/v1/chat/completions", json={
             "model": "imported", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}]}]})

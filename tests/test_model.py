@@ -112,7 +112,7 @@ def test_projector_norm_keeps_image_tokens_at_the_word_embedding_scale(tmp_path,
     loaded = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded.encode_images(px), tokens)
-    with pytest.raises(ExportError, match="projector_norm=rms rescales"):
+    with pytest.raises(ExportError, match=r"projector_norm=rms \(image tokens rescaled"):
         check_exportable(read_config(tmp_path / "ckpt"))
     # a checkpoint written before the option set (booleans, feature_standardise) loads the same model
     import json

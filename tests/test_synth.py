@@ -236,7 +236,7 @@ def test_cli_writes_world(tmp_path, capsys):
 
 
 def test_teacher_never_asks_in_the_held_out_wording(world):
-    from vistune.datagen.context import load_coco
+    from vistune.data.annotations import load_coco
 
     from vistune.datagen.symbolic import TYPES, generate_symbolic
 
