@@ -21,7 +21,9 @@ also measured switched off on its own (vistune minus that lever). Each figure co
 fraction of this machine's matmul peak (`matmul_peak.py`, in the same precision): forward and backward of
 every LLM/projector matmul and attention product a step needs (stage 1: input gradients only through the
 frozen LLM), the LM head at supervised positions only, the frozen tower not counted. Peak memory is the
-largest growth of the process's resident memory during a round.
+largest growth of the process's resident memory during a round. vistune's allocator setting
+(`train.malloc_tuning`) is process-wide, so after the first vistune round the peer runs with it too
+(`--no-malloc-tuning` leaves it off everywhere).
 
 Inference (fp32, greedy, `--new-tokens`): time to first token for an image + question, decode tokens/s
 (vistune's engine vs the peer's `generate`), and the fourth turn's time to first token: vistune's chat session
@@ -56,7 +58,6 @@ LEVERS = {
     "packing": ["train.packing=false"],
     "feature_cache": ["train.feature_cache=false"],
     "length_grouping": ["data.group_by_length=false"],
-    "malloc_tuning": ["train.malloc_tuning=false"],
 }
 WORDS = ("red blue green yellow circle square triangle small large top left right bottom corner centre shape colour "
          "light dark near far above below next to the a of and with in on").split()
@@ -388,11 +389,19 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--levers", action="store_true", help="also measure vistune with each lever switched off")
     ap.add_argument("--stages", default="2,1", help="stages to train, in order")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="train.malloc_tuning=false in every vistune round (the setting is process-wide: once a "
+                         "round has made it, every later round, the peer's included, runs with it; compare two "
+                         "invocations to measure it)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice); 1 is steadier when other jobs share the cores")
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--reps", type=int, default=3, help="inference repetitions")
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import logging
 
@@ -422,7 +431,7 @@ def main(argv=None) -> int:
     base += [f"init_from={init}", f"data.path={data}", f"data.image_folder={data.parent / 'images'}",
              "data.max_length=512", "data.num_workers=1", "train.epochs=1", f"train.global_batch_size={args.batch}",
              f"train.micro_batch_size={args.batch}", "train.save_every=null", "train.warmup_ratio=0",
-             f"train.precision={args.precision}"]
+             f"train.precision={args.precision}"] + (["train.malloc_tuning=false"] if args.no_malloc_tuning else [])
     if "train.feature_cache_dir" in keys:
         base.append(f"train.feature_cache_dir={root / 'feature-cache'}")
     peak = measure_peak(bf16=bf16, seconds=0.3)["peak"]["bf16" if bf16 else "fp32"]

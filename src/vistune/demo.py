@@ -195,6 +195,7 @@ class Demo:
             **({"train.projector_init_captions": str(self.world / "train" / "captions.json")}
                if stage == 1 and self.plan.stage1.get("train.projector_init") == "ridge" else {}),
             "output_dir": str(self.out / f"stage{stage}"),
+            "train.feature_cache_dir": str(self.out / "feature-cache"),  # both stages read the tower once per image
         })
         if stage == 2:
             overrides["init_from"] = str(self._final(1))
