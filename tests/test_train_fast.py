@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from vistune.data.dataset import LlavaDataset, collate, pack_rows
 from vistune.data.feature_cache import FeatureCache, tensor_digest
+from vistune.model.packed_attention import SEGMENT_ATTENTION, segments
 from vistune.model.tiny import tiny_vlm
 from vistune.train.tiny import save_tiny_checkpoint, tiny_run_config, write_tiny_data
 
@@ -40,7 +41,15 @@ def test_pack_rows_fills_rows_within_capacity():
     assert rows == [[6], [3], [1, 0, 2], [4, 5]]  # first fit, longest first
 
 
-def test_packed_batch_gives_the_same_loss_and_gradients(model, data):
+@pytest.fixture(params=["sdpa", SEGMENT_ATTENTION])
+def attention(request, model):
+    """The packed row isolated by transformers' block-diagonal mask, or by span-wise causal SDPA."""
+    model.llm.set_attn_implementation(request.param)
+    yield request.param
+    model.llm.set_attn_implementation("sdpa")
+
+
+def test_packed_batch_gives_the_same_loss_and_gradients(model, data, attention):
     """fp32; tolerance: relative 1e-4 (only the order of sums differs)."""
     ds = _dataset(model, data)
     items = [ds[i] for i in range(8)]
@@ -66,7 +75,7 @@ def test_packed_batch_gives_the_same_loss_and_gradients(model, data):
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_packing_keeps_samples_apart(model, data):
+def test_packing_keeps_samples_apart(model, data, attention):
     """Changing one sample of a packed row leaves the other samples' losses unchanged."""
     ds = _dataset(model, data)
     a, b = ds[0], ds[1]
@@ -84,6 +93,13 @@ def test_packing_keeps_samples_apart(model, data):
             both = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
                          position_ids=batch["position_ids"]).loss_sum
             torch.testing.assert_close(both - own, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_segments_only_for_packed_positions():
+    assert segments(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [[(0, 3), (3, 5), (5, 6)]]
+    assert segments(torch.tensor([[0, 1, 2, 3]])) is None  # one sample: plain causal attention
+    assert segments(torch.tensor([[5, 6, 7]])) is None  # positions after a cache
+    assert segments(torch.tensor([[0, 1, 3, 0]])) is None  # not a packed layout
 
 
 def test_cached_features_equal_fresh_ones(model, data, tmp_path):

@@ -40,6 +40,7 @@ from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml,
 from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.data.feature_cache import FeatureCache
+from vistune.model.packed_attention import use_segment_attention
 from vistune.train import distributed as D
 from vistune.train import state as S
 from vistune.train.optim import build_optimizer, lr_factor, set_lr, set_trainable, warmup_steps
@@ -166,6 +167,7 @@ class _Trainer:
         self.warmup = warmup_steps(cfg, self.total)
 
         self.skeleton = D.meta_skeleton(model) if world.distributed and cfg.strategy == "fsdp" else None
+        self.pack_length = self._pack_length(model)
         self.wrapped = D.wrap(D.TrainStep(model), world, cfg.strategy, bf16)
         self.optimizer = build_optimizer(model, cfg)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -181,6 +183,15 @@ class _Trainer:
                      "bf16 autocast" if self.bf16 else "fp32")
         self._loop(step)
         return self.out / "final"
+
+    def _pack_length(self, model) -> int | None:
+        """Tokens per packed row (None: no packing). Where attention runs per sample (span-wise SDPA on CPU,
+        variable-length flash attention), a row's length costs nothing, so a micro-batch becomes one row with no
+        padding at all; elsewhere (a masked row costs its full square) rows hold up to `data.max_length`."""
+        if not self.cfg.packing:
+            return None
+        span_wise = use_segment_attention(model.llm) or str(model.llm.config._attn_implementation).startswith("flash")
+        return self.run_cfg.data.max_length * (self.cfg.micro_batch_size if span_wise else 1)
 
     def _feature_cache(self, model) -> FeatureCache | None:
         cfg = self.cfg
@@ -337,7 +348,7 @@ class _Trainer:
         workers = self.run_cfg.data.num_workers
         loader = DataLoader(ds, batch_sampler=plan, num_workers=workers,
                             collate_fn=partial(collate, pad_id=self.model.tokenizer.pad_token_id,
-                                               pack=self.run_cfg.data.max_length if cfg.packing else None),
+                                               pack=self.pack_length),
                             generator=torch.Generator().manual_seed(cfg.seed + epoch),  # leaves the global RNG alone
                             persistent_workers=False, prefetch_factor=4 if workers else None)
         it = iter(loader)
