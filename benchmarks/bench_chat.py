@@ -38,6 +38,7 @@ def main() -> None:
     from PIL import Image
 
     from vistune.config import ModelConfig
+    from vistune.inference.chat import ChatSession
     from vistune.inference.engine import Engine, Request
     from vistune.inference.generate import SamplingParams
     from vistune.model.vlm import VisionLanguageModel
@@ -66,7 +67,7 @@ def main() -> None:
 
     reuse_t, base_t, prefill, full_len = [], [], [], []
     for rep in range(args.reps + 1):  # the first repetition warms up and is not counted
-        session = engine.session(image, params)
+        session = ChatSession(engine, image, params)
         a1 = session.ask(q1)
         history = list(session.history)
         order = ("reuse", "base") if rep % 2 else ("base", "reuse")

@@ -61,7 +61,10 @@ def canned_answer(type_: str, context: str) -> str:
             f"Question: What does the picture show?\nAnswer: {first}\n===\n"
             f"Question: How many objects are there?\nAnswer: There are {len(labels)} objects in {key}."
         )
-    return f"This {type_} answer is about {key}: there are {len(labels)} objects, {', '.join(labels)}."
+    answer = f"This {type_} answer is about {key}: there are {len(labels)} objects, {', '.join(labels)}."
+    if type_ == "complex":  # the teacher writes the reasoning question and its answer
+        return f"Question: What follows from the arrangement in {key}?\nAnswer: {answer}"
+    return answer
 
 
 def context_of(messages: list[dict]) -> str:
@@ -83,6 +86,8 @@ class FakeTeacher:
         slow_delay: float = 2.0,
         auth_message: str = "Incorrect API key provided: sk-test***. Check your key.",
         usage: tuple[int, int] = (100, 20),
+        responder: Callable[[list[dict]], str] | None = None,
+        key_of: Callable[[list[dict]], str] | None = None,
     ) -> None:
         self.system_to_type = system_to_type
         self.schedule = schedule or {}
@@ -91,6 +96,8 @@ class FakeTeacher:
         self.slow_delay = slow_delay
         self.auth_message = auth_message
         self.usage = usage
+        self.responder = responder  # messages -> reply text (default: a teacher's canned answer)
+        self.key_of = key_of  # messages -> fault key (default: the image key of the context)
         self.attempts: list[Attempt] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -144,7 +151,10 @@ class FakeTeacher:
     def _register(self, messages: list[dict], headers: dict[str, str]) -> tuple[Attempt, Fault]:
         system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
         type_ = self.system_to_type.get(system, "unknown")
-        key = image_key(context_of(messages)) if messages else "unknown"
+        if self.key_of is not None:
+            key = self.key_of(messages)
+        else:
+            key = image_key(context_of(messages)) if messages else "unknown"
         with self._lock:
             n = sum(1 for a in self.attempts if a.key == key and a.type == type_)
             fault = self._fault(key, type_, n)
@@ -225,7 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "slow":
             time.sleep(self.owner.slow_delay)
-        content = canned_answer(attempt.type, context_of(messages))
+        if self.owner.responder is not None:
+            content = self.owner.responder(messages)
+        else:
+            content = canned_answer(attempt.type, context_of(messages))
         finish = "stop"
         if kind == "garbage":
             content = "#@!% ~~ 42 ?? ###"

@@ -1,13 +1,13 @@
 """Checkpoints: config.json + safetensors + tokenizer rebuild the model alone; writes are atomic; no pickle."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import vistune
 from vistune.model import checkpoint as ckpt
+from vistune.model.checkpoint import save_checkpoint
 from vistune.model.tiny import tiny_vlm
 
 
@@ -15,7 +15,7 @@ from vistune.model.tiny import tiny_vlm
 def test_round_trip_gives_identical_outputs(tmp_path, tower):
     model = tiny_vlm(tower, projector="mlp2x_gelu", template="vicuna_v1").eval()
     path = tmp_path / "ckpt"
-    model.save_pretrained(path)
+    save_checkpoint(model, path)
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "vistune" and config["vistune_version"] == vistune.__version__
     assert config["model"]["template"] == "vicuna_v1" and config["num_image_tokens"] == model.num_image_tokens
@@ -38,7 +38,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, tower):
 def test_save_is_atomic_and_keeps_the_old_checkpoint_on_failure(tmp_path, monkeypatch):
     model = tiny_vlm("clip")
     path = tmp_path / "ckpt"
-    model.save_pretrained(path)
+    save_checkpoint(model, path)
     before = (path / "projector.safetensors").read_bytes()
 
     def broken(*args, **kwargs):
@@ -48,7 +48,7 @@ def test_save_is_atomic_and_keeps_the_old_checkpoint_on_failure(tmp_path, monkey
     with torch.no_grad():
         model.projector.linear_1.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
-        model.save_pretrained(path)
+        save_checkpoint(model, path)
     assert (path / "projector.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary directory left behind
     assert ckpt.is_checkpoint(path)
@@ -71,7 +71,7 @@ def test_unmerged_lora_checkpoint_round_trips(tmp_path):
         for name, p in model.llm.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.5)
-    model.save_pretrained(tmp_path / "ckpt")
+    save_checkpoint(model, tmp_path / "ckpt")
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["lora"] is True
     loaded = vistune.load(tmp_path / "ckpt")
     ids = torch.tensor([[5, 6, 7, 8]])

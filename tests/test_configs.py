@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from vistune.config import ConfigError, RunConfig, describe, load_run_config
 from vistune.conversation import IMAGE_TOKEN_ID, Message
@@ -15,7 +16,8 @@ from vistune.model.tiny import tiny_llm
 from vistune.model.vision import EfficientNetTower, HFVisionTower
 from vistune.model.vlm import VisionLanguageModel
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(ROOT.glob("*.yaml")) + sorted(ROOT.glob("demo/*.yaml"))
 CLIP_SHAPES = {"openai/clip-vit-large-patch14": (224, 14), "openai/clip-vit-large-patch14-336": (336, 14)}
 
 
@@ -30,25 +32,27 @@ def _tiny_parts(run: RunConfig):
                                image_size=size, patch_size=patch)
         tower = HFVisionTower(CLIPVisionModel(cfg), m.vision_layer, m.vision_select)
     else:
-        tower = EfficientNetTower(m.vision_tower, m.vision_layer, pretrained=False)
+        tower = EfficientNetTower(m.vision_tower, m.vision_layer, pretrained=False, image_size=m.image_size)
     tokenizer = load_tokenizer("smollm2-135m-instruct")  # stands in for the recipe's tokenizer
     return tower, tiny_llm(tokenizer), tokenizer
 
 
 def test_configs_are_shipped():
-    names = {p.name for p in CONFIGS}
+    names = {str(p.relative_to(ROOT)) for p in CONFIGS}
     assert {"paper_stage1.yaml", "paper_stage2.yaml", "llava15_stage1.yaml", "llava15_stage2.yaml",
-            "llava15_stage2_lora.yaml", "default_stage1.yaml", "default_stage2.yaml"} <= names
+            "llava15_stage2_lora.yaml", "default_stage1.yaml", "default_stage2.yaml", "demo/stage1.yaml",
+            "demo/stage2.yaml", "demo/stage1_quick.yaml", "demo/stage2_quick.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_loads_and_builds_from_tiny_stand_ins(path):
-    run = load_run_config(path, world_size=1)
-    if not path.name.startswith("default"):
-        load_run_config(path, world_size=8)  # the recipes split exactly over 8 GPUs
+    run = load_run_config(path, world_size=1, read_init_from=False)  # stage 2's checkpoint does not exist here
+    if path.parent == ROOT and not path.name.startswith("default"):
+        load_run_config(path, world_size=8, read_init_from=False)  # the recipes split exactly over 8 GPUs
     tower, llm, tokenizer = _tiny_parts(run)
     model = VisionLanguageModel.from_parts(run.model, tower, llm, tokenizer)
-    expected_tokens = {224: 256, 336: 576}[tower.image_size] if isinstance(tower, HFVisionTower) else 49
+    expected_tokens = ({224: 256, 336: 576}[tower.image_size] if isinstance(tower, HFVisionTower)
+                       else (tower.image_size // 32) ** 2)  # EfficientNet: a 7x7 grid at 224 px, 5x5 at 160
     assert model.num_image_tokens == expected_tokens
     assert model.projector.kind == run.model.projector
     assert model.image_processor.config.pad_to_square == run.model.pad_to_square
@@ -61,8 +65,30 @@ def test_every_config_loads_and_builds_from_tiny_stand_ins(path):
     assert torch.isfinite(out.loss)
 
 
+def test_demo_runs_its_shipped_recipes(tmp_path):
+    """The demo's training runs are the YAML files under configs/demo with the demo's paths, nothing else."""
+    from vistune.config import to_dict
+    from vistune.demo import DEMO_CONFIGS, FULL, QUICK, Demo
+
+    assert (ROOT / "demo").resolve() == DEMO_CONFIGS  # one copy: configs/demo is the package's folder
+    stage1_final = tmp_path / "stage1" / "final"
+    for plan in (FULL, QUICK):
+        demo = Demo(tmp_path, plan)
+        demo._final = lambda stage: stage1_final
+        for stage, name in ((1, plan.stage1), (2, plan.stage2)):
+            paths = [f"data.path={tmp_path / 'data' / f'stage{stage}.json'}",
+                     f"data.image_folder={tmp_path / 'world' / 'train' / 'images'}",
+                     f"output_dir={tmp_path / f'stage{stage}'}", f"train.feature_cache_dir={tmp_path / 'feature-cache'}"]
+            paths += ([f"train.projector_init_captions={tmp_path / 'world' / 'train' / 'captions.json'}"]
+                      if stage == 1 else [f"init_from={stage1_final}"])
+            expected = load_run_config(ROOT / "demo" / name, paths, read_init_from=False)
+            assert to_dict(demo._run_config(stage)) == to_dict(expected)
+    full2 = load_run_config(ROOT / "demo" / "stage2.yaml", read_init_from=False)
+    assert (full2.train.max_steps, full2.train.lr, full2.train.global_batch_size) == (200, 5e-5, 16)
+
+
 def test_recipes_follow_the_papers():
-    p1, p2 = (load_run_config(CONFIGS[0].parent / f"paper_stage{i}.yaml") for i in (1, 2))
+    p1, p2 = (load_run_config(ROOT / f"paper_stage{i}.yaml", read_init_from=False) for i in (1, 2))
     assert (p1.train.stage, p1.train.lr, p1.train.global_batch_size, p1.train.epochs) == (1, 2e-3, 128, 1)
     assert (p2.train.stage, p2.train.lr, p2.train.global_batch_size, p2.train.epochs) == (2, 2e-5, 32, 3)
     for run in (p1, p2):
@@ -71,7 +97,7 @@ def test_recipes_follow_the_papers():
         assert run.train.schedule == "cosine" and run.train.warmup_ratio == 0.03 and run.train.weight_decay == 0
         assert run.train.precision == "bf16"
     assert p2.init_from == str(Path(p1.output_dir) / "final")
-    l1, l2, lora = (load_run_config(CONFIGS[0].parent / f"llava15_{n}.yaml")
+    l1, l2, lora = (load_run_config(ROOT / f"llava15_{n}.yaml", read_init_from=False)
                     for n in ("stage1", "stage2", "stage2_lora"))
     assert (l1.train.lr, l1.train.global_batch_size, l2.train.lr, l2.train.global_batch_size) == (1e-3, 256, 2e-5, 128)
     for run in (l1, l2, lora):
@@ -79,7 +105,7 @@ def test_recipes_follow_the_papers():
         assert run.model.vision_tower == "openai/clip-vit-large-patch14-336"
     assert lora.train.lora and (lora.train.lora_r, lora.train.lora_alpha) == (128, 256)
     assert (lora.train.lr, lora.train.peak_projector_lr) == (2e-4, 2e-5)
-    d1, d2 = (load_run_config(CONFIGS[0].parent / f"default_stage{i}.yaml") for i in (1, 2))
+    d1, d2 = (load_run_config(ROOT / f"default_stage{i}.yaml", read_init_from=False) for i in (1, 2))
     assert d1.train.precision == d2.train.precision == "auto"
     assert d2.init_from == str(Path(d1.output_dir) / "final")
 
@@ -115,3 +141,32 @@ def test_every_field_is_documented():
                 "train.global_batch_size", "train.micro_batch_size", "train.save_every", "train.seed", "train.lora",
                 "init_from", "output_dir"):
         assert key in keys
+
+
+@pytest.mark.parametrize("old, new", [
+    ({"feature_norm": True}, ("token", "none")),
+    ({"feature_norm": False, "projector_norm": True}, ("none", "rms")),
+    ({"feature_standardise": True, "projector_norm": True}, ("channel", "rms")),
+    ({"feature_standardise": False, "projector_norm": False}, ("none", "none")),
+])
+def test_old_normalisation_keys_still_load(tmp_path, old, new):
+    from vistune.config import ModelConfig, from_dict
+
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"model": old, "train": {"projector_init": "ridge"}}))
+    with pytest.warns(FutureWarning, match="deprecated config values"):
+        run = load_run_config(path)
+    assert (run.model.feature_norm, run.model.projector_norm) == new
+    with pytest.warns(FutureWarning):  # an old checkpoint's config.json "model" section
+        assert from_dict(ModelConfig, old, prefix="model.") == run.model
+
+
+def test_normalisation_options_are_checked_and_described():
+    with pytest.raises(ConfigError, match=r"feature_norm='layer': expected one of \['none', 'token', 'channel'\]"):
+        load_run_config(None, ["model.feature_norm=layer"])
+    with pytest.raises(ConfigError, match="model.projector_norm='l2'"):
+        load_run_config(None, ["model.projector_norm=l2"])
+    with pytest.raises(ConfigError, match="feature_standardise=true"):
+        load_run_config(None, ["model.feature_norm=true", "model.feature_standardise=true"])
+    text = "\n".join(describe(RunConfig))
+    assert "Valid combinations" in text and "exportable: `feature_norm` `none` or" in text

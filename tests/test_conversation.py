@@ -167,3 +167,44 @@ def test_renderer_system_prompt_applies_when_the_conversation_has_none(tokenizer
     own = [Message("system", "Be terse."), *MULTI[:2]]
     text = tokenizer.decode([i for i in r.render(own, num_images=1).input_ids if i >= 0])
     assert "Be terse." in text and "Answer about the image." not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact text of each template where it matches the original release (differences: docs/templates.md)
+
+TWO_ROUNDS = [Message("user", "<image>\nQ1?"), Message("assistant", "A1."), Message("user", "Q2?"),
+              Message("assistant", "A2.")]
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("v0", "{V0}\n\n### Human: <image>\nQ1?\n### Assistant: A1.\n### Human: Q2?\n### Assistant: A2.\n###"),
+    ("vicuna_v1", "{VICUNA} USER: <image>\nQ1? ASSISTANT: A1.{eos}USER: Q2? ASSISTANT: A2.{eos}"),
+    ("llama_2", "[INST] <<SYS>>\n{LLAMA2}\n<</SYS>>\n\n<image>\nQ1? [/INST] A1. {eos}{bos}[INST] Q2? [/INST] A2. {eos}"),
+])
+def test_template_text_is_the_originals(tokenizer, template, expected):
+    from vistune.conversation import LLAMA2_SYSTEM, V0_SYSTEM, VICUNA_SYSTEM
+
+    r = Renderer(tokenizer, template, N)
+    want = expected.format(V0=V0_SYSTEM, VICUNA=VICUNA_SYSTEM, LLAMA2=LLAMA2_SYSTEM, eos=tokenizer.eos_token,
+                           bos=tokenizer.bos_token)
+    assert r.text(TWO_ROUNDS) == want
+    # a generation prompt ends with the assistant's role tag (no trailing space), as the original's prompt does
+    prompt = r.text(TWO_ROUNDS[:3], add_generation_prompt=True)
+    assert want.startswith(prompt) and prompt.endswith({"v0": "### Assistant:", "vicuna_v1": "ASSISTANT:",
+                                                        "llama_2": "[/INST]"}[template])
+
+
+def test_plain_template_text_is_the_originals(tokenizer):
+    r = Renderer(tokenizer, "plain", N)
+    assert r.text([Message("user", "Describe briefly.\n<image>"), Message("assistant", "A red star.")]) == \
+        "<image>A red star.\n"
+
+
+def test_llava15_recipes_put_the_image_first():
+    from pathlib import Path
+
+    from vistune.config import load_run_config
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for name in ("llava15_stage2.yaml", "llava15_stage2_lora.yaml"):
+        assert load_run_config(root / name, read_init_from=False).data.placement == "front"

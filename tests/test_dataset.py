@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 
 from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_smollm2_is_cached_as_safetensors_and_answers():
-    from vistune.model.llm import load_llm
-
     from pathlib import Path
+
+    from vistune.model.llm import load_llm
 
     path = Path(resolve_llm_path("smollm2-135m-instruct"))
     assert (path / "model.safetensors").exists() and (path / "tokenizer.json").exists()
@@ -49,9 +49,9 @@ def test_efficientnet_lite0_has_imagenet_weights():
 
 
 def test_default_model_builds_and_chats():
-    from vistune.model.vlm import VisionLanguageModel
+    from vistune.inference.assistant import Assistant
 
-    model = VisionLanguageModel.build(ModelConfig())
+    model = Assistant.build(ModelConfig())
     assert model.num_image_tokens == 49
     assert model.vision_tower.hidden_size == 320  # layer -2: the last MBConv block
     image = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))

@@ -10,7 +10,7 @@ from vistune.demo import balanced_subset
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = {"stage1_only", "full", "shuffled_images", "answer_prior"}
+VARIANTS = {"stage1_only", "full", "full_in_distribution", "shuffled_images", "answer_prior"}
 
 
 def test_quick_demo_writes_every_variant_and_resumes(tmp_path, capsys):

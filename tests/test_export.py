@@ -14,9 +14,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vistune.cli import main
-from vistune.conversation import IMAGE_TOKEN_ID, Message
+from vistune.conversation import IMAGE_TOKEN_ID, Message, conversation_messages
+from vistune.inference.assistant import Assistant
 from vistune.model.checkpoint import save_checkpoint
-from vistune.model.export import ExportError, export_hf_llava, write_hf_llava
+from vistune.model.export import ExportError, check_exportable, export_hf_llava, write_hf_llava
 from vistune.model.tiny import tiny_llm, tiny_vision_tower, tiny_vlm
 from vistune.model.vlm import VisionLanguageModel
 
@@ -35,7 +36,7 @@ def photo():
 def overfit(model, image, steps=12):
     """A few deterministic steps on one sample so greedy decoding says something (the same for both sides)."""
     torch.manual_seed(0)
-    messages = model.prompt_messages(PROMPT) + [Message("assistant", ANSWER)]
+    messages = conversation_messages(PROMPT) + [Message("assistant", ANSWER)]
     r = model.renderer.render(messages, num_images=1)
     ids, labels = torch.tensor([r.input_ids]), torch.tensor([r.labels])
     pixels = model.image_processor.batch([image])
@@ -91,7 +92,7 @@ def exported(request, tmp_path_factory, photo, trained_llm):
 
 def test_processor_ids_are_vistunes_rendered_ids(exported, photo):
     model, hf, processor, _ = exported
-    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    rendered = model.renderer.render(conversation_messages(PROMPT), num_images=1, add_generation_prompt=True)
     image_id = hf.config.image_token_id
     assert image_id >= len(model.tokenizer)  # a new id, outside vistune's vocabulary
     expected = [image_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]
@@ -105,7 +106,7 @@ def test_pixels_and_logits_match_within_1e4(exported, photo):
     inputs = hf_inputs(processor, photo)
     pixels = model.image_processor.batch([photo])
     assert torch.allclose(inputs["pixel_values"], pixels, atol=1e-5, rtol=0)
-    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    rendered = model.renderer.render(conversation_messages(PROMPT), num_images=1, add_generation_prompt=True)
     with torch.no_grad():
         ours = model(torch.tensor([rendered.input_ids]), pixel_values=pixels).logits  # (1, T, V)
         theirs = hf(**inputs).logits  # (1, T, V + 1)
@@ -117,7 +118,7 @@ def test_pixels_and_logits_match_within_1e4(exported, photo):
 
 def test_greedy_generation_gives_vistunes_text(exported, photo):
     model, hf, processor, _ = exported
-    ours = model.chat(photo, PROMPT, max_new_tokens=20, temperature=0)
+    ours = Assistant.wrap(model).chat(photo, PROMPT, max_new_tokens=20, temperature=0)
     inputs = hf_inputs(processor, photo)
     out = hf.generate(**inputs, max_new_tokens=20, do_sample=False)
     theirs = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
@@ -184,7 +185,7 @@ def test_templates_export_with_matching_ids(tmp_path, template, photo):
     export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")  # runs the id check on five probe conversations
     _, processor = hf_load(tmp_path / "hf")
     history = [] if template == "plain" else [("What colour is the square?", "It is red.")]
-    messages = model.prompt_messages("Which shape is larger?", history)
+    messages = conversation_messages("Which shape is larger?", history)
     rendered = model.renderer.render(messages, num_images=1, add_generation_prompt=True)
     hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]} if i == 0 else
                    {"role": "user", "content": [{"type": "text", "text": q}]}
@@ -207,7 +208,7 @@ def test_separator_templates_match_on_first_questions(template, photo):
     tokenizer, image_id = _tokenizer_with_image_token(model.tokenizer)
     processor = build_processor(model, tokenizer)
     for answer in (None, ANSWER):
-        messages = model.prompt_messages(PROMPT) + ([Message("assistant", answer)] if answer else [])
+        messages = conversation_messages(PROMPT) + ([Message("assistant", answer)] if answer else [])
         rendered = model.renderer.render(messages, num_images=1, add_generation_prompt=answer is None)
         hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
         if answer:
@@ -231,7 +232,7 @@ def test_untied_lm_head_gets_a_zero_row_and_matches(tmp_path, photo):
     assert torch.count_nonzero(hf.lm_head.weight[image_id]) == 0
     assert torch.equal(hf.lm_head.weight[:image_id], llm.lm_head.weight)
     inputs = hf_inputs(processor, photo)
-    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    rendered = model.renderer.render(conversation_messages(PROMPT), num_images=1, add_generation_prompt=True)
     with torch.no_grad():
         ours = model(torch.tensor([rendered.input_ids]), pixel_values=model.image_processor.batch([photo])).logits
         theirs = hf(**inputs).logits[..., : ours.shape[-1]]
@@ -258,7 +259,7 @@ def test_feature_standardisation_is_folded_into_the_first_layer(tmp_path, photo)
     from vistune.model.projector import Projector
 
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, feature_standardise=True)
+    config = dataclasses.replace(base.config, feature_norm="channel")
     dv, dl = base.projector.linear_1.in_features, base.projector.linear_1.out_features
     projector = Projector("linear", dv, dl, standardise=True)
     projector.load_state_dict({**base.projector.state_dict(), "input_mean": torch.randn(dv) * 0.5,
@@ -267,7 +268,7 @@ def test_feature_standardisation_is_folded_into_the_first_layer(tmp_path, photo)
     save_checkpoint(model, tmp_path / "ckpt")
     export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")
     hf, processor = hf_load(tmp_path / "hf")
-    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    rendered = model.renderer.render(conversation_messages(PROMPT), num_images=1, add_generation_prompt=True)
     with torch.no_grad():
         ours = model(torch.tensor([rendered.input_ids]), pixel_values=model.image_processor.batch([photo])).logits
         theirs = hf(**hf_inputs(processor, photo)).logits[..., : ours.shape[-1]]
@@ -287,18 +288,40 @@ def test_efficientnet_tower_is_refused_with_a_clear_message(tmp_path, capsys):
     model = tiny_vlm("efficientnet")
     save_checkpoint(model, tmp_path / "ckpt")
     code = main(["export", "--model", str(tmp_path / "ckpt"), "--to", "hf-llava", "--out", str(tmp_path / "hf")])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
-    assert "needs a transformers vision tower (CLIP or SigLIP)" in err and "efficientnet-lite0" in err
+    assert "'efficientnet-lite0' is not a transformers model" in err and "train with a CLIP or SigLIP tower" in err
+    assert "configs/llava15_*.yaml" in err and "vistune chat / infer / serve" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "hf").exists()
+
+
+def test_every_blocker_is_named_at_once_and_the_demo_recipe_is_refused_with_the_way_out():
+    from vistune.config import ModelConfig, load_run_config, to_dict
+    from vistune.demo import DEMO_CONFIGS
+
+    demo_model = load_run_config(DEMO_CONFIGS / "stage2.yaml", read_init_from=False).model
+    config = {"model": to_dict(demo_model),
+              "vision_tower": {"kind": "efficientnet", "name": "efficientnet-lite0"}}
+    with pytest.raises(ExportError) as err:
+        check_exportable(config)
+    message = str(err.value)
+    assert "(2 blockers)" in message and "(1) its vision tower 'efficientnet-lite0'" in message
+    assert "(2) model.projector_norm=rms" in message and "feature_norm" not in message  # channel exports
+    config["model"]["feature_norm"] = "token"
+    with pytest.raises(ExportError, match=r"\(3 blockers\).*tower.*feature_norm=token.*projector_norm=rms"):
+        check_exportable(config)
+    config = {"model": to_dict(ModelConfig(vision_tower="tiny-clip")),
+              "vision_tower": {"kind": "hf", "config": {"model_type": "clip_vision_model"}}}
+    check_exportable(config)  # the exportable path passes
 
 
 def test_feature_norm_is_refused(tmp_path):
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, feature_norm=True)
+    config = dataclasses.replace(base.config, feature_norm="token")
     model = VisionLanguageModel.from_parts(config, base.vision_tower, base.llm, base.tokenizer, base.projector)
     save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ExportError, match="feature_norm"):
+    with pytest.raises(ExportError, match="feature_norm=token .each image token standardised"):
         export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
@@ -317,10 +340,10 @@ def test_existing_output_is_not_overwritten(tmp_path):
         export_hf_llava(tmp_path / "ckpt", tmp_path / "ckpt")
 
 
-def test_not_a_checkpoint_exits_1(tmp_path, capsys):
+def test_not_a_checkpoint_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = main(["export", "--model", str(tmp_path / "empty"), "--to", "hf-llava", "--out", str(tmp_path / "hf")])
-    assert code == 1
+    assert code == 2
     assert "not a vistune checkpoint" in capsys.readouterr().err
 
 
@@ -337,7 +360,7 @@ def test_lora_model_exports_with_adapters_merged(tmp_path, photo):
     (tmp_path / "hf").mkdir()
     write_hf_llava(model.eval(), tmp_path / "hf")  # the in-memory model, as load_checkpoint returns it
     hf, processor = hf_load(tmp_path / "hf")
-    rendered = model.renderer.render(model.prompt_messages(PROMPT), num_images=1, add_generation_prompt=True)
+    rendered = model.renderer.render(conversation_messages(PROMPT), num_images=1, add_generation_prompt=True)
     with torch.no_grad():
         ours = model(torch.tensor([rendered.input_ids]), pixel_values=model.image_processor.batch([photo])).logits
         theirs = hf(**hf_inputs(processor, photo)).logits[..., : ours.shape[-1]]
@@ -358,7 +381,7 @@ def test_system_prompt_exports_with_matching_ids(tmp_path, photo):
     hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which shape?"}]}]
     text = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
     assert text.startswith("<|im_start|>system\nAnswer about the image.<|im_end|>")
-    rendered = model.renderer.render(model.prompt_messages("Which shape?"), num_images=1, add_generation_prompt=True)
+    rendered = model.renderer.render(conversation_messages("Which shape?"), num_images=1, add_generation_prompt=True)
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     got = processor(text=text, images=[photo])["input_ids"][0]
     assert list(got) == [image_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]

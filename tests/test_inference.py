@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from vistune.cli import main
+from vistune.inference.assistant import Assistant
+from vistune.inference.chat import ChatSession
 from vistune.inference.engine import Engine, Request, RequestError
 from vistune.inference.generate import SamplingError, SamplingParams, TextStream
 from vistune.model.checkpoint import save_checkpoint
@@ -87,7 +89,7 @@ def test_prompts_joining_a_running_batch_get_their_one_at_a_time_answers(engine)
 def test_followup_with_cache_reuse_equals_reprocessing(engine):
     image = random_image(3)
     params = SamplingParams(max_new_tokens=10)
-    session = engine.session(image, params)
+    session = ChatSession(engine, image, params)
     questions = ["What is in the picture?", "What colour is it?", "Anything else?"]
     history: list[tuple[str, str]] = []
     for k, q in enumerate(questions):
@@ -112,7 +114,7 @@ def test_stream_pieces_join_to_the_answer_and_model_chat_delegates(engine):
     full = engine.generate([request])[0]
     pieces = list(engine.stream(request))
     assert len(pieces) > 1 and "".join(pieces) == full.text
-    model = engine.model
+    model = Assistant.wrap(engine.model)
     assert model.chat(image, "Tell me about it.", max_new_tokens=16) == full.text
     assert "".join(model.chat_stream(image, "Tell me about it.", max_new_tokens=16)) == full.text
     model.train()

@@ -5,6 +5,7 @@ import torch
 
 from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Message
 from vistune.data.dataset import Sample, collate
+from vistune.inference.assistant import Assistant
 from vistune.model.tiny import tiny_vlm
 from vistune.model.vlm import ImageTokenMismatch
 
@@ -84,7 +85,7 @@ def test_every_tower_and_projector_assemble(tower, projector):
     assert feats.shape == (1, m.num_image_tokens, m.llm.config.hidden_size)
     expected = {"clip": 16, "siglip": 16, "efficientnet": 49}[tower]
     assert m.num_image_tokens == expected
-    assert isinstance(m.chat(None, "Hi", max_new_tokens=3), str)
+    assert isinstance(Assistant.wrap(m).chat(None, "Hi", max_new_tokens=3), str)
 
 
 
@@ -97,7 +98,7 @@ def test_projector_norm_keeps_image_tokens_at_the_word_embedding_scale(tmp_path,
     from vistune.model.vlm import VisionLanguageModel
 
     base = tiny_vlm("clip", projector=projector)
-    model = VisionLanguageModel.from_parts(replace(base.config, projector_norm=True), base.vision_tower, base.llm,
+    model = VisionLanguageModel.from_parts(replace(base.config, projector_norm="rms"), base.vision_tower, base.llm,
                                            base.tokenizer)
     words = base.llm.get_input_embeddings().weight.detach()
     px = torch.randn(3, 3, 32, 32)
@@ -111,5 +112,16 @@ def test_projector_norm_keeps_image_tokens_at_the_word_embedding_scale(tmp_path,
     loaded = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded.encode_images(px), tokens)
-    with pytest.raises(ExportError, match="projector_norm"):
+    with pytest.raises(ExportError, match="projector_norm=rms rescales"):
         check_exportable(read_config(tmp_path / "ckpt"))
+    # a checkpoint written before the option set (booleans, feature_standardise) loads the same model
+    import json
+
+    config = read_config(tmp_path / "ckpt")
+    config["model"].update(feature_norm=False, feature_standardise=False, projector_norm=True)
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(FutureWarning):
+        old = load_checkpoint(tmp_path / "ckpt")
+    assert old.config.projector_norm == "rms"
+    with torch.no_grad():
+        assert torch.equal(old.encode_images(px), tokens)

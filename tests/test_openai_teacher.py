@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import email.utils
 import importlib.util
 import json
@@ -18,13 +17,13 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_teacher_server import Fault, FakeTeacher, RandomFaults, canned_answer  # noqa: E402
+from fake_teacher_server import FakeTeacher, Fault, RandomFaults, canned_answer  # noqa: E402
 
-from vistune.cli import build_parser  # noqa: E402
+from vistune.cli import main  # noqa: E402
+from vistune.data.annotations import ImageContext, Instance, format_context  # noqa: E402
 from vistune.datagen import openai_teacher as ot  # noqa: E402
-from vistune.datagen.context import ImageContext, Instance, format_context  # noqa: E402
 from vistune.datagen.parse import Rejected, parse_exchanges, parse_output, parse_single  # noqa: E402
-from vistune.datagen.teacher_client import RetryPolicy, parse_retry_after, retry_after_seconds  # noqa: E402
+from vistune.llm_client import RetryPolicy, parse_retry_after, retry_after_seconds  # noqa: E402
 
 TYPES = ["conversation", "detail", "complex"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -93,8 +92,7 @@ def gen_argv(base_url: str, out: Path, *extra: str, inp: Path | None = None) -> 
 
 
 def run_gen(argv: list[str]) -> int:
-    args: argparse.Namespace = build_parser().parse_args(argv)
-    return ot.generate_command_openai(args)
+    return main(argv)
 
 
 def read_records(path: Path) -> list[dict]:
@@ -219,19 +217,49 @@ def test_builtin_prompts_load_and_their_examples_validate() -> None:
         assert "label: [x1, y1, x2, y2]" in spec.system and spec.examples
         for ex in spec.examples:  # the few-shot answers pass the same checks as the teacher's
             parse_output(spec.output, ex.answer, "stop", ex.question or "q")
-    for t in ("detail", "complex"):
-        assert len(specs[t].questions) >= 5
+    assert len(specs["detail"].questions) >= 5
+    assert specs["complex"].output == "qa_pair" and not specs["complex"].questions  # the teacher asks
+    # the paper's few-shot counts: conversation 2, detail 3, complex 3
+    assert {t: len(spec.examples) for t, spec in specs.items()} == {"conversation": 2, "detail": 3, "complex": 3}
+    complex_msgs = ot.build_messages(specs["complex"], "ctx", ot.pick_question(specs["complex"], "a.png", 0))
+    assert complex_msgs[-1]["content"] == "ctx" and "Request:" not in "".join(m["content"] for m in complex_msgs)
+    assert all(m["content"].startswith("Question: ") for m in complex_msgs[2:-1:2])
     msgs = ot.build_messages(specs["detail"], "ctx", "Describe the image in detail.")
     assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * len(specs["detail"].examples) + ["user"]
     assert msgs[-1]["content"] == "ctx\n\nRequest: Describe the image in detail."
 
 
 def test_question_choice_is_seeded_per_image() -> None:
-    spec = ot.load_prompts(["complex"])["complex"]
+    spec = ot.load_prompts(["detail"])["detail"]
     q = [ot.pick_question(spec, f"img_{i}.png", 0) for i in range(40)]
     assert q == [ot.pick_question(spec, f"img_{i}.png", 0) for i in range(40)]
     assert len(set(q)) > 3
     assert q != [ot.pick_question(spec, f"img_{i}.png", 1) for i in range(40)]
+
+
+def test_parse_qa_pair_needs_both_and_only_one() -> None:
+    answer = "The circle is larger, so it must be the one on the left."
+    assert parse_output("qa_pair", f"Question: Which is larger?\nAnswer: {answer}", "stop", None) == [
+        {"from": "human", "value": "<image>\nWhich is larger?"}, {"from": "gpt", "value": answer}]
+    assert parse_output("qa_pair", f"**Question:**\nWhich is larger?\n===\nAnswer:\n{answer}", "stop", None)[1] == {
+        "from": "gpt", "value": answer}
+    for text, reason in [
+        (answer, "no_pairs"),  # free text: no question
+        (f"Answer: {answer}", "bad_order"),
+        ("Question: Which is larger?", "unanswered_question"),
+        ("Question: Which is larger?\nAnswer:", "empty_block"),
+        (f"Question: A?\nAnswer: {answer}\n===\nQuestion: B?\nAnswer: {answer}", "several_pairs"),
+        ("Question: Which is larger?\nAnswer: The circle.", "too_short"),
+    ]:
+        with pytest.raises(Rejected) as err:
+            parse_output("qa_pair", text, "stop", None)
+        assert err.value.reason == reason, text
+
+
+def test_a_question_pool_for_a_qa_pair_type_is_a_usage_error(tmp_path) -> None:
+    (tmp_path / "complex.yaml").write_text("output: qa_pair\nsystem: Ask and answer.\nquestions: [Why is it so]\n")
+    with pytest.raises(ot.UsageError, match="the teacher writes the questions itself"):
+        ot.load_prompts(["complex"], tmp_path)
 
 
 def test_bad_prompt_file_is_a_usage_error(tmp_path, capsys) -> None:
@@ -240,23 +268,6 @@ def test_bad_prompt_file_is_a_usage_error(tmp_path, capsys) -> None:
     code = run_gen(gen_argv("http://127.0.0.1:9/v1", tmp_path / "o.jsonl", "--prompts", str(tmp_path), inp=inp))
     assert code == ot.EXIT_USAGE
     assert "unknown keys ['example']" in capsys.readouterr().err
-
-
-def test_repair_tail(tmp_path) -> None:
-    good = b'{"id": "a"}\n{"id": "b"}\n'
-    p = tmp_path / "o.jsonl"
-    for torn in (b'{"id": "c", "conv', b'{"id": "c", "conv\n', b"[1, 2\n"):
-        p.write_bytes(good + torn)
-        assert ot.repair_tail(p) == len(torn)
-        assert p.read_bytes() == good
-    p.write_bytes(good)
-    assert ot.repair_tail(p) == 0 and p.read_bytes() == good
-    p.write_bytes(b'{"id": "only", "x"')
-    assert ot.repair_tail(p) == 18 and p.read_bytes() == b""
-    big = b"".join(b'{"id": "%d", "pad": "%s"}\n' % (i, b"x" * 900) for i in range(200))
-    p.write_bytes(big + b"x" * 70000)  # a torn tail longer than one read block
-    ot.repair_tail(p)
-    assert p.read_bytes() == big
 
 
 def test_output_lock_refuses_a_second_writer(tmp_path) -> None:
@@ -296,10 +307,13 @@ def test_clean_run_writes_one_record_per_pair(tmp_path, server_factory, capsys) 
         text = format_context(ctx)
         conv = by_id[f"{c['image']}#conversation"]["conversations"]
         assert conv[1]["value"] == c["captions"][0] and len(conv) == 4
-        for t in ("detail", "complex"):
-            rec = by_id[f"{c['image']}#{t}"]["conversations"]
-            assert rec[1]["value"] == canned_answer(t, text)
-            assert rec[0]["value"] == "<image>\n" + ot.pick_question(specs[t], c["image"], 0)
+        rec = by_id[f"{c['image']}#detail"]["conversations"]
+        assert rec[1]["value"] == canned_answer("detail", text)
+        assert rec[0]["value"] == "<image>\n" + ot.pick_question(specs["detail"], c["image"], 0)
+        question, answer = canned_answer("complex", text).split("\nAnswer: ")
+        rec = by_id[f"{c['image']}#complex"]["conversations"]  # the teacher's own question and answer
+        assert rec == [{"from": "human", "value": "<image>\n" + question.removeprefix("Question: ")},
+                       {"from": "gpt", "value": answer}]
     summary = capsys.readouterr().out
     assert "tokens: 1800 prompt, 360 completion" in summary  # 18 requests x (100, 20)
     assert "cost: 0.0081" in summary  # 1800 * 2.5e-6 + 360 * 10e-6
@@ -371,7 +385,7 @@ def test_faults_are_retried_and_rejects_counted(tmp_path, server_factory) -> Non
     assert {r["id"] for r in records} == {f"{c['image']}#{t}" for c in contexts for t in TYPES} - missing
     rejects = [json.loads(line) for line in ot.rejects_path(out).read_text().splitlines()]
     reasons = sorted(r["reason"] for r in rejects)
-    assert reasons == sorted(["too_short", "empty", "truncated", "bad_response"] + ["too_short"] * 3)
+    assert reasons == sorted(["too_short", "empty", "truncated", "bad_response"] + ["no_pairs"] * 3)  # complex: no Q/A
     assert all(r["raw"] is not None or r["reason"] == "empty" for r in rejects)
     assert {r["id"] for r in rejects if r["reason"] == "bad_response"} == {"img_0005.png#conversation"}
 
@@ -461,10 +475,8 @@ def test_many_contexts_with_random_faults(tmp_path, server_factory) -> None:
 
 
 def _cli_shim() -> list[str]:
-    """Run the real parser and this module's entry point (independent of build.py's dispatch)."""
-    code = ("import sys; from vistune.cli import build_parser; "
-            "from vistune.datagen.openai_teacher import generate_command_openai as g; "
-            "sys.exit(g(build_parser().parse_args(sys.argv[1:])))")
+    """Run the real command line in a fresh interpreter."""
+    code = "import sys; from vistune.cli import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code]
 
 
@@ -504,9 +516,6 @@ def test_sigkill_mid_run_then_resume(tmp_path, server_factory) -> None:
     assert len(server.attempts) - before == 120 - len(written)  # only what was missing was asked
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("vistune.datagen.build") is None, reason="vistune.datagen.build not available yet"
-)
 def test_vistune_generate_dispatches_to_openai(tmp_path, server_factory) -> None:
     contexts = make_contexts(2)
     server, url = server_factory()
@@ -519,8 +528,8 @@ def test_vistune_generate_dispatches_to_openai(tmp_path, server_factory) -> None
 
 @pytest.mark.skipif(importlib.util.find_spec("vistune.data.synth") is None, reason="vistune.data.synth not available")
 def test_contexts_from_vistune_synth(tmp_path, server_factory) -> None:
+    from vistune.data.annotations import load_coco
     from vistune.data.synth import render_world
-    from vistune.datagen.context import load_coco
 
     render_world(tmp_path / "world", 6, seed=0, progress=False)
     caps, inst = tmp_path / "world" / "captions.json", tmp_path / "world" / "instances.json"

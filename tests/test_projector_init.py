@@ -106,7 +106,7 @@ def test_a_standardising_projector_gets_the_channel_statistics_and_the_same_map(
     ds = LlavaDataset(_world(tmp_path / "img", 3, seed=0), tmp_path / "img", plain.renderer, plain.image_processor)
     ridge_warm_start(plain, ds, ridge=1.0, progress=False)
     standardising = tiny_vlm("clip")
-    standardising.config = replace(standardising.config, feature_standardise=True)
+    standardising.config = replace(standardising.config, feature_norm="channel")
     old = standardising.projector.linear_1
     standardising.projector = Projector("linear", old.in_features, old.out_features, standardise=True)
     ridge_warm_start(standardising, ds, ridge=1.0, progress=False)
@@ -124,11 +124,11 @@ def test_a_standardising_projector_gets_the_channel_statistics_and_the_same_map(
         assert torch.allclose(bias, plain.projector.linear_1.bias, atol=1e-4)
 
 
-def test_feature_standardise_needs_the_warm_start_that_measures_it():
-    with pytest.raises(ConfigError, match="feature_standardise=true needs train.projector_init=ridge"):
-        load_run_config(None, ["model.feature_standardise=true"])
-    run = load_run_config(None, ["model.feature_standardise=true", "train.projector_init=ridge"])
-    assert run.model.feature_standardise and run.train.projector_init == "ridge"
+def test_channel_feature_norm_needs_the_warm_start_that_measures_it():
+    with pytest.raises(ConfigError, match="feature_norm=channel needs train.projector_init=ridge"):
+        load_run_config(None, ["model.feature_norm=channel"])
+    run = load_run_config(None, ["model.feature_norm=channel", "train.projector_init=ridge"])
+    assert run.model.feature_norm == "channel" and run.train.projector_init == "ridge"
 
 
 def test_too_few_readable_images_is_an_error_that_says_so(tmp_path):

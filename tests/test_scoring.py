@@ -65,6 +65,8 @@ def test_score_arithmetic():
     assert r["by_type"] == pytest.approx({"colour": 50.0, "count": 100.0, "existence": 100 / 3})
     assert list(r["by_type"]) == ["colour", "count", "existence"]
     assert r["n_by_type"] == {"colour": 2, "count": 1, "existence": 3}
+    # chance: 100 / distinct gold answers of the type (colour: red, blue; count: 2; existence: yes, no)
+    assert r["chance_by_type"] == pytest.approx({"colour": 50.0, "count": 100.0, "existence": 50.0})
     assert score({}, [])["overall"] == 0.0
 
 
@@ -82,7 +84,14 @@ def test_write_report(tmp_path):
     write_report(r, tmp_path / "rep")
     assert json.loads((tmp_path / "rep" / "report.json").read_text()) == r
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| colour | 50.0 | 2 |" in md and "**33.3**" in md
+    assert "| colour | 50.0 | 50.0 | 2 |" in md and "| **overall** | 33.3 |" in md
+    # overall chance = (50*2 + 100*1 + 50*3) / 6 = 58.3; colour 1/2 (= chance), count 1/1 (= chance, one
+    # possible answer) and existence 0/3 are all not above chance
+    assert "| **overall** | 33.3 | 58.3 | 6 |" in md
+    attention = md.split("| type")[0]
+    assert "colour: 50.0 % is not above chance (50.0 %)" in attention
+    assert "count: 100.0 % is not above chance (100.0 %)" in attention and "existence: 0.0 %" in attention
+    assert "failures (questions without an answer): 4" in md
     png = (tmp_path / "rep" / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "rep").glob(".*tmp"))
@@ -95,6 +104,32 @@ def test_write_variants_report(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data["variants"]) == {"model", "prior"} and data["variants"]["model"]["overall"] == 100.0
     md = (tmp_path / "report.md").read_text().splitlines()
-    assert md[0] == "| type | model | prior |"
-    assert "| count | 100.0 | 100.0 |" in md
+    assert "| type | model | prior | chance |" in md
+    assert "| count | 100.0 | 100.0 | 100.0 |" in md
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_variants_report_marks_types_where_full_does_not_beat_a_control(tmp_path):
+    full = score({"a": "red", "b": "blue", "c": "3", "d": "yes", "e": "no", "f": "no"}, BENCH)
+    shuffled = score({"a": "red", "b": "red", "c": "3", "d": "yes", "e": "yes", "f": "yes"}, BENCH)
+    # full: colour 100, count 0, existence 100; shuffled: colour 50, count 0, existence 33.3
+    write_variants_report({"full": full, "shuffled_images": shuffled}, tmp_path, notes=["stopped at step 78"])
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["not_above_control"] == {"count": ["shuffled_images"]}
+    md = (tmp_path / "report.md").read_text()
+    assert "| count * | 0.0 | 0.0 | 100.0 |" in md and "| colour | 100.0 | 50.0 | 50.0 |" in md
+    assert "count: full (0.0 %) does not beat shuffled_images (0.0 %)" in md
+    assert "`shuffled_images`: the same model" in md and "stopped at step 78" in md
+
+
+def test_both_wordings_of_a_bench_score_alike(tmp_path):
+    from vistune.data.synth import render_world
+
+    render_world(tmp_path, 12, seed=5, progress=False)
+    heldout = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    teacher = [json.loads(line) for line in (tmp_path / "bench_in_distribution.jsonl").read_text().splitlines()]
+    # a long-form answer to either wording: "Yes, ...", "Three.", "The left."
+    spoken = {"yes": "Yes, it is there.", "no": "No.", "3": "Three.", "left": "The left."}
+    preds = {q["id"]: spoken.get(q["answer"], q["answer"]) for q in heldout[::2]}
+    a, b = score(preds, heldout), score(preds, teacher)
+    assert a == b and 0 < a["correct"] == len(preds) < a["n"]

@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-
 from test_inference import GOOD_IMAGES, chatty_tiny_vlm, random_image
+
 from vistune.inference.engine import Engine, EngineWorker, Request
 from vistune.inference.generate import SamplingParams
 from vistune.model.checkpoint import load_checkpoint, save_checkpoint
@@ -152,7 +152,7 @@ def test_sixteen_concurrent_clients_all_answered_and_batched(server, engine):
     questions = [f"Question number {i}: what do you see?" + " Really?" * (i % 5) for i in range(16)]
     images = [random_image(100 + i) if i % 2 else None for i in range(16)]
     worker: EngineWorker = server.app.state.worker
-    batches_before = len(worker.batch_sizes)
+    worker.stats.max_rows = 0
     results: dict[int, str] = {}
 
     def ask(i: int) -> None:
@@ -171,12 +171,12 @@ def test_sixteen_concurrent_clients_all_answered_and_batched(server, engine):
     assert sorted(results) == list(range(16))
     reference = engine.generate([Request.of(q, im, max_new_tokens=8) for q, im in zip(questions, images)])
     assert [results[i] for i in range(16)] == [c.text for c in reference]
-    assert max(worker.batch_sizes[batches_before:]) > 1  # concurrent requests shared a batch
+    assert worker.stats.max_rows > 1  # concurrent requests shared a batch
 
 
 def test_client_disconnect_stops_its_generation(server):
     worker: EngineWorker = server.app.state.worker
-    before = len(worker.finished)
+    before = worker.stats.finished["cancelled"]
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Talk forever."}], "max_tokens": 4000,
             "temperature": 0, "stream": True}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
@@ -184,9 +184,9 @@ def test_client_disconnect_stops_its_generation(server):
             if n >= 3:
                 break
     deadline = time.time() + 30
-    while len(worker.finished) == before and time.time() < deadline:
+    while worker.stats.finished["cancelled"] == before and time.time() < deadline:
         time.sleep(0.05)
-    reason, tokens = worker.finished[before]
+    reason, tokens = worker.stats.last
     assert reason == "cancelled" and tokens < 4000
     r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
                    json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
@@ -319,8 +319,8 @@ def test_remote_images_with_limits(engine):
     images = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
     threading.Thread(target=images.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{images.server_address[1]}"
-    app = create_app(engine, model_name=MODEL, allow_remote_images=True, worker=EngineWorker(engine),
-                     limits=ServeLimits(max_image_bytes=200_000, remote_timeout_s=1.0))
+    app = create_app(engine, model_name=MODEL, allow_remote_images=True, allow_private_image_hosts=True,
+                     worker=EngineWorker(engine), limits=ServeLimits(max_image_bytes=200_000, remote_timeout_s=1.0))
     try:
         with LiveServer(app) as live:
             r = _post(live, {"model": MODEL, "messages": [image_message("What?", base + "/a.png")], "max_tokens": 5,

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vistune.cli import main
 from vistune.data.synth import SHORT_ANSWER_INSTRUCTION, render_world
+from vistune.data.world import HELDOUT_WORDING, TEACHER_WORDING, WORDINGS
 
 BENCH_TYPES = {"colour", "shape", "count", "existence", "absolute_position", "relative_position"}
 
@@ -79,13 +80,35 @@ def _plural_to_shape(shapes):
     return {(s + "es" if s.endswith(("s", "x")) else s + "s"): s for s in shapes}
 
 
-def _check_question(q: dict, objs: list[dict], shapes: set[str], colours: set[str]) -> None:
-    """Recompute a bench answer from the boxes, independently of the generator."""
+def _template_regex(template: str) -> re.Pattern:
+    out = re.escape(template)
+    for slot in ("r2", "r", "c", "k", "n", "pl", "npl", "a"):
+        out = out.replace(re.escape("{" + slot + "}"), f"(?P<{slot}>.+?)")
+    return re.compile(out + "$")
+
+
+_WORDING_REGEXES = {name: [(family, form, _template_regex(t)) for (family, form), ts in wording.items() for t in ts]
+                    for name, wording in WORDINGS.items()}
+
+
+def _check_question(q: dict, objs: list[dict], shapes: set[str], colours: set[str], wording: str) -> None:
+    """Recompute a bench answer from the boxes, independently of the generator's rules (only the wording's
+    templates are shared: they say which slot of the question names what)."""
     text = q["question"]
     assert text.endswith("\n" + SHORT_ANSWER_INSTRUCTION)
     text = text[: -len(SHORT_ANSWER_INSTRUCTION) - 1]
     plurals = _plural_to_shape(shapes)
-    words = re.findall(r"[a-z]+", text.lower())
+    thing = f"(?:(?:{'|'.join(colours)}) )?(?:{'|'.join(shapes)})"
+    valid = {"c": colours.__contains__, "pl": plurals.__contains__, "n": "shape".__eq__, "npl": "shapes".__eq__,
+             "a": lambda v: re.fullmatch(f"an? {thing}", v), "r": lambda v: re.fullmatch(thing, v),
+             "r2": lambda v: re.fullmatch(thing, v)}
+    found = {(form, tuple(sorted((k, v) for k, v in m.groupdict().items() if k not in ("n", "npl"))))
+             for family, form, rx in _WORDING_REGEXES[wording]
+             if family == q["type"] and (m := rx.match(text))
+             and all(valid.get(k, lambda v: True)(v) for k, v in m.groupdict().items())}
+    assert len(found) == 1, (wording, text, found)  # the question reads one way only
+    form, slots = next(iter(found))
+    slots = dict(slots)
 
     def resolve(ref: str) -> dict:
         parts = ref.split()
@@ -95,34 +118,31 @@ def _check_question(q: dict, objs: list[dict], shapes: set[str], colours: set[st
 
     t, ans = q["type"], q["answer"]
     if t == "colour":
-        (shape,) = [w for w in words if w in shapes]
-        (o,) = [o for o in objs if o["shape"] == shape]
+        (o,) = [o for o in objs if o["shape"] == slots["r"]]
         assert ans == o["colour"]
     elif t == "shape":
-        (col,) = [w for w in words if w in colours]
-        (o,) = [o for o in objs if o["colour"] == col]
+        (o,) = [o for o in objs if o["colour"] == slots["c"]]
         assert ans == o["shape"]
     elif t == "count":
-        col = [w for w in words if w in colours]
-        shp = [plurals[w] for w in words if w in plurals]
-        n = sum((not col or o["colour"] == col[0]) and (not shp or o["shape"] == shp[0]) for o in objs)
+        col = slots.get("c")
+        shp = plurals[slots["pl"]] if "pl" in slots else None
+        n = sum((not col or o["colour"] == col) and (not shp or o["shape"] == shp) for o in objs)
         assert ans == str(n)
     elif t == "existence":
-        col = [w for w in words if w in colours]
-        (shp,) = [w for w in words if w in shapes]
-        there = any(o["shape"] == shp and (not col or o["colour"] == col[0]) for o in objs)
+        words = slots["a"].split()[1:]  # without the article
+        col, shp = (words[0], words[1]) if len(words) == 2 else (None, words[0])
+        assert col is None or col in colours
+        there = any(o["shape"] == shp and (not col or o["colour"] == col) for o in objs)
         assert ans == ("yes" if there else "no")
     elif t == "absolute_position":
-        m = re.match(r"Is the (.+?) (?:on the left or the right side|in the top or the bottom half)", text)
-        o = resolve(m.group(1))
-        if "left or the right" in text:
+        o = resolve(slots["r"])
+        if form == "horizontal":
             assert abs(o["cx"] - 0.5) >= 0.1 and ans == ("left" if o["cx"] < 0.5 else "right")
         else:
             assert abs(o["cy"] - 0.5) >= 0.1 and ans == ("top" if o["cy"] < 0.5 else "bottom")
     elif t == "relative_position":
-        m = re.match(r"Is the (.+?) (?:to the left or to the right of|above or below) the (.+)\?$", text)
-        a, b = resolve(m.group(1)), resolve(m.group(2))
-        if "left or to the right" in text:
+        a, b = resolve(slots["r"]), resolve(slots["r2"])
+        if form == "horizontal":
             assert abs(a["cx"] - b["cx"]) >= 0.15 and ans == ("left" if a["cx"] < b["cx"] else "right")
         else:
             assert abs(a["cy"] - b["cy"]) >= 0.15 and ans == ("above" if a["cy"] < b["cy"] else "below")
@@ -132,6 +152,7 @@ def _check_question(q: dict, objs: list[dict], shapes: set[str], colours: set[st
 
 def test_bench_answers_follow_from_instances(world):
     inst, _, bench = _load(world)
+    in_distribution = [json.loads(line) for line in (world / "bench_in_distribution.jsonl").read_text().splitlines()]
     cats = {c["id"]: c["name"] for c in inst["categories"]}
     shapes = {c["supercategory"] for c in inst["categories"]}
     colours = {c["name"].split()[0] for c in inst["categories"]}
@@ -145,10 +166,23 @@ def test_bench_answers_follow_from_instances(world):
             {"colour": colour, "shape": shape, "cx": (x + w / 2) / im["width"], "cy": (y + h / 2) / im["height"]})
     assert {q["type"] for q in bench} == BENCH_TYPES
     assert len({q["id"] for q in bench}) == len(bench)
-    for q in bench:
-        assert set(q) == {"id", "image", "question", "answer", "type"}
-        assert re.fullmatch(r"[a-z]+|[0-9]+", q["answer"]), q
-        _check_question(q, objs[by_file[q["image"]]["id"]], shapes, colours)
+    for wording, questions in (("heldout", bench), ("teacher", in_distribution)):
+        for q in questions:
+            assert set(q) == {"id", "image", "question", "answer", "type"}
+            assert re.fullmatch(r"[a-z]+|[0-9]+", q["answer"]), q
+            _check_question(q, objs[by_file[q["image"]]["id"]], shapes, colours, wording)
+
+
+def test_bench_files_ask_the_same_questions_in_two_wordings(world):
+    _, _, bench = _load(world)
+    in_distribution = [json.loads(line) for line in (world / "bench_in_distribution.jsonl").read_text().splitlines()]
+    assert [(q["id"], q["image"], q["answer"], q["type"]) for q in bench] == \
+        [(q["id"], q["image"], q["answer"], q["type"]) for q in in_distribution]
+    assert all(a["question"] != b["question"] for a, b in zip(bench, in_distribution))
+    # held-out wording: no template is one the teacher uses, for any family
+    teacher = {t for ts in TEACHER_WORDING.values() for t in ts}
+    assert not teacher & {t for ts in HELDOUT_WORDING.values() for t in ts}
+    assert set(HELDOUT_WORDING) == {k for k in TEACHER_WORDING if k[0] in BENCH_TYPES}
 
 
 def test_bench_answers_are_balanced(tmp_path):
@@ -199,3 +233,17 @@ def test_cli_writes_world(tmp_path, capsys):
     assert "3 images" in capsys.readouterr().out
     assert len(list((tmp_path / "images").glob("*.png"))) == 3
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_teacher_never_asks_in_the_held_out_wording(world):
+    from vistune.datagen.context import load_coco
+
+    from vistune.datagen.symbolic import TYPES, generate_symbolic
+
+    contexts, _ = load_coco(world / "captions.json", world / "instances.json")
+    asked = {m["value"].replace("<image>\n", "") for r in generate_symbolic(contexts, TYPES, seed=0)
+             for m in r["conversations"] if m["from"] == "human"}
+    _, _, bench = _load(world)
+    in_distribution = [json.loads(line) for line in (world / "bench_in_distribution.jsonl").read_text().splitlines()]
+    assert not asked & {q["question"] for q in bench}
+    assert len(asked & {q["question"] for q in in_distribution}) >= len(bench) // 10  # same templates, same slots

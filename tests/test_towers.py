@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vistune.conversation import conversation_messages
 from vistune.data.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageProcessor, ImageProcessorConfig
 from vistune.model.checkpoint import load_checkpoint, save_checkpoint
 from vistune.model.tiny import tiny_vision_tower, tiny_vlm
@@ -98,7 +99,7 @@ def test_tower_is_frozen_and_stays_in_eval(kind):
     model.train()
     assert model.llm.training and not tower.training
     assert not any(m.training for m in tower.modules())
-    ids = model.renderer.render(model.prompt_messages("Describe it.") , num_images=1,
+    ids = model.renderer.render(conversation_messages("Describe it.") , num_images=1,
                                 add_generation_prompt=True).input_ids
     ids = torch.tensor([ids])
     labels = ids.clone().masked_fill(ids < 0, -100)
@@ -118,7 +119,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, kind, layer, ph
     assert loaded.image_processor.config == model.image_processor.config
     px = model.image_processor.batch([photo])
     assert torch.equal(loaded.image_processor.batch([photo]), px)
-    ids = torch.tensor([model.renderer.render(model.prompt_messages("What is it?"), num_images=1,
+    ids = torch.tensor([model.renderer.render(conversation_messages("What is it?"), num_images=1,
                                               add_generation_prompt=True).input_ids])
     with torch.no_grad():
         assert torch.equal(loaded.vision_tower(px), model.vision_tower(px))

@@ -3,7 +3,6 @@ bad data, non-finite loss, in-process resume, LoRA and merge-lora, stage 2 from 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from vistune.config import ConfigError
 from vistune.data.dataset import LlavaDataset, collate
 from vistune.model.checkpoint import load_checkpoint, read_config
 from vistune.train.loop import TrainHooks, TrainingError, train
-from vistune.train.lora import merge_command
+from vistune.train.lora import merge_lora_checkpoint
 from vistune.train.tiny import save_tiny_checkpoint, tiny_run_config, write_tiny_data
 
 
@@ -72,9 +71,14 @@ def test_stage2_trains_llm_keeps_tower_and_starts_from_stage1(tiny, tmp_path):
 
 def test_init_from_must_match_the_model_section(tiny, tmp_path):
     ckpt, data = tiny
-    run = tiny_run_config(ckpt, data, tmp_path / "run", overrides=["model.projector=mlp2x_gelu"])
-    with pytest.raises(ConfigError, match="model.projector"):
+    with pytest.raises(ConfigError, match="model.projector"):  # an override is checked when the config loads
+        tiny_run_config(ckpt, data, tmp_path / "run", overrides=["model.projector=mlp2x_gelu"])
+    run = tiny_run_config(ckpt, data, tmp_path / "run")
+    run.model.projector, run.model.vision_layer = "mlp2x_gelu", 1  # a RunConfig built in Python is checked by train
+    with pytest.raises(ConfigError, match=r"model.vision_layer=1 .*model.projector='mlp2x_gelu'|"
+                                          r"model.projector='mlp2x_gelu' .*model.vision_layer=1"):
         train(run, progress=False)
+    assert not (tmp_path / "run" / "final").exists()
 
 
 def test_supervised_only_loss_equals_the_naive_full_logits_loss(tiny):
@@ -178,6 +182,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny, tmp_path, stage,
         train(run, progress=False, hooks=TrainHooks(after_step=crash))
     with pytest.raises(ConfigError, match="train.lr"):
         train(tiny_run_config(ckpt, data, tmp_path / "resumed", lr=5e-4, **common), progress=False, resume=True)
+    longer = {**common, "max_steps": 8}  # a longer run would stretch the learning-rate schedule
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        train(tiny_run_config(ckpt, data, tmp_path / "resumed", **longer), progress=False, resume=True)
     resumed = vistune.load(train(run, progress=False, resume=True))
     a, b = _state(full), _state(resumed)
     assert a.keys() == b.keys()
@@ -209,7 +216,7 @@ def test_lora_trains_adapters_only_and_merges_into_a_plain_checkpoint(tiny, tmp_
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # adapters trained (lora_B starts at zero)
 
     merged = tmp_path / "merged"
-    assert merge_command(argparse.Namespace(model=str(final), out=str(merged))) == 0
+    assert merge_lora_checkpoint(final, merged) == merged
     assert read_config(merged)["lora"] is False and not (merged / "llm_adapter").exists()
     plain = vistune.load(merged)
     model = vistune.load(final)
@@ -219,7 +226,9 @@ def test_lora_trains_adapters_only_and_merges_into_a_plain_checkpoint(tiny, tmp_
     with torch.no_grad():
         torch.testing.assert_close(plain(*args).loss, model(*args).loss, rtol=1e-4, atol=1e-5)
     # merging a plain checkpoint is refused with a message
-    assert merge_command(argparse.Namespace(model=str(merged), out=str(tmp_path / "again"))) == 2
+    from vistune.cli import main
+
+    assert main(["merge-lora", "--model", str(merged), "--out", str(tmp_path / "again")]) == 2
 
 
 def test_lora_in_stage1_is_a_contradiction(tiny, tmp_path):
@@ -293,3 +302,38 @@ def test_cpu_parameters_get_the_fused_adamw_step(tiny):
     model.projector.linear_1.weight.grad = torch.ones_like(before)
     optimizer.step()
     assert not torch.equal(model.projector.linear_1.weight, before)
+
+
+def test_resume_refuses_a_checkpoint_whose_schedule_differs(tiny, tmp_path):
+    ckpt, data = tiny
+
+    def crash(step, model):
+        if step == 3:
+            raise _Crash()
+
+    run = tiny_run_config(ckpt, data, tmp_path / "run", max_steps=4, save_every=2)
+    with pytest.raises(_Crash):
+        train(run, progress=False, hooks=TrainHooks(after_step=crash))
+    state_path = tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    assert state["scheduler"]["total_steps"] == 4
+    state["scheduler"]["total_steps"] = 6  # as if the data had another length when the checkpoint was written
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="learning-rate schedule"):
+        train(run, progress=False, resume=True)
+
+
+def test_a_lora_checkpoint_writes_the_llm_once(tiny, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    ckpt, data = tiny
+    writes = []
+    original = PreTrainedModel.save_pretrained
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained",  # a spy: counts, then saves as usual
+                        lambda self, path, *a, **k: writes.append(path.name) or original(self, path, *a, **k))
+    run = tiny_run_config(ckpt, data, tmp_path / "run", stage=2, max_steps=2, save_every=2, lora=True, lora_r=4,
+                          lora_alpha=8)
+    final = train(run, progress=False)
+    assert writes.count("llm") == 2  # one write per checkpoint: step 2 and final
+    assert (final / "llm_adapter").is_dir()
+    assert not any(".lora_" in k or ".base_layer." in k for k in load_file(final / "llm" / "model.safetensors"))

@@ -26,6 +26,6 @@ def test_stage1_on_default_parts_lowers_the_loss(tmp_path, monkeypatch):
     assert len(losses) == 5
     assert losses[-1] < 0.8 * losses[0], losses
     model = vistune.load(final)
-    assert model.num_image_tokens == 49 and model.config.feature_norm
+    assert model.num_image_tokens == 49 and model.config.feature_norm == "token"
     before = vistune.model.vlm.VisionLanguageModel.build(run.model)
     assert torch.equal(before.llm.model.embed_tokens.weight, model.llm.model.embed_tokens.weight)

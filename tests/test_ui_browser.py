@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from test_inference import GOOD_IMAGES, chatty_tiny_vlm
 from test_serve import LiveServer
+
 from vistune.inference.engine import Engine, Request
 from vistune.serve.app import create_app
 

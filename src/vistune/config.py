@@ -10,19 +10,37 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import logging
+import os
 import re
 import textwrap
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from vistune.checkpoint_format import CheckpointError, read_config
+from vistune.conversation import TEMPLATE_NAMES
+from vistune.errors import UserError
 
-class ConfigError(ValueError):
+log = logging.getLogger(__name__)
+
+
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used, with the offending key in the message."""
+
+
+PROJECTORS = ("linear", "mlp2x_gelu")
+"""Projector types: one matrix (the paper), or linear-GELU-linear (LLaVA-1.5)."""
+#: `model.feature_norm`: normalisation of the tower's features before the projector.
+FEATURE_NORMS = ("none", "token", "channel")
+#: `model.projector_norm`: normalisation of the projector's outputs.
+PROJECTOR_NORMS = ("none", "rms")
 
 
 @dataclass
@@ -43,21 +61,54 @@ class ModelConfig:
     """Input resolution; None takes the tower's own."""
     pad_to_square: bool = False
     """Pad images to a square with the mean colour before resizing (LLaVA-1.5) instead of centre-cropping."""
-    feature_norm: bool = False
-    """Standardise vision features per token with a non-learned LayerNorm before the projector."""
-    feature_standardise: bool = False
-    """Standardise each channel of the vision features with its mean and standard deviation over training image
-    tokens (buffers of the projector, measured by `train.projector_init: ridge`, which it needs)."""
-    projector_norm: bool = False
-    """RMS-normalise every projected image token to the root-mean-square of the LLM's word embeddings (a fixed
-    scale taken when the projector is built). Unbounded image-token norms can turn image positions into
-    attention sinks that the LLM attends to but reads nothing from; this keeps them at the scale of words."""
+    feature_norm: str = "none"
+    """How the tower's features are normalised before the projector: `none`; `token`: each token standardised
+    over its channels (a LayerNorm without learned scale; no llava-hf equivalent, so it cannot be exported);
+    `channel`: each channel standardised with its mean and standard deviation over training image tokens
+    (projector buffers measured by the ridge warm start, so a new projector needs `train.projector_init: ridge`;
+    folded into the projector's first linear layer on export). Old configs: `true` = `token`, `false` = `none`,
+    and `feature_standardise: true` = `channel`."""
+    projector_norm: str = "none"
+    """How the projector's outputs are normalised: `none`, or `rms`: every image token rescaled to the
+    root-mean-square of the LLM's word embeddings (a fixed scale taken when the projector is built), which keeps
+    image positions from becoming attention sinks of unbounded norm. `rms` depends on each token's own norm, which
+    no linear layer expresses, so it cannot be exported to llava-hf. Old configs: `true` = `rms`, `false` = `none`.
+    Valid combinations: any `feature_norm` with any `projector_norm`; exportable: `feature_norm` `none` or
+    `channel` with `projector_norm: none`."""
     system_prompt: str | None = None
     """System message added to every conversation that has none (None: the template's own default)."""
 
+    @staticmethod
+    def upgrade(data: dict, prefix: str = "model.") -> dict:
+        """Map the keys of older configs and checkpoints onto the current ones (with a deprecation warning):
+        `feature_norm: true/false`, `feature_standardise: true/false` and `projector_norm: true/false`."""
+        data = dict(data)
+        old = {k: data[k] for k in ("feature_norm", "projector_norm") if isinstance(data.get(k), bool)}
+        standardise = data.pop("feature_standardise", None)
+        if not old and standardise is None:
+            return data
+        if standardise is not None and not isinstance(standardise, bool):
+            raise ConfigError(f"{prefix}feature_standardise: expected true/false, got {standardise!r}")
+        token = old.get("feature_norm", False)
+        if token and standardise:
+            raise ConfigError(f"{prefix}feature_norm=true with {prefix}feature_standardise=true (a per-token and a "
+                              "per-channel standardisation, both) has no equivalent in the current options")
+        if "feature_norm" in old or standardise is not None:
+            data["feature_norm"] = "token" if token else ("channel" if standardise else "none")
+        if "projector_norm" in old:
+            data["projector_norm"] = "rms" if old["projector_norm"] else "none"
+        if standardise is not None:
+            old["feature_standardise"] = standardise
+        new = {prefix + k: data[k] for k in ("feature_norm", "projector_norm") if k in data}
+        warnings.warn(f"deprecated config values {({prefix + k: v for k, v in old.items()})} read as {new}; "
+                      "write the new values", FutureWarning, stacklevel=3)
+        return data
+
     def __post_init__(self) -> None:
-        from vistune.model.projector import PROJECTORS
-        from vistune.conversation import TEMPLATE_NAMES
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"model.feature_norm={self.feature_norm!r}: expected one of {list(FEATURE_NORMS)}")
+        if self.projector_norm not in PROJECTOR_NORMS:
+            raise ConfigError(f"model.projector_norm={self.projector_norm!r}: expected one of {list(PROJECTOR_NORMS)}")
 
         if self.projector not in PROJECTORS:
             raise ConfigError(f"model.projector={self.projector!r}: expected one of {sorted(PROJECTORS)}")
@@ -147,6 +198,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass `cls` from a mapping; unknown keys raise ConfigError."""
+    upgrade = getattr(cls, "upgrade", None)
+    if upgrade is not None:  # keys of older configs
+        data = upgrade(data, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -223,9 +277,10 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Training run configuration (`vistune train --config FILE key=value ...`)
 
-# Architecture keys that a stage must share with its `init_from` checkpoint (the template may change).
-ARCHITECTURE_KEYS = ("vision_tower", "vision_layer", "vision_select", "projector", "llm", "image_size",
-                     "pad_to_square", "feature_norm", "feature_standardise", "projector_norm")
+# Model keys that say how conversations are written, not what the weights are: a stage may change them.
+CONVERSATION_KEYS = ("template", "system_prompt")
+# Every other model key fixes the architecture that an `init_from` checkpoint brings.
+ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in CONVERSATION_KEYS)
 
 
 @dataclass
@@ -409,7 +464,8 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The model's parts; with `init_from`, they must match that checkpoint's (the template may differ)."""
+    """The model's parts. With `init_from`, `load_run_config` takes them from that checkpoint (see
+    `model_from_checkpoint`); only the template and system prompt may differ from it."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -424,9 +480,9 @@ class RunConfig:
             raise ConfigError("output_dir is required")
         if self.init_from is not None and Path(self.init_from).resolve() == Path(self.output_dir).resolve():
             raise ConfigError("init_from and output_dir are the same directory; the run would overwrite its start")
-        if self.model.feature_standardise and self.train.projector_init != "ridge" and self.init_from is None:
-            raise ConfigError("model.feature_standardise=true needs train.projector_init=ridge (which measures the "
-                              "feature statistics) for a new projector")
+        if self.model.feature_norm == "channel" and self.train.projector_init != "ridge" and self.init_from is None:
+            raise ConfigError("model.feature_norm=channel needs train.projector_init=ridge (which measures the "
+                              "per-channel feature statistics) for a new projector")
         if self.train.projector_init == "ridge":
             if self.init_from is not None:
                 raise ConfigError("train.projector_init=ridge fits a new projector, but init_from brings one")
@@ -435,15 +491,92 @@ class RunConfig:
                                   f"{self.model.projector!r}")
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None
-                    ) -> RunConfig:
-    """YAML file (optional) + dotted overrides -> RunConfig; checks the batch split for `world_size` processes
-    (default: $WORLD_SIZE, else 1)."""
-    import os
+def _model_values(model: dict, prefix: str = "model.") -> dict:
+    """A model section (mapping) with every key present, values checked and coerced like a config file's."""
+    return to_dict(from_dict(ModelConfig, model, prefix=prefix))
 
+
+def _listing(items: dict, reference: dict) -> str:
+    return ", ".join(f"model.{k}={v!r} (checkpoint: {reference.get(k)!r})" for k, v in items.items())
+
+
+def architecture_conflicts(model: dict, checkpoint_model: dict) -> dict:
+    """The architecture keys of `model` (a possibly partial model section) whose values differ from the
+    checkpoint's model section: {key: value in `model`}."""
+    hints = typing.get_type_hints(ModelConfig)
+    return {k: v for k, v in model.items()
+            if k in ARCHITECTURE_KEYS and _coerce(v, hints[k], f"model.{k}") != checkpoint_model.get(k)}
+
+
+def check_matches_checkpoint(model: ModelConfig, checkpoint: str | Path) -> None:
+    """Raise ConfigError listing every architecture key of `model` that differs from the checkpoint's."""
+    ckpt = checkpoint_model(checkpoint)
+    conflicts = architecture_conflicts(to_dict(model), ckpt)
+    if conflicts:
+        raise ConfigError(f"the model section differs from the init_from checkpoint {checkpoint} in "
+                          f"{_listing(conflicts, ckpt)}; the model section must describe the checkpoint it starts "
+                          f"from (load_run_config takes it from the checkpoint)")
+
+
+def checkpoint_model(checkpoint: str | Path) -> dict:
+    """The model section of a checkpoint's config.json, every key present (plain JSON; no model code)."""
+    try:
+        return _model_values(read_config(checkpoint).get("model") or {}, prefix=f"{checkpoint}: model.")
+    except CheckpointError as e:
+        raise ConfigError(f"init_from: {e}") from e
+
+
+def model_from_checkpoint(checkpoint: str | Path, file_model: dict, override_model: dict
+                          ) -> tuple[dict, str | None]:
+    """The model section of a run that starts from `checkpoint`, and a one-line note naming what the config
+    file asked for that the checkpoint replaced (None when nothing).
+
+    file_model: the config file's model section; override_model: the command line's `model.*` overrides.
+    Precedence: the architecture (every key but the template and system prompt) comes from the checkpoint; a
+    command-line override that differs from it is an error, all such keys in one message; config-file keys that
+    differ are noted and not used. The template and system prompt come from the command line, else from the config
+    file where it names them, else from the checkpoint (so its system prompt is kept).
+    """
+    ckpt = checkpoint_model(checkpoint)
+    conflicts = architecture_conflicts(override_model, ckpt)
+    if conflicts:
+        raise ConfigError(f"init_from {checkpoint} fixes the architecture, and these overrides differ from it: "
+                          f"{_listing(conflicts, ckpt)}; drop them to fine-tune the checkpoint (or leave out "
+                          f"init_from to build a new model)")
+    model = dict(ckpt)
+    chosen = {k: v for source in (file_model, override_model) for k, v in source.items() if k in CONVERSATION_KEYS}
+    model.update(chosen)
+    model = _model_values(model)
+    unused = architecture_conflicts(file_model, ckpt)
+    changed = {k: model[k] for k in chosen if model[k] != ckpt[k]}
+    notes = []
+    if unused:
+        notes.append(f"the config file's {_listing(unused, ckpt)} are not used")
+    if changed:
+        notes.append(f"{_listing(changed, ckpt)} replace the checkpoint's")
+    note = f"model section from init_from {checkpoint}: " + "; ".join(notes) if notes else None
+    return model, note
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = (), world_size: int | None = None,
+                    read_init_from: bool = True) -> RunConfig:
+    """YAML file (optional) + dotted overrides -> RunConfig; checks the batch split for `world_size` processes
+    (default: $WORLD_SIZE, else 1).
+
+    With `init_from`, the model section comes from that checkpoint (`model_from_checkpoint` says how the config
+    file and the overrides take part) and what the config file asked for differently is logged in one line.
+    read_init_from=False takes the model section as written (to check a config before its checkpoint exists).
+    """
     data = load_yaml(path) if path is not None else {}
+    file_model = dict(data["model"]) if isinstance(data.get("model"), dict) else {}
+    override_data = apply_overrides({}, list(overrides))
     apply_overrides(data, list(overrides))
-    run = from_dict(RunConfig, data)
+    run = from_dict(RunConfig, data)  # every key and value checked as written
+    if read_init_from and run.init_from is not None:
+        data["model"], note = model_from_checkpoint(run.init_from, file_model, override_data.get("model") or {})
+        run = from_dict(RunConfig, data)
+        if note:
+            log.info(note)
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     run.train.check_batch(world_size)

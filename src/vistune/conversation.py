@@ -9,11 +9,15 @@ inconsistent (roles out of order, a missing or extra image, an answer with no to
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Iterable, Literal, Sequence
+
+from vistune.errors import UserError
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_ID = -200
@@ -40,6 +44,15 @@ LLAMA2_SYSTEM = (
 
 class RenderError(ValueError):
     """A conversation that cannot be rendered consistently."""
+
+
+class TokenizerMismatch(RenderError, UserError):
+    """The rendered ids cannot equal the tokenizer's ids for the whole prompt; `position` is the first differing
+    token. Commands print it as one line (exit 2)."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ def messages_from_llava(conversations: Sequence[dict]) -> list[Message]:
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise RenderError(f"turn {i} is not an object with 'from' and 'value'")
-        role = LLAVA_ROLES.get(turn["from"])
+        role = LLAVA_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
         if role is None:
             raise RenderError(f"turn {i} has unknown speaker {turn['from']!r}")
         if not isinstance(turn["value"], str):
@@ -202,13 +215,16 @@ class SeparatorTemplate(Template):
     def answer_end(self, tokenizer) -> Piece:
         raise NotImplementedError
 
+    first_user_tag: str = ""
+    """The user tag of the first turn (the text right after the system message), when it differs."""
+
     def pieces(self, messages, tokenizer, add_generation_prompt):
         system, body = _system_and_body(messages, self.system)
         out = [Piece(system + self.system_suffix)]
-        for m in body:
+        for i, m in enumerate(body):
             if m.role == "user":
-                # the space after the role tag leads the content, as a whole-prompt tokenizer would split it
-                out += [Piece(self.user_tag), Piece(" " + m.content), Piece(self.user_suffix + self.assistant_tag)]
+                tag = self.first_user_tag if i == 0 and self.first_user_tag else self.user_tag
+                out += [Piece(tag), Piece(" " + m.content), Piece(self.user_suffix + self.assistant_tag)]
             else:
                 out += [Piece(self.answer_prefix + m.content, "all"), self.answer_end(tokenizer)]
         if not add_generation_prompt and body and body[-1].role == "user":
@@ -217,11 +233,11 @@ class SeparatorTemplate(Template):
 
 
 class V0Template(SeparatorTemplate):
-    """The paper's format: `### Human: …` / `### Assistant: …`, each answer closed by `###`."""
+    """The paper's format: `SYSTEM\n\n### Human: …\n### Assistant: …\n###`, each answer closed by `\n###`."""
 
     name = "v0"
     system = V0_SYSTEM
-    system_suffix = "\n###"
+    system_suffix = "\n\n###"
     user_tag = " Human:"
     user_suffix = "\n###"
     assistant_tag = " Assistant:"
@@ -233,11 +249,12 @@ class V0Template(SeparatorTemplate):
 
 
 class VicunaV1Template(SeparatorTemplate):
-    """LLaVA v1/v1.5: `SYSTEM USER: … ASSISTANT: …</s>` rounds."""
+    """LLaVA v1/v1.5: `SYSTEM USER: … ASSISTANT: …</s>USER: … ASSISTANT: …</s>`."""
 
     name = "vicuna_v1"
     system = VICUNA_SYSTEM
-    user_tag = " USER:"
+    first_user_tag = " USER:"
+    user_tag = "USER:"  # right after the previous answer's </s>, no space
     assistant_tag = " ASSISTANT:"
     answer_prefix = " "
     stop_strings = ("</s>",)
@@ -287,11 +304,20 @@ class ChatTemplate(Template):
     def pieces(self, messages, tokenizer, add_generation_prompt):
         if not getattr(tokenizer, "chat_template", None):
             raise RenderError("the tokenizer has no chat template; choose another template")
-        glue = _chat_layout(tokenizer, tuple(m.role for m in messages), add_generation_prompt)
-        out = [Piece(glue[0])]
-        for m, after in zip(messages, glue[1:]):
+        glue = list(_chat_layout(tokenizer, tuple(m.role for m in messages), add_generation_prompt))
+        # spaces that end the text before an answer belong to the answer's first token (SentencePiece's `▁The`,
+        # byte-level BPE's `ĠThe`): they move into the answer, and a generation prompt ends before them
+        lead = ["" for _ in messages]
+        for i, m in enumerate(messages):
             if m.role == "assistant":
-                out += [Piece(m.content, "all"), Piece(after, "first")]
+                stripped = glue[i].rstrip(" ")
+                lead[i], glue[i] = glue[i][len(stripped):], stripped
+        if add_generation_prompt and messages[-1].role == "user":
+            glue[-1] = glue[-1].rstrip(" ")
+        out = [Piece(glue[0])]
+        for m, space, after in zip(messages, lead, glue[1:]):
+            if m.role == "assistant":
+                out += [Piece(space + m.content, "all"), Piece(after, "first")]
             else:
                 out += [Piece(m.content), Piece(after)]
         return out
@@ -359,7 +385,8 @@ def _is_special(tokenizer, token_id: int) -> bool:
 class Renderer:
     """Renders messages with one template and tokenizer; `num_image_tokens` positions per image."""
 
-    def __init__(self, tokenizer, template: str | Template, num_image_tokens: int, system: str | None = None) -> None:
+    def __init__(self, tokenizer, template: str | Template, num_image_tokens: int, system: str | None = None,
+                 use_offsets: bool = True) -> None:
         if num_image_tokens <= 0:
             raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
         self.tokenizer = tokenizer
@@ -367,6 +394,9 @@ class Renderer:
         self.num_image_tokens = num_image_tokens
         self.system = system
         """System message for conversations that bring none (None: the template's default)."""
+        self.use_offsets = use_offsets
+        """Find piece boundaries from a fast tokenizer's character offsets (one tokenizer call per render); False:
+        by tokenizing the text up to each boundary (any tokenizer; slower)."""
         probe = tokenizer("a", add_special_tokens=True).input_ids
         self.bos_id: int | None = (
             tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
@@ -405,22 +435,95 @@ class Renderer:
         return self._tokenize(pieces, add_generation_prompt)
 
     def _tokenize(self, pieces: Iterable[Piece], for_generation: bool) -> Rendered:
-        ids: list[int] = [] if self.bos_id is None else [self.bos_id]
-        labels: list[int] = [IGNORE_INDEX] * len(ids)
+        """Tokenize the whole rendered text at once (as the tokenizer would see the prompt, each image one special
+        token), then find every piece boundary in the ids by tokenizing the text up to it: a boundary the tokenizer
+        merges across raises, so labels are always exactly the supervised pieces' tokens."""
+        runs = _merge_runs(self._as_text(p) for p in _split_images(pieces))
+        texts = [self.image_stand_in[0] if r.image else r.text for r in runs]
+        full = "".join(texts)
+        cuts = list(itertools.accumulate(len(t) for t in texts))[:-1]
+        if self.use_offsets and getattr(self.tokenizer, "is_fast", False):
+            encoding = self.tokenizer.backend_tokenizer.encode(full, add_special_tokens=False)
+            ids = list(encoding.ids)
+            bounds = self._boundaries_from_offsets(full, cuts, ids, encoding.offsets)
+        else:
+            ids = self.tokenizer.encode(full, add_special_tokens=False) if full else []
+            bounds = self._boundaries(full, cuts, ids)
+        bounds = [0, *bounds, len(ids)]  # token index where each run starts, then the end
+        out_ids: list[int] = [] if self.bos_id is None or ids[:1] == [self.bos_id] else [self.bos_id]
+        out_labels: list[int] = [IGNORE_INDEX] * len(out_ids)
         spans: list[tuple[int, int]] = []
-        for piece in _split_images(pieces):
-            if piece.image:
-                spans.append((len(ids), len(ids) + self.num_image_tokens))
-                ids.extend([IMAGE_TOKEN_ID] * self.num_image_tokens)
-                labels.extend([IGNORE_INDEX] * self.num_image_tokens)
+        for run, start, stop in zip(runs, bounds, bounds[1:]):
+            tokens = ids[start:stop]
+            if run.image:
+                if tokens != [self.image_stand_in[1]]:
+                    raise RenderError(f"the image placeholder did not tokenize to one token ({tokens})")
+                spans.append((len(out_ids), len(out_ids) + self.num_image_tokens))
+                out_ids.extend([IMAGE_TOKEN_ID] * self.num_image_tokens)
+                out_labels.extend([IGNORE_INDEX] * self.num_image_tokens)
                 continue
-            tokens = list(piece.ids) if piece.ids is not None else (
-                self.tokenizer.encode(piece.text, add_special_tokens=False) if piece.text else [])
-            ids.extend(tokens)
-            labels.extend(self._labels(piece.supervise, tokens, for_generation))
-        if not for_generation and not any(label != IGNORE_INDEX for label in labels):
+            out_ids.extend(tokens)
+            out_labels.extend(self._labels(run.supervise, tokens, for_generation))
+        if not for_generation and not any(label != IGNORE_INDEX for label in out_labels):
             raise RenderError("the rendered sample has no supervised tokens")
-        return Rendered(ids, labels, spans)
+        return Rendered(out_ids, out_labels, spans)
+
+    def text(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:
+        """The whole rendered text (BOS not included; images as `<image>`), as the tokenizer is meant to see it."""
+        validate_messages(messages, for_generation=add_generation_prompt)
+        if self.system is not None and messages[0].role != "system":
+            messages = [Message("system", self.system), *messages]
+        pieces = self.template.pieces(place_image(messages, "front", None), self.tokenizer, add_generation_prompt)
+        return "".join(IMAGE_PLACEHOLDER if p.image else self._as_text(p).text for p in _split_images(pieces))
+
+    @cached_property
+    def image_stand_in(self) -> tuple[str, int]:
+        """The special token (text, id) that stands for an image while the text is tokenized (`<image>` when the
+        tokenizer has it, else its unknown, end, begin or padding token): the text around an image is split there,
+        as llava-hf's processor splits it at its `<image>` token."""
+        return _image_stand_in(self.tokenizer)
+
+    def _as_text(self, piece: Piece) -> Piece:
+        """A piece given as ids (the template's special tokens) written as their text, to be tokenized in place."""
+        if piece.ids is None:
+            return piece
+        for i in piece.ids:
+            if not _is_special(self.tokenizer, i):
+                raise RenderError(f"the template inserts token id {i}, which is not a special token")
+        return Piece("".join(self.tokenizer.convert_ids_to_tokens(list(piece.ids))), piece.supervise)
+
+    def _boundaries_from_offsets(self, full: str, cuts: list[int], ids: list[int],
+                                 offsets: list[tuple[int, int]]) -> list[int]:
+        """Tokens before each cut, from the characters each token covers (a zero-width token, such as a dummy
+        prefix, belongs to the text after it); raises `TokenizerMismatch` where a token spans a cut."""
+        out = []
+        for cut in cuts:
+            n = bisect.bisect_left([start for start, _ in offsets], cut)
+            if n and offsets[n - 1][1] > cut:
+                self._mismatch(full, cut, ids, n - 1, None)
+            out.append(n)
+        return out
+
+    def _mismatch(self, full: str, cut: int, ids: list[int], k: int, head: list[int] | None) -> None:
+        ends = f"the text before it tokenizes to {self.tokenizer.convert_ids_to_tokens(head[k:k + 1])} there" if head \
+            else "that token spans the boundary"
+        raise TokenizerMismatch(
+            f"the tokenizer merges across a template boundary at character {cut} "
+            f"({full[max(0, cut - 20):cut]!r} | {full[cut:cut + 20]!r}): token {k} of the whole text is "
+            f"{self.tokenizer.convert_ids_to_tokens(ids[k:k + 1])} and {ends}; the answer's tokens cannot be told "
+            "apart", k + (self.bos_id is not None))
+
+    def _boundaries(self, full: str, cuts: list[int], ids: list[int]) -> list[int]:
+        """Number of tokens the text up to each cut takes; raises `TokenizerMismatch` where the whole text's ids do
+        not start with them (the tokenizer merges across that boundary)."""
+        if not cuts:
+            return []
+        heads = self.tokenizer([full[:c] for c in cuts], add_special_tokens=False).input_ids
+        for cut, head in zip(cuts, heads):
+            if ids[: len(head)] != head:
+                k = next((i for i, (a, b) in enumerate(zip(ids, head)) if a != b), len(ids))
+                self._mismatch(full, cut, ids, k, head)
+        return [len(h) for h in heads]
 
     def _labels(self, supervise: str, tokens: list[int], for_generation: bool) -> list[int]:
         if supervise == "all":
@@ -441,6 +544,30 @@ class Renderer:
         return [IGNORE_INDEX] * len(tokens)
 
 
+def _image_stand_in(tokenizer) -> tuple[str, int]:
+    candidates = [IMAGE_PLACEHOLDER, tokenizer.unk_token, tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token]
+    for token in candidates:
+        if token is None:
+            continue
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) == 1 and _is_special(tokenizer, ids[0]):
+            return token, ids[0]
+    raise RenderError("the tokenizer has no special token to stand for an image while tokenizing")
+
+
+def _merge_runs(pieces: Iterable[Piece]) -> list[Piece]:
+    """Adjacent text pieces with the same supervision joined (their boundary needs no locating)."""
+    out: list[Piece] = []
+    for p in pieces:
+        joins = out and not out[-1].image and not p.image and (
+            out[-1].supervise == p.supervise != "first" or (out[-1].supervise, p.supervise) == ("first", "none"))
+        if joins:  # ("first" then "none": still only the run's first token is supervised)
+            out[-1] = Piece(out[-1].text + p.text, out[-1].supervise)
+        else:
+            out.append(p)
+    return out
+
+
 def _split_images(pieces: Iterable[Piece]) -> Iterable[Piece]:
     """Text pieces holding the image placeholder become text / image / text pieces."""
     for piece in pieces:
@@ -456,6 +583,79 @@ def _split_images(pieces: Iterable[Piece]) -> Iterable[Piece]:
                 yield Piece(text)
 
 
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """The first position where two id lists differ (the shorter one's length when one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+PROBES: tuple[tuple[Message, ...], ...] = (
+    (Message("user", "<image>\nWhat is in the picture?"), Message("assistant", "A red square beside 2 circles.")),
+    (Message("system", "You answer briefly."), Message("user", "Is there a cat?\n<image>"), Message("assistant", "No.")),
+    (Message("user", "<image>\nCount the shapes."), Message("assistant", "There are 12 shapes, e.g. \"a star\"."),
+     Message("user", "  Which one is bigger?"), Message("assistant", "\nThe circle (on the left) is bigger.")),
+)
+"""Conversations with the shapes that trip piecewise tokenization: text after an image, a leading space or
+newline, digits, quotes, several rounds, a system message."""
+
+
+def check_whole_prompt_tokenization(renderer: Renderer, conversations: Iterable[Sequence[Message]] = PROBES) -> int:
+    """Render each conversation (training form, and each prompt for generation) and compare the ids with what the
+    tokenizer gives for the whole rendered text (each image as one special token, BOS as the tokenizer adds it);
+    raise `TokenizerMismatch` naming the first differing position. Returns the number of renderings checked."""
+    tok, checked = renderer.tokenizer, 0
+    exact = Renderer(tok, renderer.template, renderer.num_image_tokens, renderer.system, use_offsets=False)
+    stand_in, stand_in_id = renderer.image_stand_in
+    for conversation in conversations:
+        messages = list(conversation)
+        forms = [(messages, False)] + [(messages[:k + 1], True) for k, m in enumerate(messages) if m.role == "user"]
+        for msgs, gen in forms:
+            try:
+                rendered = renderer.render(msgs, add_generation_prompt=gen)
+                by_prefix = exact.render(msgs, add_generation_prompt=gen)
+            except TokenizerMismatch:
+                raise
+            except RenderError:
+                continue  # a shape this template does not take (plain: one turn)
+            if (by_prefix.input_ids, by_prefix.labels) != (rendered.input_ids, rendered.labels):
+                pos = first_difference(rendered.labels, by_prefix.labels)
+                raise TokenizerMismatch(
+                    f"this tokenizer's character offsets do not locate the template's boundaries (first difference "
+                    f"in the labels at token {pos}); render with use_offsets=False", pos)
+            text = renderer.text(msgs, add_generation_prompt=gen).replace(IMAGE_PLACEHOLDER, stand_in)
+            expected = tok(text).input_ids
+            got, k = [], 0
+            while k < len(rendered.input_ids):
+                if rendered.input_ids[k] == IMAGE_TOKEN_ID:
+                    got.append(stand_in_id)
+                    k += renderer.num_image_tokens
+                else:
+                    got.append(rendered.input_ids[k])
+                    k += 1
+            if got != expected:
+                pos = first_difference(got, expected)
+                raise TokenizerMismatch(
+                    f"template {renderer.template.name!r} with this tokenizer does not give the tokenizer's ids for "
+                    f"the whole prompt: first difference at token {pos} (rendered "
+                    f"{tok.convert_ids_to_tokens(got[pos:pos + 3])}, whole prompt "
+                    f"{tok.convert_ids_to_tokens(expected[pos:pos + 3])}) in {text!r}", pos)
+            checked += 1
+    return checked
+
+
 def sample_rng(seed: int, index: int, epoch: int = 0) -> random.Random:
     """A per-sample rng that depends only on (seed, epoch, index): reproducible in any worker order."""
     return random.Random(f"vistune:{seed}:{epoch}:{index}")
+
+
+def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
+                          system: str | None = None) -> list[Message]:
+    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
+    messages = [Message("system", system)] if system else []
+    for i, (question, answer) in enumerate([*history, (prompt, None)]):
+        question = question.replace(IMAGE_PLACEHOLDER, "").strip()
+        if i == 0 and has_image:
+            question = f"{IMAGE_PLACEHOLDER}\n{question}"
+        messages.append(Message("user", question))
+        if answer is not None:
+            messages.append(Message("assistant", answer))
+    return messages

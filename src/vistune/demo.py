@@ -9,21 +9,26 @@ marker matches the plan (`--force` redoes them). A killed training step resumes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vistune.config import RunConfig, apply_overrides, from_dict, load_yaml
 from vistune.conversation import IMAGE_PLACEHOLDER
+from vistune.data.synth import BENCH_FILE, BENCH_IN_DISTRIBUTION_FILE, render_world
 from vistune.utils.io import atomic_write_json, atomic_write_text, read_json_or_jsonl
+
+#: The demo's training recipes: `stage1.yaml`, `stage2.yaml` and their `_quick` variants. They ship inside the
+#: package (so an installed vistune finds them); `configs/demo` in a source checkout links to this folder.
+DEMO_CONFIGS = Path(__file__).resolve().parent / "configs" / "demo"
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes and budgets of one demo run."""
+    """Sizes of one demo run and its training recipes."""
 
     name: str
     train_images: int
@@ -32,56 +37,38 @@ class DemoPlan:
     """Images never seen in training; the benchmark asks about these."""
     bench_questions: int
     """Held-out questions scored per variant (balanced over question types)."""
+    stage1: str
+    """Stage-1 run config, a file name in `DEMO_CONFIGS` (its paths are replaced by the demo's)."""
+    stage2: str
+    """Stage-2 run config, a file name in `DEMO_CONFIGS`."""
     max_objects: int = 3
     """Objects per image: 1 to this."""
-    stage1: dict = field(default_factory=dict)
-    """Overrides of the stage-1 run config (dotted keys)."""
-    stage2: dict = field(default_factory=dict)
-    """Overrides of the stage-2 run config (dotted keys)."""
     chats: int = 3
     """Sample chats printed at the end."""
 
+    def recipe(self, stage: int) -> dict:
+        """The stage's run config as a mapping, read from `DEMO_CONFIGS`."""
+        path = DEMO_CONFIGS / (self.stage1 if stage == 1 else self.stage2)
+        if not path.is_file():
+            raise FileNotFoundError(f"the demo's recipe {path} is missing; reinstall vistune")
+        return load_yaml(path)
 
-COMMON = {
-    "model.vision_tower": "efficientnet-lite0",
-    "model.vision_layer": -4,
-    "model.image_size": 160,
-    "model.feature_standardise": True,
-    "model.projector_norm": True,
-    "model.projector": "linear",
-    "model.llm": "smollm2-135m-instruct",
-    "data.max_length": 512,
-    "data.placement": "front",
-    "data.num_workers": 1,
-    "train.precision": "auto",
-    "train.save_every": 50,
-    "train.keep_last": 1,
-    "train.seed": 0,
-}
 
-FULL = DemoPlan(
-    name="full", train_images=1500, heldout_images=240, bench_questions=420,
-    stage1={"train.projector_init": "ridge", "train.max_steps": 20, "train.max_minutes": 2.0, "train.lr": 2e-4,
-            "train.global_batch_size": 16, "train.micro_batch_size": 16, "train.warmup_ratio": 0.05},
-    stage2={"train.max_steps": 200, "train.max_minutes": 13.5, "train.lr": 5e-5, "train.projector_lr": 5e-5,
-            "train.global_batch_size": 16, "train.micro_batch_size": 16},
-)
-"""Sized for 2 CPU cores: measured 16 min 0 s where the CPU has native bf16 (training in bf16 autocast); on one
-without, stage 2's time budget keeps the run under 20 minutes (fewer steps)."""
-QUICK = DemoPlan(
-    name="quick", train_images=64, heldout_images=24, bench_questions=36, chats=1,
-    stage1={"train.projector_init": "ridge", "train.max_steps": 3, "train.lr": 1e-3, "train.global_batch_size": 8,
-            "train.micro_batch_size": 8},
-    stage2={"train.max_steps": 4, "train.lr": 1e-4, "train.projector_lr": 2e-4, "train.global_batch_size": 4,
-            "train.micro_batch_size": 4},
-)
-"""A smoke run of every step (51 s on 2 cores); it checks the pipeline, not the accuracy targets."""
+FULL = DemoPlan(name="full", train_images=1500, heldout_images=240, bench_questions=420,
+                stage1="stage1.yaml", stage2="stage2.yaml")
+"""Sized for 2 CPU cores (the README quotes its measured time); stage 2 also has a time budget
+(`train.max_minutes`), so on a CPU without native bf16 it stops earlier, with fewer steps."""
+QUICK = DemoPlan(name="quick", train_images=64, heldout_images=24, bench_questions=36, chats=1,
+                 stage1="stage1_quick.yaml", stage2="stage2_quick.yaml")
+"""A smoke run of every step; it checks the pipeline, not the accuracy targets."""
 
 STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "single_turn": True,
               "detail_complex_ratio": 0.02}
 """Stage-2 data: the symbolic teacher's conversations of mostly one-word answers, cut into single-turn
 questions (each asked with its image), plus a fiftieth as many detailed descriptions and reasoning answers."""
-SYSTEM_PROMPT = "You answer questions about the image."
+BENCH_LAYOUT = "heldout-wording+in-distribution"
+"""The benchmark files the held-out world carries: `bench.jsonl` in held-out wording (the primary score) and
+`bench_in_distribution.jsonl` with the same questions in the teacher's wording (variant `full_in_distribution`)."""
 CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
 
 
@@ -131,15 +118,17 @@ class Demo:
         # Each step's params include those of the steps it depends on, so a changed step redoes what follows.
         world = {"train": p.train_images, "heldout": p.heldout_images, "max_objects": p.max_objects}
         self.step("synth_train", lambda: self._synth("train", p.train_images, seed=1), world)
-        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2), world)
+        # the held-out world also carries the bench files, so a new bench layout re-renders it (only it)
+        self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2),
+                  {**world, "bench": BENCH_LAYOUT})
         self.step("stage1_data", self._stage1_data, world)
-        s1 = {"world": world, "plan": p.stage1, "common": COMMON}
+        s1 = {"world": world, "recipe": p.recipe(1)}
         stage1 = self.step("stage1", lambda: self._train(1), s1)
         self.step("stage2_data", self._stage2_data, {"world": world, "mix": STAGE2_MIX})
-        s2 = {"stage1": s1, "mix": STAGE2_MIX, "plan": p.stage2, "system": SYSTEM_PROMPT}
+        s2 = {"stage1": s1, "mix": STAGE2_MIX, "recipe": p.recipe(2)}
         stage2 = self.step("stage2", lambda: self._train(2), s2)
         report = self.step("benchmark", lambda: self._benchmark(stage1["model"], stage2["model"]),
-                           {"bench_questions": p.bench_questions, "stage2": s2})
+                           {"bench_questions": p.bench_questions, "stage2": s2, "bench": BENCH_LAYOUT})
         self._chats(stage2["model"])
         self.log(format_table(report["variants"]))
         total = time.time() - start
@@ -147,8 +136,6 @@ class Demo:
         return report
 
     def _synth(self, split: str, n: int, seed: int) -> dict:
-        from vistune.data.synth import render_world
-
         return render_world(self.world / split, n, seed=seed, min_objects=1, max_objects=self.plan.max_objects,
                             progress=self.progress)
 
@@ -159,7 +146,7 @@ class Demo:
         return {"records": len(read_json_or_jsonl(self.data / "stage1.json"))}
 
     def _stage2_data(self) -> dict:
-        from vistune.datagen.context import load_coco
+        from vistune.data.annotations import load_coco
         from vistune.datagen.symbolic import generate_symbolic
 
         train = self.world / "train"
@@ -181,25 +168,21 @@ class Demo:
         atomic_write_json(self.data / "stage2.json", mix, indent=None)
         return {"records": len(mix), "skipped": dict(skips)}
 
-    def _run_config(self, stage: int):
-        from vistune.config import RunConfig, apply_overrides, from_dict
-
-        overrides = {**COMMON, **(self.plan.stage1 if stage == 1 else self.plan.stage2)}
-        overrides.update({
-            "train.stage": stage,
-            "model.template": "plain" if stage == 1 else "chat_template",
-            "model.system_prompt": None if stage == 1 else SYSTEM_PROMPT,
+    def _run_config(self, stage: int) -> RunConfig:
+        """The stage's recipe with the demo's paths."""
+        data = self.plan.recipe(stage)
+        paths = {
             "data.path": str(self.data / f"stage{stage}.json"),
             "data.image_folder": str(self.world / "train" / "images"),
-            # the ridge warm start reads all of an image's captions, stage 1 trains on one per image
-            **({"train.projector_init_captions": str(self.world / "train" / "captions.json")}
-               if stage == 1 and self.plan.stage1.get("train.projector_init") == "ridge" else {}),
             "output_dir": str(self.out / f"stage{stage}"),
             "train.feature_cache_dir": str(self.out / "feature-cache"),  # both stages read the tower once per image
-        })
+        }
+        if data.get("train", {}).get("projector_init_captions") is not None:
+            # the ridge warm start reads all of an image's captions, stage 1 trains on one per image
+            paths["train.projector_init_captions"] = str(self.world / "train" / "captions.json")
         if stage == 2:
-            overrides["init_from"] = str(self._final(1))
-        data = apply_overrides({}, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+            paths["init_from"] = str(self._final(1))
+        apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in paths.items()])
         return from_dict(RunConfig, data)
 
     def _final(self, stage: int) -> Path:
@@ -218,8 +201,12 @@ class Demo:
         from vistune.inference.engine import Engine
         from vistune.model.checkpoint import load_checkpoint, read_config
 
-        bench = balanced_subset(load_bench(self.world / "heldout" / "bench.jsonl"), self.plan.bench_questions)
-        images = self.world / "heldout" / "images"
+        heldout = self.world / "heldout"
+        bench = balanced_subset(load_bench(heldout / BENCH_FILE), self.plan.bench_questions)
+        # the same questions (same ids and answers) in the teacher's training wording
+        same = {q["id"] for q in bench}
+        in_distribution = [q for q in load_bench(heldout / BENCH_IN_DISTRIBUTION_FILE) if q["id"] in same]
+        images = heldout / "images"
         evals = self.out / "eval"
         variants = {}
         # stage 1 trains with the plain template; ask it the way the full model is asked
@@ -231,6 +218,8 @@ class Demo:
         del stage1
         full = Engine.from_checkpoint(stage2_model)
         variants["full"] = evaluate(full, bench, images, evals / "full", progress=self.progress)
+        variants["full_in_distribution"] = evaluate(full, in_distribution, images, evals / "full_in_distribution",
+                                                    progress=self.progress)
         variants["shuffled_images"] = evaluate(full, bench, images, evals / "shuffled_images", shuffle=True,
                                                progress=self.progress)
         prior = answer_prior(load_bench(self.world / "train" / "bench.jsonl"))
@@ -240,8 +229,8 @@ class Demo:
         return {"variants": variants}
 
     def _chats(self, model_dir: str) -> None:
+        from vistune.data.annotations import load_coco
         from vistune.data.image import load_image
-        from vistune.datagen.context import load_coco
         from vistune.eval.shapes import load_bench
         from vistune.inference.engine import Engine, Request
 
@@ -305,7 +294,6 @@ def format_table(variants: dict) -> str:
     return "\n".join(rows)
 
 
-def demo_command(args: argparse.Namespace) -> int:
-    plan = QUICK if args.quick else FULL
-    Demo(args.out, plan, force=args.force).run()
-    return 0
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False) -> None:
+    """`vistune demo`: every step of the offline demo under `out` (finished steps are skipped unless `force`)."""
+    Demo(out, QUICK if quick else FULL, force=force).run()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from vistune.cli.common import handler
+from vistune.cli.common import UsageError, add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    synth = sub.add_parser("synth", help="render a synthetic visual world with COCO-format annotations")
+    synth = add_command(sub, "synth", "render a synthetic visual world with COCO-format annotations")
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, default=0, help="random seed")
@@ -18,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="smallest object (longest side / image side; default depends on --max-objects)")
     synth.add_argument("--max-object-size", type=float, default=None,
                        help="largest object (longest side / image side; default depends on --max-objects)")
-    synth.set_defaults(func=handler("vistune.data.synth:synth_command"))
+    synth.set_defaults(func=synth_command)
 
-    gen = sub.add_parser("generate", help="write LLaVA instruction data from captions + boxes with a teacher")
+    gen = add_command(sub, "generate", "write LLaVA instruction data from captions + boxes with a teacher")
     gen.add_argument("--teacher", required=True, choices=["symbolic", "openai"], help="who writes the data")
     gen.add_argument("--captions", help="COCO captions JSON")
     gen.add_argument("--instances", help="COCO instances JSON (boxes)")
@@ -49,9 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--reject-retries", type=int, default=2,
                      help="openai: re-ask at most this many times when an output fails validation")
     gen.add_argument("--no-progress", action="store_true", help="openai: no progress bar")
-    gen.set_defaults(func=handler("vistune.datagen.build:generate_command"))
+    gen.set_defaults(func=generate_command)
 
-    pre = sub.add_parser("pretrain-data", help="write stage-1 caption data")
+    pre = add_command(sub, "pretrain-data", "write stage-1 caption data")
     pre.add_argument("--captions", required=True, help="COCO captions JSON or JSONL of {image, caption}")
     pre.add_argument("--out", required=True, help="output JSON file")
     pre.add_argument("--filter", choices=["none", "concepts"], default="none", help="CC3M-style concept filter")
@@ -60,4 +62,69 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="concept filter: drop noun phrases found in fewer captions than this")
     pre.add_argument("--max-per-concept", type=int, default=100,
                      help="concept filter: a phrase contributes at most this many captions")
-    pre.set_defaults(func=handler("vistune.datagen.pretrain:pretrain_data_command"))
+    pre.set_defaults(func=pretrain_data_command)
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from vistune.data.synth import render_world
+
+    try:
+        summary = render_world(args.out, args.images, args.seed, min_objects=args.min_objects,
+                               max_objects=args.max_objects, image_size=args.size,
+                               min_object_size=args.min_object_size, max_object_size=args.max_object_size)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from e
+    print(f"wrote {summary['images']} images, {summary['captions']} captions, {summary['instances']} boxes, "
+          f"{summary['bench']} bench questions to {args.out}")
+    return 0
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from vistune.data.annotations import ContextSource, format_skips, load_contexts
+
+    source = ContextSource(args.input, args.captions, args.instances, args.limit)
+    types = list(dict.fromkeys(t.strip() for t in args.types.split(",") if t.strip()))
+    if args.teacher == "openai":
+        from vistune.datagen.openai_teacher import Settings, generate_openai  # needs httpx
+        from vistune.llm_client import RetryPolicy
+
+        settings = Settings(
+            base_url=args.base_url, model=args.model,
+            api_key=os.environ.get(args.api_key_env) if args.api_key_env else None, types=types,
+            concurrency=args.concurrency, timeout=args.timeout,
+            retry=RetryPolicy(args.max_retries, args.retry_base_delay, args.retry_max_delay),
+            reject_retries=args.reject_retries, max_consecutive_failures=args.max_consecutive_failures,
+            temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed, price_in=args.price_in,
+            price_out=args.price_out, progress=not args.no_progress)
+        code, _ = generate_openai(settings, source, args.out, args.prompts)
+        return code
+    from vistune.datagen.symbolic import write_symbolic
+
+    contexts, load_skips = load_contexts(source)
+    per_type, skips = write_symbolic(contexts, types, args.out, args.seed)
+    print(f"wrote {sum(per_type.values())} records from {len(contexts)} images to {args.out}: "
+          + ", ".join(f"{t}={per_type.get(t, 0)}" for t in types))
+    print("input " + format_skips(load_skips))
+    print("generation " + format_skips(skips))
+    return 0
+
+
+def pretrain_data_command(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from vistune.data.annotations import format_skips
+    from vistune.datagen.pretrain import make_pretrain_data
+
+    try:
+        stats = make_pretrain_data(args.captions, args.out, seed=args.seed, filter=args.filter,
+                                   min_count=args.min_count, max_per_concept=args.max_per_concept)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    print(f"wrote {stats['pairs']} image-caption pairs from {stats['images']} images to {args.out}")
+    if args.filter == "concepts":
+        print(f"concept filter ({stats['extractor']} noun phrases): {stats['concepts_kept']} of "
+              f"{stats['concepts_total']} concepts seen >= {stats['min_count']} times "
+              f"({stats['concepts_capped']} capped at {stats['max_per_concept']}); "
+              f"{stats['captions_kept']} of {stats['captions_in']} pairs kept")
+    print(format_skips(Counter(stats["skipped"])))
+    return 0

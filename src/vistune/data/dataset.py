@@ -21,14 +21,15 @@ from vistune.conversation import (
     IMAGE_PLACEHOLDER,
     Message,
     Placement,
-    RenderError,
     Renderer,
+    RenderError,
     messages_from_llava,
     sample_rng,
     validate_messages,
 )
 from vistune.data.feature_cache import FeatureCache
 from vistune.data.image import ImageLoadError, ImageProcessor, load_image, read_image_bytes
+from vistune.errors import UserError
 from vistune.utils.io import read_json_or_jsonl
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ REASONS = {
 }
 
 
-class BadRecord(ValueError):
+class BadRecord(UserError, ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail or REASONS.get(reason, '')}")
         self.reason = reason
@@ -72,13 +73,21 @@ def record_messages(record: Any) -> list[Message]:
     body = [m for m in messages if m.role != "system"] if messages and messages[0].role == "system" else messages
     if not body:
         raise BadRecord("invalid_record", "no turns")
+    offset = len(messages) - len(body)  # a leading system turn
+    speakers = [t["from"] for t in record["conversations"]]
+
+    def name(role: str) -> str:  # the data's own word for a role, as `data check` reports it
+        return next((w for w, m in zip(speakers, messages) if m.role == role), {"user": "human"}.get(role, "gpt"))
+
     if body[0].role != "user":
-        raise BadRecord("first_not_human")
+        raise BadRecord("first_not_human", f"turn {offset} is from {speakers[offset]!r}, not {name('user')!r}")
     for i, m in enumerate(body):
-        if m.role != ("user" if i % 2 == 0 else "assistant"):
-            raise BadRecord("roles_not_alternating", f"turn {i} is {m.role!r}")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m.role != expected:
+            raise BadRecord("roles_not_alternating",
+                            f"turn {i + offset} is from {speakers[i + offset]!r}, expected {name(expected)!r}")
         if not m.content:
-            raise BadRecord("empty_turn", f"turn {i} ({m.role})")
+            raise BadRecord("empty_turn", f"turn {i + offset} (from {speakers[i + offset]!r})")
     if body[-1].role != "assistant":
         raise BadRecord("ends_with_human")
     placeholders = [m.content.count(IMAGE_PLACEHOLDER) for m in body]
@@ -86,6 +95,8 @@ def record_messages(record: Any) -> list[Message]:
     if any(IMAGE_PLACEHOLDER in m.content for m in body if m.role == "assistant"):
         raise BadRecord("image_not_in_first_turn", "<image> in an answer")
     has_image = record.get("image") not in (None, "")
+    if has_image and not isinstance(record["image"], str):
+        raise BadRecord("invalid_record", "'image' is not a string")
     if has_image and total == 0:
         raise BadRecord("no_image_placeholder")
     if total > 1:

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vistune.errors import UserError
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An image that is missing or cannot be decoded; `reason` is "missing_image" or "unreadable_image"."""
 
     def __init__(self, message: str, reason: str = "unreadable_image") -> None:
@@ -86,13 +88,24 @@ class ImageProcessor:
         self._mean = np.asarray(config.mean, dtype=np.float32)
         self._std = np.asarray(config.std, dtype=np.float32)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The geometric part of preprocessing: RGB, padded to square (if configured), resized and cropped to
+        crop_size x crop_size. When size == crop_size (every built-in tower) `fit(fit(x)) == fit(x)`, so a
+        caller may shrink an image early (the server does, to bound memory) without changing the pixels."""
         c = self.config
         image = image.convert("RGB")
         if c.pad_to_square:
             image = expand_to_square(image, tuple(int(m * 255) for m in c.mean))  # type: ignore[arg-type]
         image = self._resize_shortest_edge(image, c.size)
-        image = self._center_crop(image, c.crop_size)
+        return self._center_crop(image, c.crop_size)
+
+    @property
+    def fit_is_stable(self) -> bool:
+        """Whether `fit` is idempotent (size == crop_size)."""
+        return self.config.size == self.config.crop_size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = self.fit(image)
         x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
         x = (x - self._mean) / self._std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H, W)

@@ -7,17 +7,18 @@
 - `out/instances.json`            COCO instances: one category per (colour, shape) pair, named
                                   "red star" with supercategory "star"; boxes `[x, y, w, h]` px;
                                   polygon segmentation; area = polygon area
-- `out/bench.jsonl`               exact-answer questions `{id, image, question, answer, type}`
+- `out/bench.jsonl`               exact-answer questions `{id, image, question, answer, type}` in
+                                  held-out wording (templates the symbolic teacher never uses)
+- `out/bench_in_distribution.jsonl`  the same questions (ids, answers) in the teacher's wording
 
-Every question in the bench has exactly one correct one-word answer (see the rules in
-`bench_candidates`), ends with `SHORT_ANSWER_INSTRUCTION`, and answers are balanced within each
-type. The same seed gives byte-identical files; each image draws from its own generator seeded by
+Every question in the bench has exactly one correct one-word answer (the rules and both wordings
+live in `vistune.data.world`), ends with `SHORT_ANSWER_INSTRUCTION`, and answers are balanced within
+each type. The same seed gives byte-identical files; each image draws from its own generator seeded by
 `(seed, index)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import sys
@@ -27,24 +28,34 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vistune.data.world import (
+    COLOURS,
+    QUESTION_TYPES,
+    REL_MARGIN,
+    SHAPE_PLURALS,
+    SHAPES,
+    SHORT_ANSWER_INSTRUCTION,
+    Fact,
+    WorldObject,
+    article,
+    number_word,
+    question_facts,
+    region_phrase,
+    size_word,
+    with_instruction,
+    word_fact,
+)
+from vistune.data.world import (
+    cap as _cap,
+)
+from vistune.data.world import (
+    join as _join,
+)
 from vistune.utils.io import atomic_path, atomic_write_json, atomic_write_jsonl
 
+__all__ = ["SHORT_ANSWER_INSTRUCTION", "BENCH_TYPES", "render_world", "bench_candidates", "select_balanced"]
+
 # ----------------------------------------------------------------------------- vocabulary
-
-SHAPES = ("circle", "square", "triangle", "star", "hexagon", "heart", "cross", "diamond")
-SHAPE_PLURALS = {s: (s + "es" if s.endswith(("s", "x", "ch", "sh")) else s + "s") for s in SHAPES}
-
-#: Object colours: clearly distinct, named, all readable on the mid-tone backgrounds below.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 35),
-    "orange": (250, 135, 15),
-    "yellow": (250, 225, 25),
-    "green": (30, 165, 60),
-    "blue": (30, 75, 225),
-    "purple": (135, 45, 180),
-    "black": (20, 20, 20),
-    "white": (250, 250, 250),
-}
 
 #: Background colours: low saturation, mid luminance, so every object colour stands out.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
@@ -59,51 +70,12 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND_KINDS = ("plain", "gradient", "speckled", "mottled")
 
-#: The fixed instruction that ends every bench question (and the training short-answer turns).
-SHORT_ANSWER_INSTRUCTION = "Answer with a single word or number."
-
-BENCH_TYPES = ("colour", "shape", "count", "existence", "absolute_position", "relative_position")
-
-#: Absolute position questions ("left or right half?") are asked only when the object's centre is
-#: at least this far (fraction of the image side) from the midline.
-ABS_MARGIN = 0.10
-#: Relative position questions are asked only when the two centres differ by at least this much
-#: along the asked axis.
-REL_MARGIN = 0.15
-
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-                "eighteen", "nineteen", "twenty")
-
-
-def number_word(n: int) -> str:
-    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
-
-
-def article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def size_word(w: float, h: float) -> str:
-    """Size class from a normalised box's longest side."""
-    side = max(w, h)
-    return "small" if side < 0.2 else ("medium-sized" if side < 0.33 else "large")
-
-
-def region_words(cx: float, cy: float) -> str:
-    """3x3 region of a normalised centre: "top left", "top", "center", "bottom right", ..."""
-    v = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "")
-    h = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "")
-    return " ".join(p for p in (v, h) if p) or "center"
-
-
-def region_phrase(cx: float, cy: float) -> str:
-    r = region_words(cx, cy)
-    if r == "center":
-        return "in the center"
-    if " " in r:
-        return f"in the {r} corner"
-    return {"top": "at the top", "bottom": "at the bottom", "left": "on the left", "right": "on the right"}[r]
+#: The benchmark's question types (the world's short-answer question families).
+BENCH_TYPES = QUESTION_TYPES
+#: The benchmark in held-out wording (templates the teacher never uses): the primary measure.
+BENCH_FILE = "bench.jsonl"
+#: The same questions (same ids and answers) in the teacher's training wording.
+BENCH_IN_DISTRIBUTION_FILE = "bench_in_distribution.jsonl"
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -286,15 +258,6 @@ def _a(o: SceneObject) -> str:
     return f"{article(o.colour)} {_name(o)}"
 
 
-def _join(items: list[str]) -> str:
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
 
 def captions_for(objs: list[SceneObject], bg: str, size: int, rng: random.Random) -> list[str]:
     """Five or more captions, each from a different perspective, all true of the scene."""
@@ -366,95 +329,25 @@ def captions_for(objs: list[SceneObject], bg: str, size: int, rng: random.Random
 # ----------------------------------------------------------------------------- bench
 
 
-def _with_instruction(q: str) -> str:
-    return f"{q}\n{SHORT_ANSWER_INSTRUCTION}"
-
-
-def refer(objs: list[SceneObject], o: SceneObject) -> str | None:
-    """A unique referring phrase for `o` ("star" or "red star"), or None if it is not unique."""
-    if sum(p.shape == o.shape for p in objs) == 1:
-        return o.shape
-    if sum(p.shape == o.shape and p.colour == o.colour for p in objs) == 1:
-        return _name(o)
-    return None
-
-
-def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[tuple[str, str, str]]]:
-    """All definite (question, answer, form) triples per type for one scene.
-
-    Rules: colour of a shape only when exactly one object has that shape; shape of "the <colour>
-    object" only when exactly one object has that colour; counts of a shape, a colour, or all
-    objects (zero included); existence of a shape or a colour+shape (hard negatives: the shape
-    present in another colour); absolute left/right (top/bottom) only when the centre is at least
-    ABS_MARGIN from the midline; relative left/right (above/below) only when centres differ by
-    at least REL_MARGIN along that axis; objects are named by a unique referring phrase.
-    """
-    c: dict[str, list[tuple[str, str, str]]] = {t: [] for t in BENCH_TYPES}
-    for s in SHAPES:
-        same = [o for o in objs if o.shape == s]
-        if len(same) == 1:
-            c["colour"].append((_phrasing_for(["What color is the {x}?", "Which color is the {x}?"], s).format(x=s),
-                                same[0].colour, "colour"))
-    for col in COLOURS:
-        same = [o for o in objs if o.colour == col]
-        if len(same) == 1:
-            c["shape"].append((_phrasing_for(["What shape is the {x} object?", "What is the shape of the {x} object?"],
-                                        col).format(x=col), same[0].shape, "shape"))
-    c["count"].append(("How many shapes are there in the image?", str(len(objs)), "all"))
-    for s in SHAPES:
-        k = sum(o.shape == s for o in objs)
-        c["count"].append((f"How many {SHAPE_PLURALS[s]} are there?", str(k), "shape"))
-    for col in COLOURS:
-        k = sum(o.colour == col for o in objs)
-        c["count"].append((f"How many {col} shapes are in the image?", str(k), "colour"))
-    present = {(o.colour, o.shape) for o in objs}
-    shapes_present = {o.shape for o in objs}
-    for s in SHAPES:
-        c["existence"].append((f"Is there {article(s)} {s} in the image?", "yes" if s in shapes_present else "no",
-                               "shape"))
-        for col in COLOURS:
-            if (col, s) in present or s in shapes_present:  # the colour+shape query, or a hard negative
-                desc = f"{col} {s}"
-                c["existence"].append((f"Does the image contain {article(col)} {desc}?",
-                                       "yes" if (col, s) in present else "no", "colour_shape"))
-    for o in objs:
-        r = refer(objs, o)
-        if r is None:
-            continue
-        cx, cy = o.centre(size)
-        if abs(cx - 0.5) >= ABS_MARGIN:
-            c["absolute_position"].append((f"Is the {r} on the left or the right side of the image?",
-                                           "left" if cx < 0.5 else "right", "horizontal"))
-        if abs(cy - 0.5) >= ABS_MARGIN:
-            c["absolute_position"].append((f"Is the {r} in the top or the bottom half of the image?",
-                                           "top" if cy < 0.5 else "bottom", "vertical"))
-        for p in objs:
-            rp = refer(objs, p)
-            if p is o or rp is None:
-                continue
-            px, py = p.centre(size)
-            if abs(cx - px) >= REL_MARGIN:
-                c["relative_position"].append((f"Is the {r} to the left or to the right of the {rp}?",
-                                               "left" if cx < px else "right", "horizontal"))
-            if abs(cy - py) >= REL_MARGIN:
-                c["relative_position"].append((f"Is the {r} above or below the {rp}?",
-                                               "above" if cy < py else "below", "vertical"))
+def bench_candidates(objs: list[SceneObject], size: int) -> dict[str, list[Fact]]:
+    """Every definite short-answer question per type for one scene (the rules are the world's:
+    `vistune.data.world.question_facts`, over all shapes and colours)."""
+    placed = [WorldObject(o.colour, o.shape, *o.centre(size)) for o in objs]
+    c: dict[str, list[Fact]] = {t: [] for t in BENCH_TYPES}
+    for f in question_facts(placed, SHAPES, list(COLOURS)):
+        if f.family in c:
+            c[f.family].append(f)
     return c
 
 
-def _phrasing_for(options: list[str], key: str) -> str:
-    """Pick a phrasing deterministically from a key (keeps candidate lists order-stable)."""
-    return options[sum(map(ord, key)) % len(options)]
-
-
-def select_balanced(cands_per_image: list[tuple[str, dict[str, list[tuple[str, str, str]]]]], seed: int
-                    ) -> list[dict]:
+def select_balanced(cands_per_image: list[tuple[str, dict[str, list[Fact]]]], seed: int) -> list[dict]:
     """One question per type per image, keeping answers close to uniform both within each type
     and within each question form (count all / a shape / a colour, left-right / top-bottom, ...),
     so that neither the type nor the wording predicts the answer.
 
     Among the (form, answer) pairs the image allows, take the one with the smallest
-    `uses of the answer in the type + uses of the answer in that form` (random among ties)."""
+    `uses of the answer in the type + uses of the answer in that form` (random among ties).
+    Each question is written in both wordings: `question` (held-out) and `question_teacher`."""
     rng = random.Random(f"bench:{seed}")
     by_type: dict[str, dict[str, int]] = {t: {} for t in BENCH_TYPES}
     by_form: dict[tuple[str, str], dict[str, int]] = {}
@@ -462,19 +355,21 @@ def select_balanced(cands_per_image: list[tuple[str, dict[str, list[tuple[str, s
     for image, cands in cands_per_image:
         stem = Path(image).stem
         for t in BENCH_TYPES:
-            triples = cands[t]
-            if not triples:
+            facts = cands[t]
+            if not facts:
                 continue
-            options = sorted({(f, a) for _, a, f in triples})
+            options = sorted({(f.form, f.answer) for f in facts})
             cost = {(f, a): by_type[t].get(a, 0) + by_form.get((t, f), {}).get(a, 0) for f, a in options}
             low = min(cost.values())
             form, answer = rng.choice([o for o in options if cost[o] == low])
-            question = rng.choice(sorted(q for q, a, f in triples if a == answer and f == form))
+            fact = rng.choice(sorted((f for f in facts if f.answer == answer and f.form == form),
+                                     key=lambda f: f.key))
             by_type[t][answer] = by_type[t].get(answer, 0) + 1
             fc = by_form.setdefault((t, form), {})
             fc[answer] = fc.get(answer, 0) + 1
-            out.append({"id": f"{stem}-{t}", "image": image, "question": _with_instruction(question),
-                        "answer": answer, "type": t})
+            out.append({"id": f"{stem}-{t}", "image": image, "question": with_instruction(word_fact(fact, "heldout")),
+                        "answer": answer, "type": t,
+                        "question_teacher": with_instruction(word_fact(fact, "teacher"))})
     return out
 
 
@@ -540,25 +435,8 @@ def render_world(out: str | Path, n_images: int, seed: int = 0, min_objects: int
     atomic_write_json(out / "instances.json", {"info": info, "licenses": licenses, "images": images,
                                                "annotations": inst_anns, "categories": categories})
     bench = select_balanced(bench_in, seed)
-    atomic_write_jsonl(out / "bench.jsonl", bench)
+    atomic_write_jsonl(out / BENCH_FILE, [{k: v for k, v in q.items() if k != "question_teacher"} for q in bench])
+    atomic_write_jsonl(out / BENCH_IN_DISTRIBUTION_FILE,
+                       [{**{k: v for k, v in q.items() if k != "question_teacher"}, "question": q["question_teacher"]}
+                        for q in bench])
     return {"images": len(images), "captions": len(cap_anns), "instances": len(inst_anns), "bench": len(bench)}
-
-
-def synth_command(args: argparse.Namespace) -> int:
-    kw = {}
-    for flag in ("min_objects", "max_objects", "min_object_size", "max_object_size"):
-        if getattr(args, flag, None) is not None:
-            kw[flag] = getattr(args, flag)
-    if getattr(args, "size", None) is not None:
-        kw["image_size"] = args.size
-    try:
-        summary = render_world(args.out, args.images, args.seed, **kw)
-    except ValueError as e:
-        print(f"vistune synth: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"vistune synth: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {summary['images']} images, {summary['captions']} captions, {summary['instances']} boxes, "
-          f"{summary['bench']} bench questions to {args.out}")
-    return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Callable, Iterable
+from typing import Iterable
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_md", "en_core_web_lg", "en_core_web_trf")
 
@@ -153,6 +153,3 @@ def noun_phrases_many(texts: list[str], use_spacy: bool | None = None) -> list[s
     if nlp is not None:
         return _spacy_phrases(nlp.pipe(texts, batch_size=256))
     return [simple_noun_phrases(t) for t in texts]
-
-
-Extractor = Callable[[list[str]], list[set[str]]]

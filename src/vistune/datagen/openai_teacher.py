@@ -15,40 +15,31 @@ input, 3 stopped early (401/403, or too many consecutive failures).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import json
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import yaml
 
-from vistune.datagen.context import (
+from vistune.data.annotations import (
+    ContextSource,
     ImageContext,
     format_context,
     format_skips,
-    load_image_contexts,
+    load_contexts,
     make_record,
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
-from vistune.datagen.teacher_client import (
-    AuthError,
-    MalformedResponse,
-    RequestFailed,
-    RetryPolicy,
-    TeacherClient,
-)
-
-try:  # POSIX advisory lock; elsewhere runs are simply not protected against each other.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from vistune.errors import UserError
+from vistune.llm_client import AuthError, ChatClient, MalformedResponse, RequestFailed, RetryPolicy
+from vistune.utils.io import repair_jsonl_tail
+from vistune.utils.jsonl import JsonlAppender as _JsonlAppender
+from vistune.utils.jsonl import read_done_ids
 
 BUILTIN_PROMPTS = Path(__file__).parent / "prompts"
 DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "single"
@@ -56,7 +47,7 @@ DEFAULT_OUTPUT = {"conversation": "conversation"}  # other types default to "sin
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad flags or input files; reported without a traceback (exit code 2)."""
 
 
@@ -129,6 +120,9 @@ def parse_prompt_spec(type_: str, data: Any, path: Path) -> PromptSpec:
         raise UsageError(f"{path}: `questions` must be a list of non-empty strings")
     if output == "single" and not questions:
         raise UsageError(f"{path}: a single-answer type needs a `questions` pool")
+    if output != "single" and questions:
+        raise UsageError(f"{path}: `questions` is a pool for `output: single`; with `output: {output}` the teacher "
+                         "writes the questions itself")
     system = _str_field(data, "system", path)
     return PromptSpec(type_, system, examples, [q.strip() for q in questions], output, path)
 
@@ -169,7 +163,7 @@ def pick_question(spec: PromptSpec, image: str, seed: int) -> str | None:
     return random.Random(f"{seed}\0{image}\0{spec.type}").choice(spec.questions)
 
 
-def record_id(image: str, type_: str) -> str:
+def teacher_record_id(image: str, type_: str) -> str:
     return f"{image}#{type_}"
 
 
@@ -177,94 +171,10 @@ def record_id(image: str, type_: str) -> str:
 # The output file: append-only JSONL, one write per record, resumable
 
 
-def _last_line_start(f: IO[bytes], end: int) -> int:
-    """Offset just after the last b"\\n" before `end` (0 when there is none)."""
-    pos = end
-    while pos > 0:
-        step = min(65536, pos)
-        f.seek(pos - step)
-        chunk = f.read(step)
-        idx = chunk.rfind(b"\n")
-        if idx >= 0:
-            return pos - step + idx + 1
-        pos -= step
-    return 0
+class JsonlAppender(_JsonlAppender):
+    """The output file's appender; a second writer is a usage error."""
 
-
-def repair_tail(path: str | Path) -> int:
-    """Cut a torn last line (no trailing newline, or not a JSON object); return bytes removed."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        f.seek(size - 1)
-        end = size if f.read(1) == b"\n" else _last_line_start(f, size)
-        if end == size:  # the last line is complete; check that it parses
-            start = _last_line_start(f, size - 1)
-            f.seek(start)
-            if _parse_line(f.read(size - start)) is None:
-                end = start
-        if end < size:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - end
-
-
-def _parse_line(line: bytes) -> dict | None:
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def read_done_ids(path: str | Path) -> tuple[set[str], int]:
-    """Ids of the records already written, and the number of unreadable lines (left in place)."""
-    done: set[str] = set()
-    bad = 0
-    if not Path(path).exists():
-        return done, bad
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            obj = _parse_line(line)
-            if obj is None or not isinstance(obj.get("id"), str):
-                bad += 1
-            else:
-                done.add(obj["id"])
-    return done, bad
-
-
-class JsonlAppender:
-    """Append whole lines with one `write()` each; `durable` adds an fsync per line."""
-
-    def __init__(self, path: str | Path, durable: bool = True, lock: bool = False) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.durable = durable
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if lock and fcntl is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise UsageError(f"{self.path} is being written by another run") from None
-
-    def write(self, obj: dict) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self.fd, data)
-        while written < len(data):  # only on a short write (disk full, signals); rare for files
-            written += os.write(self.fd, data[written:])
-        if self.durable:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
+    locked_error = UsageError
 
 
 def rejects_path(out: str | Path) -> Path:
@@ -293,76 +203,28 @@ class Settings:
     price_out: float | None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if not self.model:
+            raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
+        if not self.types:
+            raise UsageError("--types names no type")
+        for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
+            _positive(name, getattr(self, name))
+        _positive("reject_retries", self.reject_retries, allow_zero=True)
+        _positive("max_retries", self.retry.max_retries, allow_zero=True)
+        _positive("retry_base_delay", self.retry.base_delay, allow_zero=True)
+        _positive("retry_max_delay", self.retry.max_delay, allow_zero=True)
+
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def parse_types(text: str) -> list[str]:
-    types = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not types:
-        raise UsageError("--types names no type")
-    return types
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    if not args.base_url:
-        raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-    if not args.model:
-        raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
-    for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    for name in ("max_retries", "reject_retries", "retry_base_delay", "retry_max_delay"):
-        _positive(name.replace("_", "-"), getattr(args, name), allow_zero=True)
-    env = getattr(args, "api_key_env", None)
-    return Settings(
-        base_url=args.base_url,
-        model=args.model,
-        api_key=os.environ.get(env) if env else None,
-        types=parse_types(args.types),
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        retry=RetryPolicy(args.max_retries, args.retry_base_delay, args.retry_max_delay),
-        reject_retries=args.reject_retries,
-        max_consecutive_failures=args.max_consecutive_failures,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        price_in=args.price_in,
-        price_out=args.price_out,
-        progress=not getattr(args, "no_progress", False),
-    )
-
-
-def load_contexts(args: argparse.Namespace) -> tuple[list[ImageContext], collections.Counter]:
-    """Contexts from `--input` JSONL or `--captions` (+ `--instances`), unique images, `--limit`."""
-    if args.input and (args.captions or args.instances):
-        raise UsageError("give either --input or --captions/--instances, not both")
-    if not args.input and not args.captions:
-        raise UsageError("--teacher openai needs --input JSONL or --captions (and --instances)")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    try:
-        contexts, skips = load_image_contexts(args.input, args.captions, args.instances)
-    except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    unique: dict[str, ImageContext] = {}
-    for ctx in contexts:
-        if ctx.image in unique:
-            skips["duplicate_image"] += 1
-        else:
-            unique[ctx.image] = ctx
-    contexts = list(unique.values())
-    if args.limit is not None:
-        contexts = contexts[: args.limit]
-    if not contexts:
-        raise UsageError(f"no usable images in the input ({format_skips(skips)})")
-    return contexts, skips
+        raise UsageError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
 @dataclass
-class Job:
+class TeacherJob:
     id: str
     image: str
     type: str
@@ -372,17 +234,17 @@ class Job:
 
 def plan_jobs(
     contexts: list[ImageContext], specs: dict[str, PromptSpec], seed: int, done: set[str]
-) -> list[Job]:
+) -> list[TeacherJob]:
     """One job per (image, type) not yet in the output, image-major order."""
     jobs = []
     for ctx in contexts:
         text = format_context(ctx)
         for type_, spec in specs.items():
-            rid = record_id(ctx.image, type_)
+            rid = teacher_record_id(ctx.image, type_)
             if rid in done:
                 continue
             question = pick_question(spec, ctx.image, seed)
-            jobs.append(Job(rid, ctx.image, type_, question, build_messages(spec, text, question)))
+            jobs.append(TeacherJob(rid, ctx.image, type_, question, build_messages(spec, text, question)))
     return jobs
 
 
@@ -418,7 +280,7 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-class Generator:
+class TeacherRun:
     """Runs the jobs with `concurrency` requests in flight and writes what passes validation."""
 
     def __init__(
@@ -437,13 +299,13 @@ class Generator:
         self.stats = stats
         self.on_progress = on_progress
 
-    async def run(self, jobs: list[Job]) -> None:
+    async def run(self, jobs: list[TeacherJob]) -> None:
         s = self.settings
-        client = TeacherClient(
+        client = ChatClient(
             s.base_url, s.model, s.api_key, timeout=s.timeout, retry=s.retry, max_connections=s.concurrency,
             temperature=s.temperature, max_tokens=s.max_tokens,
         )
-        queue: collections.deque[Job] = collections.deque(jobs)
+        queue: collections.deque[TeacherJob] = collections.deque(jobs)
         try:
             await _run_workers(s.concurrency, lambda: self._worker(client, queue))
         except StopRun:
@@ -454,7 +316,7 @@ class Generator:
             self.stats.retries = client.stats.retries
             self.stats.errors = dict(client.stats.errors)
 
-    async def _worker(self, client: TeacherClient, queue: collections.deque[Job]) -> None:
+    async def _worker(self, client: ChatClient, queue: collections.deque[TeacherJob]) -> None:
         while queue:
             job = queue.popleft()
             record = await self._attempt_job(client, job)
@@ -464,7 +326,7 @@ class Generator:
                 self.stats.consecutive_failures = 0
             self.on_progress(self.stats)
 
-    async def _attempt_job(self, client: TeacherClient, job: Job) -> dict | None:
+    async def _attempt_job(self, client: ChatClient, job: TeacherJob) -> dict | None:
         """Ask up to 1 + reject_retries times; a record, or None after counting the failure."""
         spec = self.specs[job.type]
         for _ in range(1 + self.settings.reject_retries):
@@ -488,7 +350,7 @@ class Generator:
             return make_record(job.id, job.image, turns, job.type, self.settings.model)
         return self._fail(job, "rejected", f"{1 + self.settings.reject_retries} outputs rejected")
 
-    def _reject(self, job: Job, rejected: Rejected, raw: str | None) -> None:
+    def _reject(self, job: TeacherJob, rejected: Rejected, raw: str | None) -> None:
         self.stats.rejected[rejected.reason] += 1
         self.rejects.write(
             {"id": job.id, "image": job.image, "type": job.type, "reason": rejected.reason,
@@ -496,7 +358,7 @@ class Generator:
         )
         _say(f"rejected {job.id}: {rejected}")
 
-    def _fail(self, job: Job, kind: str, message: str) -> None:
+    def _fail(self, job: TeacherJob, kind: str, message: str) -> None:
         """Count a failed pair; raise `StopRun` when too many failed in a row."""
         self.stats.failed += 1
         self.stats.failures[kind] += 1
@@ -559,32 +421,33 @@ def _progress_bar(stats: RunStats, enabled: bool) -> tuple[Any, Callable[[RunSta
     return bar, update
 
 
-def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
-    """The whole command; returns (exit code, stats). Raises `UsageError` on bad input."""
-    settings = settings_from_args(args)
-    specs = load_prompts(settings.types, args.prompts)
-    contexts, skips = load_contexts(args)
+def generate_openai(settings: Settings, source: ContextSource, out: str | Path,
+                    prompts_dir: str | Path | None = None) -> tuple[int, RunStats]:
+    """`vistune generate --teacher openai`: ask the teacher for every (image, type) pair not yet in `out`
+    (append-only JSONL, resumable). Returns (exit code, stats); raises `UsageError` on bad input."""
+    specs = load_prompts(settings.types, prompts_dir)
+    contexts, skips = load_contexts(source)
     print(f"contexts: {len(contexts)} images; {format_skips(skips)}", file=sys.stderr)
-    cut = repair_tail(args.out)
+    cut = repair_jsonl_tail(out)
     if cut:
-        print(f"{args.out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
-    out = JsonlAppender(args.out, durable=True, lock=True)
+        print(f"{out}: removed a torn last line ({cut} bytes)", file=sys.stderr)
+    writer = JsonlAppender(out, durable=True, lock=True)
     try:
-        done, bad = read_done_ids(args.out)
+        done, bad = read_done_ids(out)
         if bad:
-            print(f"{args.out}: {bad} unreadable lines left in place", file=sys.stderr)
+            print(f"{out}: {bad} unreadable lines left in place", file=sys.stderr)
         jobs = plan_jobs(contexts, specs, settings.seed, done)
         stats = RunStats(total=len(contexts) * len(specs))
         stats.skipped = stats.total - len(jobs)
-        rejects = JsonlAppender(rejects_path(args.out), durable=False)
+        rejects = JsonlAppender(rejects_path(out), durable=False)
         bar, update = _progress_bar(stats, settings.progress)
         try:
-            asyncio.run(Generator(settings, specs, out, rejects, stats, update).run(jobs))
+            asyncio.run(TeacherRun(settings, specs, writer, rejects, stats, update).run(jobs))
         finally:
             bar.close()
             rejects.close()
     finally:
-        out.close()
+        writer.close()
     print("\n".join(summary_lines(stats, settings)))
     if stats.stop_reason:
         print(f"stopped: {stats.stop_reason}", file=sys.stderr)
@@ -593,13 +456,3 @@ def run_generate(args: argparse.Namespace) -> tuple[int, RunStats]:
         print("some pairs are missing; re-run the same command to retry them", file=sys.stderr)
         return EXIT_INCOMPLETE, stats
     return EXIT_OK, stats
-
-
-def generate_command_openai(args: argparse.Namespace) -> int:
-    """Entry point for `vistune generate --teacher openai` (see `vistune.cli`)."""
-    try:
-        code, _ = run_generate(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return code

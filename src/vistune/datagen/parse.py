@@ -1,12 +1,14 @@
 """Parse and validate what a teacher LLM wrote; reject anything that would make a bad record.
 
-Two output shapes exist:
+Three output shapes exist:
 
 - `conversation`: `Question:` / `Answer:` blocks, exchanges separated by lines of `===`. A label
   may be followed by its text on the same line or on the next lines (both layouts occur in
   practice). The result is alternating human/gpt turns, `<image>` in the first human turn.
-- `single`: one free-text answer (detail description, complex reasoning), paired by the caller
-  with a question drawn from that type's pool.
+- `single`: one free-text answer (detail description), paired by the caller with a question drawn
+  from that type's pool.
+- `qa_pair`: one `Question:` block and one `Answer:` block that the teacher wrote together (complex
+  reasoning, as in the paper); a reply without both is rejected.
 
 Every failure raises `Rejected(reason, detail)`; `reason` is a short stable token that the
 generator counts (`empty`, `truncated`, `no_pairs`, ...), so a run's summary says why outputs
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 IMAGE_TOKEN = "<image>"
 
 #: Output shapes a prompt file may ask for.
-OUTPUT_KINDS = ("conversation", "single")
+OUTPUT_KINDS = ("conversation", "single", "qa_pair")
 
 _SEPARATOR = re.compile(r"^\s*={3,}\s*$")
 _LABEL = re.compile(r"^\s*(?:\*\*|__)?(question|answer)\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*(.*)$", re.IGNORECASE)
@@ -131,7 +133,18 @@ def parse_single(text: str) -> str:
     return answer
 
 
-def single_turns(question: str, answer: str) -> list[dict]:
+def parse_qa_pair(text: str) -> Exchange:
+    """Exactly one question the teacher wrote and its answer; a reply without both (or with several) is rejected."""
+    exchanges = parse_exchanges(text)
+    if len(exchanges) != 1:
+        raise Rejected("several_pairs", f"{len(exchanges)} Question:/Answer: pairs where one was asked for")
+    (exchange,) = exchanges
+    if len(_WORD.findall(exchange.answer)) < MIN_SINGLE_WORDS:
+        raise Rejected("too_short", f"fewer than {MIN_SINGLE_WORDS} words: {exchange.answer[:80]!r}")
+    return exchange
+
+
+def one_turn_conversation(question: str, answer: str) -> list[dict]:
     return [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"}, {"from": "gpt", "value": answer}]
 
 
@@ -143,5 +156,8 @@ def parse_output(kind: str, text: str | None, finish_reason: str | None, questio
     if kind == "single":
         if question is None:
             raise ValueError("a single-answer type needs a question from its pool")
-        return single_turns(question, parse_single(clean))
+        return one_turn_conversation(question, parse_single(clean))
+    if kind == "qa_pair":
+        exchange = parse_qa_pair(clean)
+        return one_turn_conversation(exchange.question, exchange.answer)
     raise ValueError(f"unknown output kind {kind!r}; expected one of {OUTPUT_KINDS}")

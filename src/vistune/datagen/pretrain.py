@@ -24,14 +24,13 @@ bounds how many captions each phrase contributes, as in the paper.
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vistune.utils.io import atomic_write_json, read_json_or_jsonl
+from vistune.data.annotations import load_caption_sets
+from vistune.utils.io import atomic_write_json
 
 BRIEF_INSTRUCTIONS = (
     "Describe the image briefly.",
@@ -46,37 +45,6 @@ BRIEF_INSTRUCTIONS = (
     "Offer a short summary of the image.",
     "Briefly say what the picture contains.",
 )
-
-
-def load_caption_sets(path: str | Path) -> tuple[list[tuple[str, list[str]]], Counter]:
-    """(image, captions) per image in first-seen order, plus skip counts."""
-    skips: Counter = Counter()
-    text_start = Path(path).read_text(encoding="utf-8").lstrip()[:1]
-    if text_start == "{":
-        try:
-            import json
-
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and "images" in data and "annotations" in data:
-            from vistune.datagen.context import load_coco
-
-            contexts, skips = load_coco(path)
-            return [(c.image, c.captions) for c in contexts if c.captions], skips
-    groups: dict[str, list[str]] = defaultdict(list)
-    for rec in read_json_or_jsonl(path):
-        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) or not rec["image"]:
-            skips["record_malformed"] += 1
-            continue
-        caps = rec.get("captions", rec.get("caption"))
-        caps = [caps] if isinstance(caps, str) else (caps if isinstance(caps, list) else [])
-        good = [" ".join(c.split()) for c in caps if isinstance(c, str) and c.strip()]
-        if not good:
-            skips["caption_malformed"] += 1
-            continue
-        groups[rec["image"]].extend(good)
-    return list(groups.items()), skips
 
 
 def choose_pairs(caption_sets: Sequence[tuple[str, list[str]]], seed: int = 0) -> list[tuple[str, str]]:
@@ -155,23 +123,3 @@ def make_pretrain_data(captions_path: str | Path, out: str | Path, seed: int = 0
     atomic_write_json(out, records)
     stats["pairs"] = len(records)
     return stats
-
-
-def pretrain_data_command(args: argparse.Namespace) -> int:
-    from vistune.datagen.context import format_skips
-
-    try:
-        stats = make_pretrain_data(args.captions, args.out, seed=args.seed, filter=args.filter,
-                                   min_count=getattr(args, "min_count", 3),
-                                   max_per_concept=getattr(args, "max_per_concept", 100))
-    except (OSError, ValueError) as e:
-        print(f"vistune pretrain-data: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {stats['pairs']} image-caption pairs from {stats['images']} images to {args.out}")
-    if args.filter == "concepts":
-        print(f"concept filter ({stats['extractor']} noun phrases): {stats['concepts_kept']} of "
-              f"{stats['concepts_total']} concepts seen >= {stats['min_count']} times "
-              f"({stats['concepts_capped']} capped at {stats['max_per_concept']}); "
-              f"{stats['captions_kept']} of {stats['captions_in']} pairs kept")
-    print(format_skips(Counter(stats["skipped"])))
-    return 0

@@ -17,14 +17,12 @@ earlier turns named).
 
 Labels of the form "<colour> <kind>" (the synthetic world's categories, e.g. "red star") give an
 object a colour; other labels ("person") have no colour, and colour questions are not asked
-about them. Position rules match the benchmark's: absolute left/right (top/bottom) only when the
-box centre is at least `ABS_MARGIN` from the midline, relative ones only when centres differ by
-at least `REL_MARGIN`; an object is named only by a phrase that picks it out uniquely.
+about them. Which questions have a definite answer, and the teacher's wording of them, are the
+world's rules (`vistune.data.world`), shared with the benchmark (which asks them in held-out wording).
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 from collections import Counter
@@ -32,49 +30,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from vistune.data.synth import (
-    ABS_MARGIN,
+from vistune.data.annotations import ImageContext, make_record
+from vistune.data.world import (
     COLOURS,
+    FAMILIES,
+    QUESTION_TYPES,
     REL_MARGIN,
     SHAPES,
     SHORT_ANSWER_INSTRUCTION,
-    article,
+    TEACHER_WORDING,
+    Fact,
+    cap,
+    count_phrase,
+    join,
+    name_of,
     number_word,
+    parse_label,
+    plural,
+    question_facts,
+    refer,
     region_phrase,
     size_word,
+    with_article,
 )
-from vistune.datagen.context import ImageContext, make_record
+from vistune.errors import UserError
+from vistune.utils.io import atomic_write_json
 
 TYPES = ("conversation", "detail", "complex", "short")
 PAPER_TYPES = TYPES[:3]
-SHORT_FAMILIES = ("colour", "shape", "count", "existence", "absolute_position", "relative_position")
+SHORT_FAMILIES = QUESTION_TYPES
 TEACHER = "symbolic"
 
-_IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
-              "sheep": "sheep", "skis": "skis", "scissors": "scissors", "glasses": "glasses", "fish": "fish",
-              "knife": "knives", "shelf": "shelves", "leaf": "leaves", "foot": "feet", "tooth": "teeth"}
-
-
-def plural(noun: str) -> str:
-    """Simple English plural of the last word of `noun`."""
-    head, _, last = noun.rpartition(" ")
-    if last in _IRREGULAR:
-        p = _IRREGULAR[last]
-    elif last.endswith(("s", "x", "z", "ch", "sh")):
-        p = last + "es"
-    elif last.endswith("y") and last[-2:-1] not in ("a", "e", "i", "o", "u"):
-        p = last[:-1] + "ies"
-    else:
-        p = last + "s"
-    return f"{head} {p}" if head else p
-
-
-def parse_label(label: str) -> tuple[str | None, str]:
-    """"red star" -> ("red", "star"); "person" -> (None, "person")."""
-    words = label.strip().split()
-    if len(words) >= 2 and words[0].lower() in COLOURS:
-        return words[0].lower(), " ".join(words[1:])
-    return None, label.strip()
+# Short local names for the world's phrasing helpers, used throughout the generators below.
+_a, _join, _cap, _count_phrase = with_article, join, cap, count_phrase
 
 
 @dataclass
@@ -105,26 +93,7 @@ class Obj:
 
     @property
     def name(self) -> str:
-        return f"{self.colour} {self.kind}" if self.colour else self.kind
-
-
-def _a(phrase: str) -> str:
-    return f"{article(phrase)} {phrase}"
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _count_phrase(n: int, singular: str) -> str:
-    return f"{number_word(n)} {singular if n == 1 else plural(singular)}"
+        return name_of(self)
 
 
 class Scene:
@@ -147,11 +116,7 @@ class Scene:
 
     def refer(self, o: Obj) -> str | None:
         """A phrase that picks out `o` alone: its kind, else colour + kind, else None."""
-        if self.count_kind(o.kind) == 1:
-            return o.kind
-        if o.colour and sum(p.kind == o.kind and p.colour == o.colour for p in self.objs) == 1:
-            return o.name
-        return None
+        return refer(self.objs, o)
 
     def mentions(self, text: str) -> set[str]:
         """The vocabulary's colours and kinds (singular or plural) that `text` names."""
@@ -188,62 +153,16 @@ class QA:
     short: str | None  # one word/number, or None if no short form exists
 
 
-def _pick(rng: random.Random, pool: Sequence[str], **kw: str) -> str:
-    return rng.choice(pool).format(**kw)
-
-
-P_COLOUR = ["What color is the {r}?", "What is the color of the {r}?", "Which color does the {r} have?",
-            "Can you tell me the color of the {r}?", "What colour is the {r}?"]
-P_SHAPE = ["What shape is the {c} {n}?", "Which shape is {c}?", "What kind of shape is the {c} one?",
-           "What is the {c} {n}?", "Which {n} is {c}?"]
-P_OBJECT_KIND = ["What is the {c} object?", "What kind of object is {c}?"]
-P_COUNT_KIND = ["How many {pl} are there?", "How many {pl} can you see?", "How many {pl} are in the picture?",
-                "Count the {pl} in the image.", "What is the number of {pl} in the image?"]
-P_COUNT_COLOUR = ["How many {c} {npl} are there?", "How many {c} {npl} can you see?", "How many {npl} are {c}?",
-                  "Count the {c} {npl}."]
-P_COUNT_ALL = ["How many {npl} are there in total?", "How many {npl} can you see in the image?",
-               "How many {npl} does the image contain?", "What is the total number of {npl}?"]
-P_EXIST_KIND = ["Is there {a} in the image?", "Can you see {a}?", "Does the picture show {a}?",
-                "Is {a} present in the image?"]
-P_EXIST_COLOUR = ["Is there {a} in the picture?", "Does the image contain {a}?", "Can you spot {a}?",
-                  "Is there {a} anywhere in the image?"]
-P_ABS_LR = ["Is the {r} on the left or the right side of the image?", "Is the {r} on the left or on the right?",
-            "Which side of the image is the {r} on, left or right?", "Is the {r} located on the left or the right?"]
-P_ABS_TB = ["Is the {r} in the top or the bottom half of the image?", "Is the {r} near the top or the bottom?",
-            "Is the {r} located at the top or at the bottom of the image?",
-            "Which half of the image is the {r} in, top or bottom?"]
-P_REL_LR = ["Is the {r} to the left or to the right of the {r2}?", "Is the {r} left or right of the {r2}?",
-            "Relative to the {r2}, is the {r} on the left or on the right?"]
-P_REL_AB = ["Is the {r} above or below the {r2}?", "Is the {r} located above or below the {r2}?",
-            "Relative to the {r2}, is the {r} above or below?"]
-P_WHERE = ["Where is the {r}?", "Where is the {r} located in the image?", "In which part of the image is the {r}?"]
-P_LIST = ["What {npl} can you see in the image?", "Which {npl} are in the picture?", "What does the image show?",
-          "List the {npl} in the image."]
-
-
-def _near_threshold(v: float, margin: float = 0.05) -> bool:
-    return any(abs(v - t) < margin for t in (1 / 3, 2 / 3))
-
-
-def conversation_items(s: Scene, rng: random.Random) -> dict[str, list[QA]]:
-    """Every definite question this scene supports, grouped by family."""
-    items: dict[str, list[QA]] = {k: [] for k in ("colour", "shape", "count", "existence", "absolute_position",
-                                                  "relative_position", "where", "list")}
+def _long_answer(s: Scene, f: Fact) -> str:
+    """The full-sentence answer to a fact's question."""
+    sl = f.slots
     n, npl = s.noun, plural(s.noun)
-    for o in s.objs:
-        r = s.refer(o)
-        if r is not None and o.colour and r == o.kind:
-            items["colour"].append(QA("colour", _pick(rng, P_COLOUR, r=r), f"The {r} is {o.colour}.", o.colour))
-    for c in s.colours_vocab:
-        same = [o for o in s.objs if o.colour == c]
-        if len(same) == 1:
-            k = same[0].kind
-            q = _pick(rng, P_SHAPE if s.noun == "shape" else P_OBJECT_KIND, c=c, n=n)
-            short = k if " " not in k else None
-            items["shape"].append(QA("shape", q, f"The {c} {n} is {_a(k)}.", short))
-    # counts: by kind (present or absent), by colour, all
-    for k in s.kinds_vocab:
-        m = s.count_kind(k)
+    if f.family == "colour":
+        return f"The {sl['r']} is {f.subject.colour}."
+    if f.family == "shape":
+        return f"The {sl['c']} {n} is {_a(sl['k'])}."
+    if f.family == "count" and f.form == "kind":
+        k, m = sl["k"], int(f.answer)
         cols = Counter(o.colour for o in s.objs if o.kind == k)
         if m == 0:
             long = f"There are no {plural(k)} in the image."
@@ -253,70 +172,48 @@ def conversation_items(s: Scene, rng: random.Random) -> dict[str, list[QA]]:
         else:
             parts = _join([f"{number_word(v)} {c}" for c, v in cols.items()])
             long = f"There are {_count_phrase(m, k)}: {parts}."
-        items["count"].append(QA("count", _pick(rng, P_COUNT_KIND, pl=plural(k)), _cap(long), str(m)))
-    if s.coloured:
-        for c in s.colours_vocab:
-            m = s.count_colour(c)
-            long = (f"There are no {c} {npl}." if m == 0 else
-                    f"There {'is' if m == 1 else 'are'} {_count_phrase(m, f'{c} {n}')}.")
-            items["count"].append(QA("count", _pick(rng, P_COUNT_COLOUR, c=c, npl=npl), long, str(m)))
-    if s.objs:
+        return _cap(long)
+    if f.family == "count" and f.form == "colour":
+        c, m = sl["c"], int(f.answer)
+        return (f"There are no {c} {npl}." if m == 0 else
+                f"There {'is' if m == 1 else 'are'} {_count_phrase(m, f'{c} {n}')}.")
+    if f.family == "count":
         total = len(s.objs)
-        items["count"].append(QA("count", _pick(rng, P_COUNT_ALL, npl=npl),
-                                 f"There {'is' if total == 1 else 'are'} {_count_phrase(total, n)} in total: "
-                                 f"{_join(s.groups())}.", str(total)))
-    # existence: a kind, or colour + kind (a hard negative when the kind is there in another colour)
-    present_kinds = {o.kind for o in s.objs}
-    for k in s.kinds_vocab:
-        if k in present_kinds:
-            long = f"Yes, there {'is' if s.count_kind(k) == 1 else 'are'} {_count_phrase(s.count_kind(k), k)} in the image."
-            items["existence"].append(QA("existence", _pick(rng, P_EXIST_KIND, a=_a(k)), long, "yes"))
-        else:
-            items["existence"].append(QA("existence", _pick(rng, P_EXIST_KIND, a=_a(k)),
-                                         f"No, there is no {k} in the image.", "no"))
-        if s.coloured and k in present_kinds:
-            have = sorted({o.colour for o in s.objs if o.kind == k})
-            for c in s.colours_vocab:
-                q = _pick(rng, P_EXIST_COLOUR, a=_a(f"{c} {k}"))
-                if c in have:
-                    items["existence"].append(QA("existence", q, f"Yes, there is {_a(f'{c} {k}')} in the image.", "yes"))
-                else:
-                    other = _join(have)
-                    its = "it is" if s.count_kind(k) == 1 else "they are"
-                    items["existence"].append(QA(
-                        "existence", q, f"No. There is {'a' if s.count_kind(k) == 1 else 'more than one'} {k}, "
-                        f"but {its} {other}, not {c}.", "no"))
-    # positions
-    for o in s.objs:
-        r = s.refer(o)
-        if r is None:
-            continue
-        if abs(o.cx - 0.5) >= ABS_MARGIN:
-            side = "left" if o.cx < 0.5 else "right"
-            items["absolute_position"].append(QA("absolute_position", _pick(rng, P_ABS_LR, r=r),
-                                                 f"The {r} is on the {side} side of the image.", side))
-        if abs(o.cy - 0.5) >= ABS_MARGIN:
-            half = "top" if o.cy < 0.5 else "bottom"
-            items["absolute_position"].append(QA("absolute_position", _pick(rng, P_ABS_TB, r=r),
-                                                 f"The {r} is in the {half} half of the image.", half))
-        if not (_near_threshold(o.cx) or _near_threshold(o.cy)):
-            items["where"].append(QA("where", _pick(rng, P_WHERE, r=r),
-                                     f"The {r} is {region_phrase(o.cx, o.cy)} of the image.", None))
-        for p in s.objs:
-            r2 = s.refer(p)
-            if p is o or r2 is None:
-                continue
-            if abs(o.cx - p.cx) >= REL_MARGIN:
-                rel = "left" if o.cx < p.cx else "right"
-                items["relative_position"].append(QA("relative_position", _pick(rng, P_REL_LR, r=r, r2=r2),
-                                                     f"The {r} is to the {rel} of the {r2}.", rel))
-            if abs(o.cy - p.cy) >= REL_MARGIN:
-                rel = "above" if o.cy < p.cy else "below"
-                items["relative_position"].append(QA("relative_position", _pick(rng, P_REL_AB, r=r, r2=r2),
-                                                     f"The {r} is {rel} the {r2}.", rel))
-    if s.objs:
-        items["list"].append(QA("list", _pick(rng, P_LIST, npl=npl),
-                                _cap(f"The image shows {_join(s.groups())}."), None))
+        return (f"There {'is' if total == 1 else 'are'} {_count_phrase(total, n)} in total: "
+                f"{_join(s.groups())}.")
+    if f.family == "existence" and f.form == "kind":
+        k = sl["k"]
+        if f.answer == "yes":
+            m = s.count_kind(k)
+            return f"Yes, there {'is' if m == 1 else 'are'} {_count_phrase(m, k)} in the image."
+        return f"No, there is no {k} in the image."
+    if f.family == "existence":
+        c, k = sl["c"], sl["k"]
+        if f.answer == "yes":
+            return f"Yes, there is {_a(f'{c} {k}')} in the image."
+        other = _join(sorted({o.colour for o in s.objs if o.kind == k}))
+        its = "it is" if s.count_kind(k) == 1 else "they are"
+        return f"No. There is {'a' if s.count_kind(k) == 1 else 'more than one'} {k}, but {its} {other}, not {c}."
+    if f.family == "absolute_position":
+        if f.form == "horizontal":
+            return f"The {sl['r']} is on the {f.answer} side of the image."
+        return f"The {sl['r']} is in the {f.answer} half of the image."
+    if f.family == "where":
+        return f"The {sl['r']} is {region_phrase(f.subject.cx, f.subject.cy)} of the image."
+    if f.family == "relative_position":
+        if f.form == "horizontal":
+            return f"The {sl['r']} is to the {f.answer} of the {sl['r2']}."
+        return f"The {sl['r']} is {f.answer} the {sl['r2']}."
+    return _cap(f"The image shows {_join(s.groups())}.")  # list
+
+
+def conversation_items(s: Scene, rng: random.Random) -> dict[str, list[QA]]:
+    """Every definite question this scene supports (`vistune.data.world.question_facts`), grouped by
+    family, each worded in one of the teacher's templates and given its long and short answers."""
+    items: dict[str, list[QA]] = {k: [] for k in FAMILIES}
+    for f in question_facts(s.objs, s.kinds_vocab, s.colours_vocab, s.noun):
+        question = rng.choice(TEACHER_WORDING[(f.family, f.form)]).format(**f.slots)
+        items[f.family].append(QA(f.family, question, _long_answer(s, f), f.answer))
     return items
 
 
@@ -666,21 +563,14 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = P
     return records
 
 
-def symbolic_command(args: argparse.Namespace, contexts: list[ImageContext], load_skips: Counter) -> int:
-    """Write the records for `generate --teacher symbolic` (contexts already loaded)."""
-    from vistune.datagen.context import format_skips
-    from vistune.utils.io import atomic_write_json
-
-    types = [t.strip() for t in (args.types or "").split(",") if t.strip()]
+def write_symbolic(contexts: list[ImageContext], types: list[str], out: str | Path, seed: int = 0
+                   ) -> tuple[Counter, Counter]:
+    """`vistune generate --teacher symbolic`: write the records of `types` for `contexts` to `out` (one JSON
+    list, written atomically). Returns (records per type, generation skips by reason)."""
+    bad = [t for t in types if t not in TYPES]
+    if not types or bad:
+        raise UserError(f"--types must list some of {','.join(TYPES)} (got {','.join(types) or 'nothing'})")
     skips: Counter = Counter()
-    kw = {}
-    if getattr(args, "short_fraction", None) is not None:
-        kw["short_fraction"] = args.short_fraction
-    records = generate_symbolic(contexts, types, seed=args.seed, skips=skips, **kw)
-    atomic_write_json(args.out, records)
-    per_type = Counter(r["metadata"]["type"] for r in records)
-    print(f"wrote {len(records)} records from {len(contexts)} images to {args.out}: "
-          + ", ".join(f"{t}={per_type.get(t, 0)}" for t in types))
-    print("input " + format_skips(load_skips))
-    print("generation " + format_skips(skips))
-    return 0
+    records = generate_symbolic(contexts, types, seed=seed, skips=skips)
+    atomic_write_json(out, records)
+    return Counter(r["metadata"]["type"] for r in records), skips

@@ -9,7 +9,9 @@ One extra rule for yes/no questions: when the normalised gold answer is "yes" or
 first word of the normalised prediction is compared ("Yes, there is a star." counts as "yes").
 A model that answers "yes" and then contradicts itself still gets the credit of its first word;
 for every other type the whole normalised prediction must match, so "There are 3" is wrong
-for gold "3". A question with no prediction counts as wrong.
+for gold "3". A question with no prediction counts as wrong. The rule depends only on the gold
+answer, never on the question's wording, so the held-out and the in-distribution wording of a bench
+(which share ids and answers) are scored alike.
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ import json
 import os
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Mapping, Sequence
 
-from vistune.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from vistune.data.world import NUMBER_WORDS, QUESTION_TYPES
+from vistune.eval.report import Chart, Report, Table
+from vistune.eval.report import write_report as write_any
 
-_NUMBERS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
+_NUMBERS = {w: str(i) for i, w in enumerate(NUMBER_WORDS)}
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = re.compile(r"[^\w\s]|_")
-TYPE_ORDER = ("colour", "shape", "count", "existence", "absolute_position", "relative_position")
+TYPE_ORDER = QUESTION_TYPES
 
 
 def normalize_answer(s: str) -> str:
@@ -56,12 +57,15 @@ def _ordered_types(types) -> list[str]:
 def score(predictions: Mapping[str, str], bench: Sequence[dict]) -> dict:
     """Accuracy in percent, overall and per question type, over every bench question.
 
-    Returns {"overall", "by_type", "n", "n_by_type", "correct", "missing"}.
+    Returns {"overall", "by_type", "n", "n_by_type", "correct", "missing", "chance_by_type"}; chance is
+    100 / the number of distinct normalised gold answers of the type (uniform guessing among them).
     """
     right: Counter = Counter()
     total: Counter = Counter()
+    golds: dict[str, set] = {}
     missing = 0
     for q in bench:
+        golds.setdefault(q["type"], set()).add(normalize_answer(q["answer"]))
         pred = predictions.get(q["id"])
         missing += pred is None
         total[q["type"]] += 1
@@ -75,6 +79,7 @@ def score(predictions: Mapping[str, str], bench: Sequence[dict]) -> dict:
         "n_by_type": {t: total[t] for t in types},
         "correct": sum(right.values()),
         "missing": missing,
+        "chance_by_type": {t: 100.0 / len(golds[t]) for t in types},
     }
 
 
@@ -93,82 +98,108 @@ def prior_predictions(prior: Mapping[str, str], bench: Sequence[dict]) -> dict[s
 
 # ----------------------------------------------------------------------------- reports
 
+VARIANTS = {
+    "full": "the trained model; each question asked about its own image",
+    "shuffled_images": "the same model; each question asked about a different held-out image "
+                       "(what it gets right without seeing the right image)",
+    "answer_prior": "no model: each question answered with its type's most frequent training answer",
+    "stage1_only": "the stage-1 checkpoint (projector trained, LLM untouched), asked like the full model",
+}
+"""What each variant of a shapes report means."""
+CONTROLS = ("shuffled_images", "answer_prior")
+"""Variants the full model must beat on every type."""
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
+_RULE = ("accuracy = exact match after normalisation (lower case, no punctuation or articles, number words as "
+         "digits; yes/no questions compare the first word); an unanswered question counts as wrong")
+_CHANCE = ("chance = 100 / the number of distinct gold answers the type has in this bench "
+           "(uniform guessing among them); overall chance weights the types by their question counts")
 
 
-def _save_png(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+def _chance_overall(report: dict) -> float | None:
+    chance, nbt = report.get("chance_by_type") or {}, report.get("n_by_type") or {}
+    n = sum(nbt.get(t, 0) for t in chance)
+    return sum(chance[t] * nbt.get(t, 0) for t in chance) / n if n else None
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> None:
-    """report.json, report.md (a table by type) and report.png (bars by type)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
+def _single_report(report: dict, variant: str | None, notes: Sequence[str]) -> Report:
     types = list(report.get("by_type", {}))
-    nbt = report.get("n_by_type", {})
-    lines = ["| type | accuracy (%) | n |", "|---|---:|---:|"]
-    lines += [f"| {t} | {_fmt(report['by_type'][t])} | {nbt.get(t, '')} |" for t in types]
-    lines.append(f"| **overall** | **{_fmt(report.get('overall'))}** | {report.get('n', '')} |")
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    chance, nbt = report.get("chance_by_type") or {}, report.get("n_by_type", {})
+    rows = [[t, report["by_type"][t], chance.get(t), nbt.get(t, "")] for t in types]
+    rows.append(["**overall**", report.get("overall"), _chance_overall(report), report.get("n", "")])
+    warnings = [f"{t}: {report['by_type'][t]:.1f} % is not above chance ({chance[t]:.1f} %)"
+                for t in types if t in chance and report["by_type"][t] <= chance[t]]
+    if report.get("missing"):
+        warnings.append(f"{report['missing']} of {report.get('n')} questions have no answer (scored wrong)")
+    what = VARIANTS.get(variant or "", variant or "")
+    extra = [f"variant `{variant}`: {what}"] if variant else []
+    return Report(
+        title="Shapes benchmark" + (f": {variant}" if variant else ""),
+        data=report,
+        tables=[Table(["type", "accuracy (%)", "chance (%)", "n"], rows)],
+        notes=extra + [_RULE, _CHANCE, f"failures (questions without an answer): {report.get('missing', 0)}",
+                       "a type at or below chance is listed under Attention; run again with --shuffle-images "
+                       "for the image control"] + list(notes),
+        warnings=warnings,
+        chart=Chart(types + ["overall"], {"accuracy": [report["by_type"][t] for t in types] + [report.get("overall")]},
+                    title=f"accuracy by question type (n={report.get('n', '?')})", ylabel="accuracy (%)",
+                    chance=[chance.get(t) for t in types] + [_chance_overall(report)]),
+    )
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = types + ["overall"]
-    vals = [report["by_type"][t] for t in types] + [report.get("overall", 0.0)]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names)), 3.6))
-    bars = ax.bar(names, vals, color=["#4c72b0"] * len(types) + ["#dd8452"])
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"accuracy by question type (n={report.get('n', '?')})")
-    ax.tick_params(axis="x", labelrotation=30)
-    _save_png(fig, out / "report.png")
-    plt.close(fig)
+def write_report(report: dict, out_dir: str | os.PathLike, variant: str | None = None,
+                 notes: Sequence[str] = ()) -> None:
+    """report.json (the `score` dict unchanged), report.md (table by type with chance) and report.png."""
+    write_any(_single_report(report, variant, notes), out_dir)
 
 
-def write_variants_report(variants: Mapping[str, dict], out_dir: str | os.PathLike) -> None:
-    """Several reports side by side: report.json {"variants": {...}}, a table with one column per
-    variant, and a grouped bar chart."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", {"variants": dict(variants)})
+def beaten_controls(variants: Mapping[str, dict], full: str = "full") -> dict[str, list[str]]:
+    """Type -> the controls the full model does not beat (score <= the control's) on that type."""
+    if full not in variants:
+        return {}
+    out: dict[str, list[str]] = {}
+    for t, v in variants[full].get("by_type", {}).items():
+        lost = [c for c in CONTROLS if c in variants and variants[c].get("by_type", {}).get(t) is not None
+                and v <= variants[c]["by_type"][t]]
+        if lost:
+            out[t] = lost
+    return out
+
+
+def write_variants_report(variants: Mapping[str, dict], out_dir: str | os.PathLike, notes: Sequence[str] = ()) -> None:
+    """Several variants side by side: report.json {"variants", "not_above_control"}, a table with one
+    column per variant plus chance, and a grouped bar chart. A type where `full` does not beat a control
+    is marked with * in the table and listed under Attention."""
     names = list(variants)
     types = _ordered_types({t for r in variants.values() for t in r.get("by_type", {})})
-    lines = ["| type | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    chance: dict[str, float] = {}
+    for r in variants.values():
+        chance.update(r.get("chance_by_type") or {})
+    lost = beaten_controls(variants)
+    rows = []
     for t in types:
-        lines.append(f"| {t} | " + " | ".join(_fmt(variants[v].get("by_type", {}).get(t)) for v in names) + " |")
-    lines.append("| **overall** | " + " | ".join(f"**{_fmt(variants[v].get('overall'))}**" for v in names) + " |")
-    lines.append("| n | " + " | ".join(str(variants[v].get("n", "")) for v in names) + " |")
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    groups = types + ["overall"]
-    x = np.arange(len(groups))
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 0.4 * len(names)), 3.8))
-    for i, v in enumerate(names):
-        r = variants[v]
-        vals = [r.get("by_type", {}).get(t, 0.0) or 0.0 for t in types] + [r.get("overall", 0.0) or 0.0]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=v)
-    ax.set_xticks(x, groups, rotation=30)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.set_title("accuracy by question type")
-    _save_png(fig, out / "report.png")
-    plt.close(fig)
+        label = f"{t} *" if t in lost else t
+        rows.append([label] + [variants[v].get("by_type", {}).get(t) for v in names] + [chance.get(t)])
+    first = next(iter(variants.values()), {})
+    rows.append(["**overall**"] + [variants[v].get("overall") for v in names] + [_chance_overall(first)])
+    rows.append(["n"] + [variants[v].get("n", "") for v in names] + [""])
+    rows.append(["failures"] + [variants[v].get("missing", 0) for v in names] + [""])
+    warnings = [f"{t}: full ({variants['full']['by_type'][t]:.1f} %) does not beat "
+                + ", ".join(f"{c} ({variants[c]['by_type'][t]:.1f} %)" for c in cs) for t, cs in lost.items()]
+    report = Report(
+        title="Shapes benchmark: variants",
+        data={"variants": dict(variants), "not_above_control": lost},
+        tables=[Table(["type"] + names + ["chance"], rows)],
+        notes=[f"`{v}`: {VARIANTS.get(v, 'as named by the caller')}" for v in names]
+        + [_RULE, _CHANCE, "* marks a type where `full` is not above a control (shuffled_images, answer_prior)",
+           "failures = questions without an answer (unreadable image), scored wrong"] + list(notes),
+        warnings=warnings,
+        chart=Chart(types + ["overall"],
+                    {v: [variants[v].get("by_type", {}).get(t) for t in types] + [variants[v].get("overall")]
+                     for v in names},
+                    title="accuracy by question type", ylabel="accuracy (%)",
+                    chance=[chance.get(t) for t in types] + [_chance_overall(first)]),
+    )
+    write_any(report, out_dir)
 
 
 def load_report(path: str | os.PathLike) -> dict:

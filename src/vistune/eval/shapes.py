@@ -7,7 +7,6 @@ than the one it was written for, which shows whether the model looks at the imag
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,10 @@ from typing import Sequence
 from tqdm import tqdm
 
 from vistune.data.image import ImageLoadError, load_image
+from vistune.errors import UserError
 from vistune.eval.scoring import score, write_report
+from vistune.inference.engine import Request
+from vistune.inference.generate import SamplingParams
 from vistune.utils.io import atomic_write_jsonl, read_json_or_jsonl
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def load_bench(path: str | Path, limit: int | None = None) -> list[dict]:
     for i, q in enumerate(bench):
         missing = {"id", "image", "question", "answer", "type"} - set(q)
         if missing:
-            raise ValueError(f"{path}: question {i} lacks {sorted(missing)}")
+            raise UserError(f"{path}: question {i} lacks {sorted(missing)}")
     return bench[:limit] if limit else bench
 
 
@@ -39,9 +41,11 @@ def shuffled_images(bench: Sequence[dict]) -> dict[str, str]:
 
 
 def answer_bench(engine, bench: Sequence[dict], images: str | Path, shuffle: bool = False, batch_size: int = 16,
-                 max_new_tokens: int = 8, progress: bool = True) -> dict[str, str]:
-    """Greedy answers {question id: text}; questions whose image cannot be read get no answer (scored wrong)."""
-    from vistune.inference.engine import Request
+                 max_new_tokens: int = 8, progress: bool = True, params: SamplingParams | None = None
+                 ) -> dict[str, str]:
+    """Answers {question id: text}, greedy unless `params` say otherwise; questions whose image cannot be read
+    get no answer (scored wrong)."""
+    params = params or SamplingParams(max_new_tokens=max_new_tokens)
 
     image_of = shuffled_images(bench) if shuffle else {}
     answers: dict[str, str] = {}
@@ -59,7 +63,7 @@ def answer_bench(engine, bench: Sequence[dict], images: str | Path, shuffle: boo
                 log.warning("question %s: %s", q["id"], e)
                 continue
             chunk.append(q)
-            requests.append(Request.of(q["question"], cache[name], temperature=0.0, max_new_tokens=max_new_tokens))
+            requests.append(Request.of(q["question"], cache[name], params=params))
         for q, text in zip(chunk, engine.generate_batch(requests, batch_size=batch_size)):
             answers[q["id"]] = text
         bar.update(len(bench[start:start + batch_size]))
@@ -68,26 +72,14 @@ def answer_bench(engine, bench: Sequence[dict], images: str | Path, shuffle: boo
 
 
 def evaluate(engine, bench: Sequence[dict], images: str | Path, out: str | Path | None = None, shuffle: bool = False,
-             batch_size: int = 16, progress: bool = True) -> dict:
+             batch_size: int = 16, progress: bool = True, params: SamplingParams | None = None) -> dict:
     """Answer and score the bench; with `out`, write report.json/.md/.png and answers.jsonl there."""
-    answers = answer_bench(engine, bench, images, shuffle=shuffle, batch_size=batch_size, progress=progress)
+    answers = answer_bench(engine, bench, images, shuffle=shuffle, batch_size=batch_size, progress=progress,
+                           params=params)
     report = score(answers, bench)
     if out is not None:
-        write_report(report, out)
+        write_report(report, out, variant="shuffled_images" if shuffle else "full")
         atomic_write_jsonl(Path(out) / "answers.jsonl",
                            [{"id": q["id"], "type": q["type"], "question": q["question"], "answer": q["answer"],
                              "prediction": answers.get(q["id"])} for q in bench])
     return report
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    from vistune.inference.engine import Engine
-
-    bench = load_bench(args.bench, args.limit)
-    engine = Engine.from_checkpoint(args.model)
-    report = evaluate(engine, bench, args.images, args.out, shuffle=args.shuffle_images, batch_size=args.batch_size)
-    print(f"overall {report['overall']:.1f}% on {report['n']} questions")
-    for t, v in report["by_type"].items():
-        print(f"  {t:<18} {v:5.1f}%")
-    print(f"report: {Path(args.out) / 'report.json'}")
-    return 0

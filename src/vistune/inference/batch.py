@@ -1,27 +1,28 @@
 """`vistune infer`: answer a JSONL of questions in batches, resumably.
 
 Questions follow LLaVA's evaluation shape, one object per line: `{"question_id", "image", "text"}` (`image`
-relative to the image folder; absent or empty for a text-only question). Answers are appended one JSON line
+relative to the image folder; absent or empty for a text-only question); `vistune synth`'s bench records
+(`{"id", "image", "question", ...}`) are read as well. Answers are appended one JSON line
 per question, flushed as each is written: `{"question_id", "prompt", "text", "model_id"}`. A re-run skips
 questions already answered; a torn last line (a crash mid-write) is cut off first.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from vistune.data.image import ImageLoadError, load_image
+from vistune.errors import UserError
 from vistune.inference.engine import Engine, Request, RequestError
-from vistune.inference.generate import SamplingError, SamplingParams
+from vistune.inference.generate import SamplingParams
+from vistune.utils.io import repair_jsonl_tail
 
 
-class QuestionsError(ValueError):
+class QuestionsError(UserError, ValueError):
     """A questions file that cannot be used as given."""
 
 
@@ -46,6 +47,8 @@ def read_questions(path: str | os.PathLike) -> list[dict]:
                 q = json.loads(line)
             except json.JSONDecodeError as e:
                 raise QuestionsError(f"{path}:{n}: invalid JSON ({e})") from None
+            if isinstance(q, dict) and "question_id" not in q and "id" in q and "question" in q:
+                q = {**q, "question_id": q["id"], "text": q["question"]}  # the shape of `vistune synth`'s bench
             if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("text"), str):
                 raise QuestionsError(f"{path}:{n}: expected an object with 'question_id' and 'text'")
             if q["question_id"] in seen:
@@ -62,11 +65,8 @@ def answered_ids(path: str | os.PathLike) -> set:
     path = Path(path)
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    good = len(data)
-    if data and not data.endswith(b"\n"):  # a torn last record
-        good = data.rfind(b"\n") + 1
-    lines = data[:good].splitlines()
+    repair_jsonl_tail(path)
+    lines = path.read_bytes().splitlines()
     done = set()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -75,9 +75,6 @@ def answered_ids(path: str | os.PathLike) -> set:
             done.add(json.loads(line)["question_id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise QuestionsError(f"{path}:{n}: not an answer record; refusing to append to this file") from None
-    if good < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good)
     return done
 
 
@@ -111,26 +108,3 @@ def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.Path
                 summary.answered += 1
             os.fsync(out.fileno())
     return summary
-
-
-def infer_command(args: argparse.Namespace) -> int:
-    try:
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-        if args.batch_size < 1:
-            raise SamplingError(f"--batch-size must be positive, got {args.batch_size}")
-        questions = read_questions(args.questions)
-        answered_ids(args.out)  # check the output file before loading the model
-    except (SamplingError, QuestionsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not Path(args.images).is_dir():
-        print(f"error: image folder {args.images} does not exist", file=sys.stderr)
-        return 2
-    engine = Engine.load(args.model, args.device, args.dtype, max_batch_size=args.batch_size)
-    summary = infer(engine, questions, args.images, args.out, params, args.batch_size,
-                    model_id=Path(args.model).resolve().name)
-    print(f"answered {summary.answered}, already answered {summary.already}, failed {len(summary.failed)} "
-          f"-> {args.out}", file=sys.stderr)
-    for qid, reason in list(summary.failed.items())[:20]:
-        print(f"  {qid}: {reason}", file=sys.stderr)
-    return 1 if summary.failed else 0

@@ -1,4 +1,4 @@
-"""Multi-turn chat that reuses its KV cache, and the `vistune chat` command.
+"""Multi-turn chat that reuses its KV cache (what `vistune chat` runs).
 
 A `ChatSession` keeps the ids its cache covers (prompt and answer tokens of earlier turns). A new turn
 renders the whole conversation, keeps the cache up to the longest prefix shared with it, and runs the model
@@ -9,15 +9,13 @@ recomputes from the first difference, so the answer always equals re-processing 
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from typing import Iterator
 
 import torch
 from PIL import Image
 
-from vistune.conversation import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
+from vistune.conversation import IMAGE_TOKEN_ID
 from vistune.inference.engine import Engine, Request
 from vistune.inference.generate import BatchDecoder, SamplingParams
 
@@ -102,76 +100,3 @@ def _shared_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-# -------------------------------------------------------------------------------------------------
-# command line
-
-HELP = "commands: /image PATH (new conversation about another image), /reset, /quit"
-
-
-def chat_command(args: argparse.Namespace) -> int:
-    from vistune.data.image import ImageLoadError, load_image
-    from vistune.inference.generate import SamplingError
-
-    try:
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, seed=args.seed)
-    except SamplingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    image = None
-    if args.image:
-        try:
-            image = load_image(args.image)
-        except ImageLoadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    engine = Engine.load(args.model, args.device, args.dtype)
-    session = engine.session(image, params)
-    if args.prompt is not None:
-        return _answer(session, args.prompt)
-    print(HELP, file=sys.stderr)
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            print()
-            return 0
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
-            return 0
-        if line == "/reset":
-            session.reset(session.image)
-            print("(conversation reset)", file=sys.stderr)
-            continue
-        if line.startswith("/image"):
-            path = line[len("/image"):].strip()
-            try:
-                session.reset(load_image(path) if path else None)
-            except ImageLoadError as e:
-                print(f"error: {e}", file=sys.stderr)
-                continue
-            print(f"(new conversation about {path})" if path else "(new conversation, no image)", file=sys.stderr)
-            continue
-        if line.startswith("/"):
-            print(HELP, file=sys.stderr)
-            continue
-        _answer(session, line.replace(IMAGE_PLACEHOLDER, ""), prefix="assistant> ")
-
-
-def _answer(session: ChatSession, question: str, prefix: str = "") -> int:
-    from vistune.inference.engine import RequestError
-
-    try:
-        print(prefix, end="", flush=True)
-        for piece in session.ask_stream(question):
-            print(piece, end="", flush=True)
-        print(flush=True)
-    except RequestError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -3,7 +3,7 @@
     engine = Engine(vistune.load("runs/demo/stage2"))
     engine.generate_batch([Request.of("What is this?", image), Request.of("And 2+2?")])   # -> list[str]
     for piece in engine.stream(Request.of("Describe it.", image)): print(piece, end="")
-    session = engine.session(image); session.ask("What is it?"); session.ask("What colour?")
+    session = ChatSession(engine, image); session.ask("What is it?"); session.ask("What colour?")  # inference.chat
 
 Requests are rendered with the model's template, images are encoded in one tower call per batch, and
 prompts of similar length are batched together (left-padded; answers do not depend on the batching).
@@ -22,8 +22,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from vistune.conversation import IMAGE_PLACEHOLDER, Message, RenderError
+from vistune.conversation import Message, RenderError, conversation_messages
 from vistune.inference.generate import BatchDecoder, FinishReason, SamplingParams, StepEvent
+from vistune.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Request:
     images: list[Image.Image] = field(default_factory=list)
     """One image per `<image>` placeholder, in order."""
     params: SamplingParams = field(default_factory=SamplingParams)
+    input_ids: list[int] | None = None
+    """The rendered prompt, once `Engine.check` has rendered it (the server does so before queueing)."""
 
     @classmethod
     def of(cls, prompt: str, image: Image.Image | None = None, history: Sequence[tuple[str, str]] = (),
@@ -50,20 +53,6 @@ class Request:
         if params is None:
             params = SamplingParams(**sampling)
         return cls(messages, [image] if image is not None else [], params)
-
-
-def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
-                          system: str | None = None) -> list[Message]:
-    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
-    messages = [Message("system", system)] if system else []
-    for i, (question, answer) in enumerate([*history, (prompt, None)]):
-        question = question.replace(IMAGE_PLACEHOLDER, "").strip()
-        if i == 0 and has_image:
-            question = f"{IMAGE_PLACEHOLDER}\n{question}"
-        messages.append(Message("user", question))
-        if answer is not None:
-            messages.append(Message("assistant", answer))
-    return messages
 
 
 @dataclass
@@ -103,8 +92,6 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, path, dtype: torch.dtype = torch.float32, device="cpu", **kwargs) -> "Engine":
-        from vistune.model.checkpoint import load_checkpoint
-
         return cls(load_checkpoint(path, dtype=dtype, device=device), **kwargs)
 
     @classmethod
@@ -135,6 +122,12 @@ class Engine:
             raise RequestError(f"the prompt is {n} tokens long; this model handles at most {self.max_length}")
         return rendered.input_ids
 
+    def check(self, request: Request) -> Request:
+        """Render `request` and check its length (raises RequestError), keeping the ids for `prepare`: the
+        server calls this in its own threads so that a long prompt never stalls the engine thread."""
+        request.input_ids = self.render(request)
+        return request
+
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor | None:  # -> (I, N, D)
         if not images:
             return None
@@ -145,7 +138,7 @@ class Engine:
     @torch.no_grad()
     def prepare(self, requests: Sequence[Request]) -> list[Prepared]:
         """Render and embed requests, encoding all their images in one tower call."""
-        ids = [self.render(r) for r in requests]
+        ids = [r.input_ids if r.input_ids is not None else self.render(r) for r in requests]
         features = self.encode_images([im for r in requests for im in r.images])
         out, k = [], 0
         for r, input_ids in zip(requests, ids):
@@ -175,7 +168,7 @@ class Engine:
                  batch_size: int | None = None) -> list[Completion]:
         """Answer every request; similar prompt lengths are batched together. `on_event` sees text as it comes."""
         batch_size = batch_size or self.max_batch_size
-        lengths = [len(self.render(r)) for r in requests]
+        lengths = [len(self.check(r).input_ids) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: lengths[i])
         results: dict[int, Completion] = {}
         for start in range(0, len(order), batch_size):
@@ -184,6 +177,8 @@ class Engine:
             rows = self.decoder(prepared, indices=chunk).run(on_event)
             for i, p in zip(chunk, prepared):
                 row = rows[i]
+                if row.error is not None:
+                    raise row.error
                 results[i] = Completion(row.stream.text, row.finish_reason, len(p.input_ids), len(row.token_ids),
                                         row.token_ids)
         return [results[i] for i in range(len(requests))]
@@ -199,13 +194,6 @@ class Engine:
             for e in decoder.step():
                 if e.text:
                     yield e.text
-
-    def session(self, image: Image.Image | None = None, params: SamplingParams | None = None,
-                system: str | None = None):
-        """A multi-turn conversation that reuses its KV cache between turns."""
-        from vistune.inference.chat import ChatSession
-
-        return ChatSession(self, image=image, params=params, system=system)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -223,19 +211,52 @@ class Job:
         self.cancelled.set()
 
 
+class EngineBusy(RuntimeError):
+    """The worker's queue is full: the request was not accepted (try again later)."""
+
+
+@dataclass
+class WorkerStats:
+    """Bounded counters of what a worker did (no per-request history is kept)."""
+
+    finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0, "cancelled": 0, "error": 0})
+    """Jobs answered so far, by finish reason ("error": failed alone)."""
+    completion_tokens: int = 0
+    """Tokens generated in all."""
+    batches: int = 0
+    """Times requests started or joined a running batch."""
+    max_rows: int = 0
+    """Most rows a batch held at once."""
+    rejected: int = 0
+    """Submissions refused because the queue was full."""
+    last: tuple[FinishReason, int] | None = None
+    """(finish_reason, completion_tokens) of the latest job answered."""
+
+    def record(self, reason: FinishReason, tokens: int) -> None:
+        self.finished[reason] = self.finished.get(reason, 0) + 1
+        self.completion_tokens += tokens
+        self.last = (reason, tokens)
+
+    @property
+    def answered(self) -> int:
+        return sum(self.finished.values())
+
+
 class EngineWorker:
     """Runs `engine` in one thread, batching continuously: requests that arrive while a batch is being
-    generated join it at the next token (up to `max_batch_size` rows); finished and cancelled ones leave it."""
+    generated join it at the next token (up to `max_batch_size` rows); finished and cancelled ones leave it.
+    At most `max_queue` jobs wait for a place; `submit` raises EngineBusy beyond that. The worker keeps only
+    bounded counters (`stats`), so its memory does not grow with the number of requests served."""
 
-    def __init__(self, engine: Engine, max_batch_size: int | None = None) -> None:
+    def __init__(self, engine: Engine, max_batch_size: int | None = None, max_queue: int = 256) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size or engine.max_batch_size
+        self.max_queue = max_queue
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="vistune-engine", daemon=True)
-        self.finished: list[tuple[FinishReason, int]] = []
-        """(finish_reason, completion_tokens) of every job answered so far, in order."""
-        self.batch_sizes: list[int] = []
-        """Rows in the running batch each time requests started or joined it."""
+        self.stats = WorkerStats()
+        self.running = 0
+        """Rows in the running batch (0 when idle)."""
         self._started = False
         self._lock = threading.Lock()
 
@@ -247,9 +268,14 @@ class EngineWorker:
         return self
 
     def submit(self, request: Request, on_event: Callable[[str, object], None]) -> Job:
+        """Queue a request; raises EngineBusy when `max_queue` jobs are already waiting."""
         job = Job(request, on_event)
         self.start()
-        self._queue.put(job)
+        with self._lock:
+            if self._queue.qsize() >= self.max_queue:
+                self.stats.rejected += 1
+                raise EngineBusy(f"{self.max_queue} requests are already waiting")
+            self._queue.put(job)
         return job
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -286,7 +312,7 @@ class EngineWorker:
         live = []
         for j in jobs:
             if j.cancelled.is_set():
-                self.finished.append(("cancelled", 0))
+                self.stats.record("cancelled", 0)
                 _safe_call(j.on_event, "done", Completion("", "cancelled", 0, 0))
             else:
                 live.append(j)
@@ -299,6 +325,7 @@ class EngineWorker:
                     prepared.append(self.engine.prepare([j.request])[0])
                     ok.append(j)
                 except Exception as e:
+                    self.stats.record("error", 0)
                     _safe_call(j.on_event, "error", e)
             return ok, prepared
 
@@ -319,7 +346,8 @@ class EngineWorker:
                             decoder = self.engine.decoder(prepared, indices=ids)
                         else:
                             decoder.add([p.embeds for p in prepared], [p.params for p in prepared], ids)
-                        self.batch_sizes.append(len(decoder.rows))
+                        self.stats.batches += 1
+                        self.stats.max_rows = max(self.stats.max_rows, len(decoder.rows))
                 if decoder is None or decoder.done:
                     return
                 for i, (job, _) in live.items():
@@ -330,15 +358,24 @@ class EngineWorker:
                         _safe_call(live[e.index][0].on_event, "text", e.text)
                 for row in decoder.finished:
                     job, p = live.pop(row.index)
-                    self.finished.append((row.finish_reason, len(row.token_ids)))
-                    _safe_call(job.on_event, "done", Completion(row.stream.text, row.finish_reason,
-                                                                len(p.input_ids), len(row.token_ids), row.token_ids))
+                    self.stats.record(row.finish_reason, len(row.token_ids))
+                    if row.error is not None:
+                        log.error("generation failed for one request", exc_info=row.error)
+                        _safe_call(job.on_event, "error", row.error)
+                    else:
+                        _safe_call(job.on_event, "done", Completion(row.stream.text, row.finish_reason,
+                                                                    len(p.input_ids), len(row.token_ids),
+                                                                    row.token_ids))
+                self.running = len(decoder.rows)
                 room = self.max_batch_size - len(decoder.rows)
                 jobs = self._drain(room) if room > 0 and (decoder.done or decoder.can_add) else []
         except Exception as e:  # a failure of the batch: every job in it gets the error
             log.exception("generation failed")
             for job, _ in live.values():
+                self.stats.record("error", 0)
                 _safe_call(job.on_event, "error", e)
+        finally:
+            self.running = 0
 
 
 def _safe_call(fn, *args) -> None:

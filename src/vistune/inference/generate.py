@@ -16,10 +16,15 @@ from typing import Callable, Sequence
 
 import torch
 
-FinishReason = str  # "stop" | "length" | "cancelled"
+from vistune.errors import UserError
+
+FinishReason = str  # "stop" | "length" | "cancelled" | "error"
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds a torch generator accepts."""
 
 
-class SamplingError(ValueError):
+class SamplingError(UserError, ValueError):
     """Sampling parameters out of range."""
 
 
@@ -46,6 +51,9 @@ class SamplingParams:
             raise SamplingError(f"temperature must be >= 0, got {self.temperature!r}")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not SEED_MIN <= self.seed <= SEED_MAX):
+            raise SamplingError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}")
         self.stop = tuple(s for s in self.stop if s)
 
     @property
@@ -65,10 +73,12 @@ def make_generator(params: SamplingParams) -> torch.Generator | None:
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from a row of logits (V,)."""
+    """One token id from a row of logits (V,). Computed in float64 after subtracting the maximum, so any
+    temperature > 0 (1e-300 included) gives finite probabilities: tiny ones approach greedy decoding."""
     if params.greedy:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    shifted = logits.double() - logits.max().double()  # (V,) <= 0, the top token(s) exactly 0
+    probs = torch.softmax(shifted / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # drop a token when the tokens ranked above it already reach top_p (the first one always stays)
@@ -82,41 +92,74 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
 class TextStream:
     """Turns generated ids into text pieces that are safe to show as they come.
 
-    Text that might be the start of a stop string, an incomplete UTF-8 character, and whitespace at either
-    end are held back until they are resolved; the pieces joined equal the final answer exactly.
+    Decoding is incremental: each new id decodes only a short window of recent ids (the ids since the last
+    complete piece of text plus the one before it, for tokenizers whose spacing depends on the neighbour),
+    so an answer of n tokens costs O(n) to detokenize, not O(n^2). Text that might be the start of a stop
+    string, an incomplete UTF-8 character, and whitespace at either end are held back until they are
+    resolved; the pieces joined equal the final answer exactly.
     """
 
     def __init__(self, tokenizer, stop_strings: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = tuple(s for s in stop_strings if s)
-        self.ids: list[int] = []
+        self._longest_stop = max((len(s) for s in self.stop_strings), default=0)
+        self._window: list[int] = []
+        """Ids not yet retired: the context id(s) before `_read`, then ids whose text is not complete."""
+        self._read = 0
+        """Ids of `_window` before this index have been turned into text."""
         self.emitted = 0
         self.stopped = False
         self._text = ""
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _advance(self, flush: bool) -> str:
+        """New text of the window's unread ids ("" while it ends in an incomplete character, unless `flush`)."""
+        before = self._decode(self._window[:self._read]) if self._read else ""
+        full = self._decode(self._window)
+        if len(full) <= len(before) or (full.endswith("\ufffd") and not flush):
+            return ""
+        self._window = self._window[self._read:]
+        self._read = len(self._window)
+        return full[len(before):]
+
     def push(self, token_id: int) -> str:
         """Add a generated id; return the newly safe text (may be empty). Sets `stopped` at a stop string."""
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        cut = min((text.index(s) for s in self.stop_strings if s in text), default=-1)
+        self._window.append(token_id)
+        return self._add(self._advance(flush=False))
+
+    def _add(self, new: str) -> str:
+        if not self._text:
+            new = new.lstrip()
+        if not new:
+            return self._take(self._safe_end())
+        start = max(0, len(self._text) - self._longest_stop + 1)
+        self._text += new
+        cut = min((i for i in (self._text.find(s, start) for s in self.stop_strings) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
-            self._text = text[:cut].rstrip()
+            self._text = self._text[:cut].rstrip()
             return self._take(len(self._text))
-        self._text = text
-        safe = len(text.rstrip())
+        return self._take(self._safe_end())
+
+    def _safe_end(self) -> int:
+        text = self._text
+        safe = len(text)
+        while safe > self.emitted and text[safe - 1].isspace():
+            safe -= 1
         for s in self.stop_strings:  # hold back a tail that could grow into a stop string
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):
                     safe = min(safe, len(text) - k)
                     break
-        if text.endswith("\ufffd"):
-            safe = min(safe, len(text) - 1)
-        return self._take(safe)
+        return safe
 
     def finish(self) -> str:
-        """The held-back remainder at the end of the answer."""
-        return self._take(len(self._text.rstrip()))
+        """The held-back remainder at the end of the answer (an incomplete character decodes as U+FFFD)."""
+        if not self.stopped and self._read < len(self._window):
+            self._text += self._advance(flush=True) if self._text else self._advance(flush=True).lstrip()
+        return self._take(len(self.text))
 
     @property
     def text(self) -> str:
@@ -143,6 +186,8 @@ class Row:
     token_ids: list[int] = field(default_factory=list)
     """Generated ids (the end-of-turn id included when one ended the answer)."""
     finish_reason: FinishReason | None = None
+    error: Exception | None = None
+    """Why the row failed (finish_reason "error"): a failure of this row alone, the batch goes on."""
 
 
 @dataclass
@@ -208,9 +253,11 @@ class BatchDecoder:
     @property
     def can_add(self) -> bool:
         """Whether `add` can join new prompts to this batch (plain per-layer key/value tensors only)."""
+        from transformers import DynamicLayer
+
         layers = getattr(self.cache, "layers", None)
         return bool(self.rows) and layers is not None and all(
-            type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+            type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
 
     @torch.no_grad()
     def add(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams], indices: Sequence[int]) -> None:
@@ -232,6 +279,9 @@ class BatchDecoder:
             shape[dim] = missing
             return torch.cat([x.new_zeros(shape), x], dim=dim)
 
+        # transformers has no public call that joins two caches of different lengths along the batch (only
+        # batch_select_indices / crop / batch_repeat_interleave), so this writes the per-layer `keys` / `values`
+        # tensors of DynamicLayer directly, as those methods do.
         for old, new in zip(self.cache.layers, cache.layers):  # keys/values (B, H, L, d)
             old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)], dim=0)
             old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)], dim=0)
@@ -250,6 +300,22 @@ class BatchDecoder:
             if row.index == index and row.finish_reason is None:
                 row.finish_reason = "cancelled"
 
+    def _advance_row(self, row: Row, b: int, greedy_token: int) -> tuple[int, str]:
+        """Sample batch row `b`'s next token and turn it into text; sets `row.finish_reason` when it ends."""
+        token = greedy_token if row.params.greedy else sample_token(self.logits[b], row.params, row.generator)
+        row.token_ids.append(token)
+        if token in self.eot:
+            row.finish_reason = "stop"
+            return token, row.stream.finish()
+        text = row.stream.push(token)
+        if row.stream.stopped:
+            row.finish_reason = "stop"
+        elif len(row.token_ids) >= row.params.max_new_tokens:
+            row.finish_reason = "length"
+        if row.finish_reason is not None:
+            text += row.stream.finish()
+        return token, text
+
     @torch.no_grad()
     def step(self) -> list[StepEvent]:
         """Sample one token per active row, emit text, drop finished rows and run the model once."""
@@ -260,19 +326,10 @@ class BatchDecoder:
                 events.append(StepEvent(row.index, "", row.finish_reason))
                 next_ids.append(0)
                 continue
-            token = greedy[b] if row.params.greedy else sample_token(self.logits[b], row.params, row.generator)
-            row.token_ids.append(token)
-            if token in self.eot:
-                row.finish_reason = "stop"
-                text = row.stream.finish()
-            else:
-                text = row.stream.push(token)
-                if row.stream.stopped:
-                    row.finish_reason = "stop"
-                elif len(row.token_ids) >= row.params.max_new_tokens:
-                    row.finish_reason = "length"
-                if row.finish_reason is not None:
-                    text += row.stream.finish()
+            try:
+                token, text = self._advance_row(row, b, greedy[b])
+            except Exception as e:  # this row's failure ends this row only
+                row.finish_reason, row.error, token, text = "error", e, 0, ""
             events.append(StepEvent(row.index, text, row.finish_reason))
             next_ids.append(token)
         if self.first_token_time is None:

@@ -15,47 +15,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from vistune import __version__
+from vistune.checkpoint_format import CONFIG_NAME, MODEL_TYPE, CheckpointError, is_checkpoint, read_config
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
+from vistune.model.llm import is_peft_model
+from vistune.model.projector import Projector
+from vistune.model.vision import EfficientNetTower, HFVisionTower
+from vistune.model.vlm import VisionLanguageModel
+from vistune.utils.io import atomic_dir
+from vistune.version import __version__
 
-CONFIG_NAME = "config.json"
-MODEL_TYPE = "vistune"
-
-
-class CheckpointError(ValueError):
-    """A directory that is not a loadable vistune checkpoint."""
-
-
-def is_checkpoint(path: str | os.PathLike) -> bool:
-    cfg = Path(path) / CONFIG_NAME
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def _is_peft(module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(module, PeftModel)
+__all__ = ["CONFIG_NAME", "MODEL_TYPE", "CheckpointError", "is_checkpoint", "read_config", "save_checkpoint",
+           "load_checkpoint", "write_checkpoint_files"]
 
 
 def write_checkpoint_files(model, directory: Path, extra: dict | None = None) -> None:
     """Write the checkpoint's files into an existing, empty `directory`."""
     llm = model.llm
-    lora = _is_peft(llm)
+    lora = is_peft_model(llm)
     if lora:
         llm.save_pretrained(directory / "llm_adapter")
         # the base weights without the injected adapter layers, under their original names
@@ -92,55 +74,16 @@ def write_checkpoint_files(model, directory: Path, extra: dict | None = None) ->
 def save_checkpoint(model, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Save atomically: write a temporary sibling directory, then rename it to `path` (replacing it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
+    with atomic_dir(path) as tmp:
         write_checkpoint_files(model, tmp, extra)
-        _fsync_tree(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def _fsync_tree(directory: Path) -> None:
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def read_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{path} is not a vistune checkpoint: {CONFIG_NAME} is missing")
-    config = json.loads((path / CONFIG_NAME).read_text())
-    if config.get("model_type") != MODEL_TYPE:
-        raise CheckpointError(f"{path}/{CONFIG_NAME} has model_type {config.get('model_type')!r}, not {MODEL_TYPE!r}")
-    return config
-
-
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu",
-                    trainable_lora: bool = False):
-    """Rebuild a VisionLanguageModel from a checkpoint directory alone."""
+                    trainable_lora: bool = False, cls: type[VisionLanguageModel] = VisionLanguageModel
+                    ) -> VisionLanguageModel:
+    """Rebuild a VisionLanguageModel (or subclass `cls`) from a checkpoint directory alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from vistune.model.projector import Projector
-    from vistune.model.vision import EfficientNetTower, HFVisionTower
-    from vistune.model.vlm import VisionLanguageModel
 
     path = Path(path)
     config = read_config(path)
@@ -165,10 +108,11 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         llm = PeftModel.from_pretrained(llm, path / "llm_adapter", is_trainable=trainable_lora)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"],
-                          output_rms=1.0 if model_config.projector_norm else None,  # the saved values load next
-                          standardise=model_config.feature_standardise)
+                          # the saved output_rms value loads next
+                          output_rms=1.0 if model_config.projector_norm == "rms" else None,
+                          standardise=model_config.feature_norm == "channel")
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
-    model = VisionLanguageModel(model_config, tower, projector.to(dtype), llm, tokenizer,
+    model = cls(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))
     if model.num_image_tokens != config["num_image_tokens"]:
         raise CheckpointError(f"rebuilt tower gives {model.num_image_tokens} image tokens, config says "

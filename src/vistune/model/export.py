@@ -21,9 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -34,34 +31,28 @@ from vistune.conversation import (
     IMAGE_TOKEN_ID,
     LLAMA2_SYSTEM,
     TEMPLATES,
+    Message,
     RenderError,
+    TokenizerMismatch,
+    check_whole_prompt_tokenization,
+    conversation_messages,
+    first_difference,
 )
-from vistune.model.checkpoint import CheckpointError, read_config
+from vistune.errors import UserError
+from vistune.model.checkpoint import load_checkpoint, read_config
+from vistune.model.llm import is_peft_model
+from vistune.utils.io import atomic_dir
 
 IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<image>": the processor expands it to one token per image feature
 EXPORTABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A checkpoint that cannot be expressed in the target format; the message says why."""
 
 
 # --------------------------------------------------------------------------------------------------
 # entry points
-
-
-def export_command(args) -> int:
-    """`vistune export --model DIR --to hf-llava --out DIR`."""
-    if args.to != "hf-llava":
-        print(f"error: unknown export format {args.to!r}; expected 'hf-llava'", file=sys.stderr)
-        return 2
-    try:
-        out = export_hf_llava(args.model, args.out)
-    except (ExportError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} (load with transformers' LlavaForConditionalGeneration and AutoProcessor)")
-    return 0
 
 
 def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -74,44 +65,51 @@ def export_hf_llava(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not an empty directory; choose another --out")
 
-    from vistune.model.checkpoint import load_checkpoint
-
     model = load_checkpoint(checkpoint, dtype=_stored_dtype(checkpoint))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # replaces an empty `out` (checked above)
         write_hf_llava(model, tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def check_exportable(config: dict) -> None:
-    """Refuse, from `config.json` alone, what llava-hf cannot express."""
+# Where a run that should export goes instead (every fix below needs a new run from stage 1).
+EXPORTABLE_RECIPES = "configs/llava15_*.yaml or configs/paper_*.yaml"
+
+
+def export_blockers(config: dict) -> list[str]:
+    """Every reason, from `config.json` alone, that llava-hf cannot express this checkpoint, each with its fix
+    (empty: exportable)."""
     model_config = from_dict(ModelConfig, config["model"], prefix="model.")
     tower = config["vision_tower"]
+    blockers = []
     if tower.get("kind") != "hf":
-        raise ExportError(
-            f"the hf-llava format needs a transformers vision tower (CLIP or SigLIP); this checkpoint's tower is "
-            f"{tower.get('name', tower.get('kind'))!r}, which LlavaForConditionalGeneration cannot load. "
-            "Use the vistune checkpoint directly (vistune chat / serve)."
-        )
-    model_type = tower["config"].get("model_type")
-    if model_type not in EXPORTABLE_TOWERS:
-        raise ExportError(f"vision tower type {model_type!r} is not supported by this export; "
-                          f"supported: {', '.join(EXPORTABLE_TOWERS)}")
-    if model_config.feature_norm:
-        raise ExportError("model.feature_norm=true (a LayerNorm between tower and projector) has no llava-hf "
-                          "equivalent; this checkpoint cannot be exported")
-    if model_config.projector_norm:
-        raise ExportError("model.projector_norm=true (image tokens rescaled after the projector) has no llava-hf "
-                          "equivalent; this checkpoint cannot be exported")
+        blockers.append(
+            f"its vision tower {tower.get('name', tower.get('kind'))!r} is not a transformers model, and "
+            f"LlavaForConditionalGeneration loads only those: train with a CLIP or SigLIP tower ({EXPORTABLE_RECIPES}, "
+            f"or model.vision_tower=<a CLIP/SigLIP hub id or directory>)")
+    elif tower.get("config", {}).get("model_type") not in EXPORTABLE_TOWERS:
+        blockers.append(f"vision tower type {tower.get('config', {}).get('model_type')!r} is not supported by this "
+                        f"export: train with one of {', '.join(EXPORTABLE_TOWERS)} ({EXPORTABLE_RECIPES})")
+    # model.feature_norm=channel is an affine map of the inputs: it folds into linear_1 (see write_hf_llava)
+    if model_config.feature_norm == "token":
+        blockers.append("model.feature_norm=token (each image token standardised by its own mean and spread) has "
+                        "no llava-hf counterpart: train with model.feature_norm=none or channel")
+    if model_config.projector_norm == "rms":
+        blockers.append("model.projector_norm=rms (image tokens rescaled after the projector) has no llava-hf "
+                        "counterpart: train with model.projector_norm=none")
     if model_config.template not in TEMPLATES:
-        raise ExportError(f"template {model_config.template!r} cannot be exported")
+        blockers.append(f"template {model_config.template!r} has no export: train with one of "
+                        f"{', '.join(TEMPLATES)}")
+    return blockers
+
+
+def check_exportable(config: dict) -> None:
+    """Refuse, from `config.json` alone, what llava-hf cannot express: one message listing every blocker."""
+    blockers = export_blockers(config)
+    if blockers:
+        listed = "; ".join(f"({i}) {b}" for i, b in enumerate(blockers, 1))
+        raise ExportError(f"this checkpoint cannot be exported to hf-llava ({len(blockers)} blocker"
+                          f"{'s' if len(blockers) > 1 else ''}): {listed}. Each fix needs a new run from stage 1; "
+                          "this checkpoint works as it is with vistune chat / infer / serve.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,6 +121,10 @@ def write_hf_llava(model, directory: Path) -> None:
     from transformers import AutoProcessor
 
     check_exportable({"model": dataclasses.asdict(model.config), "vision_tower": model.vision_tower.config_dict()})
+    try:
+        check_whole_prompt_tokenization(model.renderer)
+    except TokenizerMismatch as e:
+        raise ExportError(f"cannot export exactly: {e}") from None
     tokenizer, image_token_id = _tokenizer_with_image_token(model.tokenizer)
     config, generation_config, weights = build_llava(model, image_token_id)
     config.save_pretrained(directory)
@@ -158,11 +160,7 @@ def _tokenizer_with_image_token(tokenizer):
 
 
 def _llm_without_adapters(llm):
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return llm
-    if isinstance(llm, PeftModel):
+    if is_peft_model(llm):
         import copy
 
         return copy.deepcopy(llm).merge_and_unload()
@@ -405,7 +403,8 @@ def _chat_template(template: str, tokenizer, prelude: str) -> str:
             "{{- system + " + _lit(t.system_suffix) + " -}}"
             "{%- for m in body -%}"
             "{%- if m['role'] == 'user' -%}"
-            "{{- " + _lit(t.user_tag + " ") + " + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
+            "{{- (" + _lit((t.first_user_tag or t.user_tag) + " ") + " if loop.first else " + _lit(t.user_tag + " ")
+            + ") + m['content'] + " + _lit(t.user_suffix + t.assistant_tag) + " -}}"
             "{%- else -%}{{- " + _lit(t.answer_prefix) + " + m['content'] + " + answer_end + " -}}{%- endif -%}"
             "{%- endfor -%}"
         )
@@ -453,14 +452,12 @@ def check_prompt_parity(model, processor, image_token_id: int) -> None:
     conversations, at generation time and in training form; raise ExportError naming the first difference."""
     from PIL import Image
 
-    from vistune.conversation import Message
-
     size = model.image_processor.config.crop_size
     image = Image.new("RGB", (size + 7, size), (120, 60, 30))
     tok = processor.tokenizer
     checked = 0
     for label, history, prompt, answer, system in _probes():
-        messages = model.prompt_messages(prompt, history, has_image=True, system=system)
+        messages = conversation_messages(prompt, history, has_image=True, system=system)
         if answer is not None:
             messages = [*messages, Message("assistant", answer)]
         try:
@@ -472,14 +469,13 @@ def check_prompt_parity(model, processor, image_token_id: int) -> None:
         text = processor.apply_chat_template(hf_messages, add_generation_prompt=answer is None, tokenize=False)
         got = processor(text=text, images=[image], return_tensors="pt")["input_ids"][0].tolist()
         if got != expected:
-            k = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            k = first_difference(got, expected)
             raise ExportError(
                 f"template {model.config.template!r} cannot be exported exactly with this tokenizer: on "
                 f"{label}, llava-hf's processor gives different token ids than vistune (first difference at "
                 f"position {k}: processor {tok.convert_ids_to_tokens(got[k:k + 4])}, vistune "
-                f"{tok.convert_ids_to_tokens(expected[k:k + 4])}). vistune tokenizes the template's text and each "
-                "message separately, the processor tokenizes the whole prompt, and this tokenizer merges "
-                "across that boundary"
+                f"{tok.convert_ids_to_tokens(expected[k:k + 4])}): the exported chat template does not write the "
+                "same text as vistune's template"
             )
         checked += 1
     if checked == 0:

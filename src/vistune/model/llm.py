@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +10,18 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from vistune.paths import cache_dir, package_dir
+from vistune.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
+
+
+def is_peft_model(module) -> bool:
+    """Whether `module` is wrapped by peft (LoRA adapters not merged); False when peft is not installed."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(module, PeftModel)
 
 
 @dataclass(frozen=True)
@@ -59,17 +66,9 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
         del model.config.quantization_config
     model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, replace=False) as tmp:  # another process that finished first wins
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-            return
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -82,7 +81,3 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     path = resolve_llm_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def llm_config_dict(model: PreTrainedModel) -> dict:
-    return json.loads(model.config.to_json_string(use_diff=False))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vistune.config import PROJECTORS
+
 
 class Projector(nn.Module):
     """`linear`: one matrix (the paper). `mlp2x_gelu`: linear, GELU, linear (LLaVA-1.5).
@@ -49,5 +51,3 @@ class Projector(nn.Module):
         folded = weight / self.input_std  # (Dl, Dv)
         return folded, bias - folded @ self.input_mean
 
-
-PROJECTORS = {"linear", "mlp2x_gelu"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from vistune.config import ModelConfig
+from vistune.model.llm import load_tokenizer
 from vistune.model.vision import EfficientNetTower, HFVisionTower, VisionTower
+from vistune.model.vlm import VisionLanguageModel
 
 
 def tiny_vision_tower(kind: str = "clip", layer: int = -2, select: str = "patch", image_size: int | None = None,
@@ -45,9 +47,6 @@ def tiny_llm(tokenizer, hidden_size: int = 64, layers: int = 2, seed: int = 0, t
 def tiny_vlm(tower: str = "clip", projector: str = "linear", template: str = "chat_template",
              tokenizer_name: str = "smollm2-135m-instruct", seed: int = 0, **tower_kwargs):
     """A complete tiny VisionLanguageModel with the default tokenizer."""
-    from vistune.model.llm import load_tokenizer
-    from vistune.model.vlm import VisionLanguageModel
-
     tokenizer = load_tokenizer(tokenizer_name)
     vt = tiny_vision_tower(tower, seed=seed, **tower_kwargs)
     llm = tiny_llm(tokenizer, seed=seed)

@@ -220,12 +220,3 @@ def build_vision_tower(name: str, layer: int, select: str, dtype: torch.dtype = 
             raise ValueError("EfficientNet towers have no CLS token: use vision_select='patch'")
         return EfficientNetTower(name, layer, image_size=image_size).to(dtype)
     return HFVisionTower.from_pretrained(name, layer, select, dtype)
-
-
-def vision_tower_from_config(d: dict, layer: int, select: str) -> VisionTower:
-    """Rebuild a tower's architecture (random or uninitialised weights) from `config_dict()`."""
-    if d["kind"] == "efficientnet":
-        return EfficientNetTower(d["name"], layer, pretrained=False, image_size=d.get("image_size"))
-    if d["kind"] == "hf":
-        return HFVisionTower.from_config(d["config"], layer, select, d.get("processor"))
-    raise ValueError(f"unknown vision tower kind {d['kind']!r}")

@@ -9,18 +9,17 @@ supervised positions, so no full-vocabulary logits are built for prompts, images
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from vistune.config import ModelConfig
-from vistune.conversation import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, Message, Renderer
+from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID, Renderer
 from vistune.data.image import ImageProcessor
+from vistune.model.llm import load_llm
 from vistune.model.projector import Projector
-from vistune.model.vision import VisionTower
+from vistune.model.vision import VisionTower, build_vision_tower
 
 
 class ImageTokenMismatch(ValueError):
@@ -58,9 +57,6 @@ class VisionLanguageModel(nn.Module):
     @classmethod
     def build(cls, config: ModelConfig, dtype: torch.dtype = torch.float32) -> "VisionLanguageModel":
         """Assemble a fresh model from the parts named in `config` (pretrained tower and LLM, new projector)."""
-        from vistune.model.llm import load_llm
-        from vistune.model.vision import build_vision_tower
-
         tower = build_vision_tower(config.vision_tower, config.vision_layer, config.vision_select, dtype,
                                    config.image_size)
         llm, tokenizer = load_llm(config.llm, dtype)
@@ -77,9 +73,9 @@ class VisionLanguageModel(nn.Module):
         llm_dim = llm.get_input_embeddings().weight.shape[1]
         if projector is None:
             embeddings = llm.get_input_embeddings().weight.detach()
-            output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm else None
+            output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm == "rms" else None
             projector = Projector(config.projector, tower.hidden_size, llm_dim, output_rms,
-                                  config.feature_standardise).to(embeddings.dtype)
+                                  config.feature_norm == "channel").to(embeddings.dtype)
         processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
         return cls(config, tower, projector, llm, tokenizer, processor)
 
@@ -125,7 +121,7 @@ class VisionLanguageModel(nn.Module):
     def prepare_features(self, features: torch.Tensor) -> torch.Tensor:  # (I, N, D_v) -> (I, N, D_v)
         """The tower's raw features (e.g. from the feature cache) as the projector receives them."""
         features = features.to(self.device)
-        if self.config.feature_norm:
+        if self.config.feature_norm == "token":
             features = F.layer_norm(features.float(), features.shape[-1:])
         return features.to(self.projector.linear_1.weight.dtype)
 
@@ -197,58 +193,3 @@ class VisionLanguageModel(nn.Module):
             cap = cfg.final_logit_softcapping
             logits = torch.tanh(logits / cap) * cap
         return logits
-
-    # ---------------------------------------------------------------------------------------------
-    # simple generation (the inference engine adds KV-cache reuse, batching and streaming)
-
-    def prompt_messages(self, prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
-                        system: str | None = None) -> list[Message]:
-        """History of (question, answer) turns, then the new prompt; the image goes in the first turn."""
-        from vistune.inference.engine import conversation_messages
-
-        return conversation_messages(prompt, history, has_image, system)
-
-    def chat(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
-             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None) -> str:
-        """Answer `prompt` about `image` (None for text only), after earlier (question, answer) turns.
-        `temperature=0` is greedy."""
-        return "".join(self.chat_stream(image, prompt, history, max_new_tokens, temperature, top_p, seed))
-
-    def chat_stream(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
-                    max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                    seed: int | None = None) -> Iterator[str]:
-        """Like `chat`, yielding text pieces as they are generated (joined: the answer)."""
-        from vistune.inference.engine import Engine, Request
-        from vistune.inference.generate import SamplingParams
-
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        return Engine(self, set_eval=False).stream(Request.of(prompt, image, history, params))
-
-    def decode_answer(self, ids: list[int]) -> str:
-        """Text of generated ids, cut at the first end-of-turn id or stop string (as the engine cuts it)."""
-        from vistune.inference.generate import TextStream
-
-        stops = set(self.renderer.end_of_turn_ids())
-        stream = TextStream(self.tokenizer, self.renderer.stop_strings)
-        for t in ids:
-            if t in stops:
-                break
-            stream.push(t)
-            if stream.stopped:
-                break
-        return stream.text
-
-    # ---------------------------------------------------------------------------------------------
-    # persistence
-
-    def save_pretrained(self, path, **kwargs) -> None:
-        from vistune.model.checkpoint import save_checkpoint
-
-        save_checkpoint(self, path, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        from vistune.model.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, dtype=dtype, device=device)

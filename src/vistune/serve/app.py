@@ -10,15 +10,15 @@ error is answered in OpenAI's shape; unexpected ones as a 500 without internals.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import hashlib
 import hmac
+import ipaddress
 import logging
 import os
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -27,13 +27,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
 
-from vistune.inference.engine import Completion, Engine, EngineWorker, Request, RequestError
-from vistune.inference.generate import SamplingParams
-from vistune.serve.images import decode_data_url, decode_image, fetch_remote, read_file_url
+from vistune.inference.engine import Completion, Engine, EngineBusy, EngineWorker, Request, RequestError
+from vistune.inference.generate import SamplingError, SamplingParams
+from vistune.serve.images import ImageLoader, RemoteFetcher, Resolver
 from vistune.serve.schemas import (
     APIError,
     ChatRequest,
     ServeLimits,
+    chat_openapi,
     chunk_body,
     completion_body,
     error_body,
@@ -43,18 +44,102 @@ from vistune.serve.schemas import (
     sse,
     usage_chunk_body,
 )
+from vistune.serve.ui import add_ui
+from vistune.version import __version__
 
 log = logging.getLogger(__name__)
+
+LOCAL_HOSTS = ("localhost",)
+"""Host names always accepted in the Host header (IP literals are always accepted too: DNS rebinding needs a
+name the attacker controls)."""
+
+
+def host_name(value: str) -> str:
+    """The host part of a Host header or an Origin's authority, lower-case, without port or brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+class RequestGuard:
+    """ASGI middleware against cross-site use of a local server: a Host header naming a host other than an IP
+    literal, localhost or an allowed name is refused (DNS rebinding), and so is a POST that is not JSON (a
+    cross-origin form or text/plain POST needs no CORS preflight) or whose Origin is another site."""
+
+    def __init__(self, app, allowed_hosts: Sequence[str] = ()) -> None:
+        self.app = app
+        self.allowed = {host_name(h) for h in (*LOCAL_HOSTS, *allowed_hosts) if h}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            problem = self.problem(scope)
+            if problem is not None:
+                status, message, code = problem
+                await JSONResponse(error_body(message, "invalid_request_error", None, code),
+                                   status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def problem(self, scope) -> tuple[int, str, str] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host")
+        if host is not None:
+            name = host_name(host)
+            if not (is_ip_literal(name) or name in self.allowed or name.endswith(".localhost")):
+                return 421, "this server does not answer for that host name", "host_not_allowed"
+        if scope.get("method") == "POST":
+            kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if kind != "application/json":
+                return 415, "requests must have 'Content-Type: application/json'", "unsupported_media_type"
+            origin = headers.get("origin")
+            if origin is not None and (host is None or origin.split("://", 1)[-1].lower() != host.lower()):
+                return 403, "cross-origin requests are not accepted", "cross_origin"
+        return None
+
+
+class ReleasingStream(StreamingResponse):
+    """A streaming response that calls `release` when it ends, also when the client left before the first
+    event (the body generator's own `finally` never runs if the generator never started)."""
+
+    def __init__(self, content, release, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None = None,
                image_root: str | os.PathLike | None = None, allow_remote_images: bool = False, ui: bool = False,
-               limits: ServeLimits | None = None, worker: EngineWorker | None = None):
+               limits: ServeLimits | None = None, worker: EngineWorker | None = None,
+               allow_private_image_hosts: bool = False, allowed_hosts: Sequence[str] = (),
+               resolver: Resolver | None = None, image_transport=None):
     """The ASGI app. `api_key`: required Bearer token for /v1 (None: open). `image_root`: where file://
-    URLs may point (None: file URLs refused). `ui`: serve the chat page at /."""
+    URLs may point (None: file URLs refused). `allow_remote_images`: fetch http(s) image URLs, from public
+    addresses only unless `allow_private_image_hosts`. `allowed_hosts`: host names (besides IP literals and
+    localhost) the Host header may carry, e.g. the name the server is reached by. `resolver` and
+    `image_transport` replace DNS and the HTTP transport for remote images (tests). `ui`: the chat page at /."""
     limits = limits or ServeLimits()
     root = Path(image_root).resolve() if image_root is not None else None
-    worker = worker or EngineWorker(engine)
+    worker = worker or EngineWorker(engine, max_queue=limits.max_pending)
+    processor = engine.model.image_processor
+    fetcher = RemoteFetcher(limits, allow_private_image_hosts, resolver, image_transport) \
+        if allow_remote_images else None
+    images = ImageLoader(limits, root, fetcher, processor.fit if processor.fit_is_stable else None)
+    key_digest = hashlib.sha256(api_key.encode()).digest() if api_key is not None else None
+    admitted = 0
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -62,13 +147,15 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
         yield
         worker.stop()
 
-    app = FastAPI(title="vistune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="vistune", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_hosts)
     app.state.worker = worker
     app.state.engine = engine
     app.state.limits = limits
 
     def error(e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(APIError)
     async def _api_error(_, exc: APIError):
@@ -92,11 +179,12 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
         return JSONResponse(error_body("internal server error", "server_error", None, None), status_code=500)
 
     def check_key(request: HTTPRequest) -> None:
-        if api_key is None:
+        """Constant time: the digests of the sent and the expected key are compared, whatever their lengths."""
+        if key_digest is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        sent = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(sent, key_digest) or scheme.lower() != "bearer":
             raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                            code="invalid_api_key")
 
@@ -114,28 +202,10 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def load_image(url: str, param: str):
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme == "data":
-            return await run_in_threadpool(decode_data_url, url, limits, param)
-        if scheme == "file":
-            return await run_in_threadpool(read_file_url, url, root, limits, param)
-        if scheme in ("http", "https"):
-            if not allow_remote_images:
-                raise APIError(400, "remote image URLs are disabled (start the server with --allow-remote-images)",
-                               param=param, code="image_url_not_allowed")
-            try:
-                data = await asyncio.wait_for(fetch_remote(url, limits, param), limits.remote_timeout_s)
-            except asyncio.TimeoutError:
-                raise APIError(400, f"fetching the image took longer than {limits.remote_timeout_s} s",
-                               param=param, code="image_fetch_failed") from None
-            return await run_in_threadpool(decode_image, data, limits, param)
-        raise APIError(400, "image URLs must be data:, file:// or http(s):// URLs", param=param,
-                       code="invalid_image_url")
-
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "queued": worker.pending()}
+        return {"status": "ok", "model": model_name, "queued": worker.pending(), "running": worker.running,
+                "admitted": admitted}
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
@@ -143,60 +213,112 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "vistune"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: HTTPRequest):
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: HTTPRequest):
         check_key(request)
-        parsed = parse_chat_request(parse_json(await read_body(request)), limits)
+        return app.openapi()
+
+    @app.post("/v1/chat/completions", openapi_extra=chat_openapi(limits), response_model=None)
+    async def chat_completions(request: HTTPRequest):
+        nonlocal admitted
+        check_key(request)
+        if admitted >= limits.max_pending:
+            raise APIError(503, "the server is busy; try again shortly", type="server_error",
+                           code="server_overloaded", headers={"Retry-After": "1"})
+        admitted += 1
+        released = False
+
+        def release() -> None:  # exactly once, however the request ends
+            nonlocal admitted, released
+            if not released:
+                released = True
+                admitted -= 1
+
+        streaming = False
+        try:
+            job, parsed, events = await admit(request)
+            if parsed.stream:
+                first = await next_event(events, request, job)
+                if first[0] == "error":
+                    job.cancel()
+                    raise as_api_error(first[1])
+                streaming = True
+
+                def end_stream() -> None:
+                    job.cancel()  # no-op when finished
+                    release()
+
+                return ReleasingStream(stream_events(new_id(), parsed, first, events, job), end_stream,
+                                       media_type="text/event-stream",
+                                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return await complete(request, job, events)
+        finally:
+            if not streaming:
+                release()
+
+    async def admit(request: HTTPRequest):
+        """Parse, check and load everything of a request in this thread pool, then queue it for the engine."""
+        body = await read_body(request)
+        data = await run_in_threadpool(parse_json, body) if len(body) > 65536 else parse_json(body)
+        del body
+        parsed = parse_chat_request(data, limits)
+        del data
         if parsed.model is not None and parsed.model != model_name:
             raise APIError(404, f"the model {parsed.model!r} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
-        images = [await load_image(url, param) for url, param in parsed.image_urls]
+        loaded = [await images.load(url, param) for url, param in parsed.image_urls]
         try:
             params = SamplingParams(max_new_tokens=parsed.max_tokens, temperature=parsed.temperature,
                                     top_p=parsed.top_p, seed=parsed.seed, stop=parsed.stop)
-        except ValueError as e:
-            raise APIError(400, str(e), code="invalid_value") from None
+        except SamplingError as e:
+            raise APIError(400, str(e), param=str(e).split(" ", 1)[0], code="invalid_value") from None
+        try:
+            checked = await run_in_threadpool(engine.check, Request(parsed.messages, loaded, params))
+        except RequestError as e:
+            raise APIError(400, str(e), param="messages", code="invalid_value") from None
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        job = worker.submit(Request(parsed.messages, images, params),
-                            lambda kind, payload: loop.call_soon_threadsafe(events.put_nowait, (kind, payload)))
         try:
-            first = await next_event(events, request, job)
-        except BaseException:
-            job.cancel()
-            raise
-        if first[0] == "error":
-            raise as_api_error(first[1])
-        if first == ("done", None):  # the client went away before the first token
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-        rid = new_id()
-        if parsed.stream:
-            return StreamingResponse(stream_events(rid, parsed, first, events, job), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, kind, payload = [], *first
+            job = worker.submit(checked, lambda kind, payload: loop.call_soon_threadsafe(events.put_nowait,
+                                                                                          (kind, payload)))
+        except EngineBusy:
+            raise APIError(503, "the server is busy; try again shortly", type="server_error",
+                           code="server_overloaded", headers={"Retry-After": "1"}) from None
+        return job, parsed, events
+
+    async def complete(request: HTTPRequest, job, events: asyncio.Queue):
+        """A non-streaming answer; the job is cancelled as soon as the client disconnects."""
+        watcher = asyncio.create_task(cancel_on_disconnect(request, job))
         try:
-            while kind == "text":
-                text.append(payload)
-                kind, payload = await next_event(events, request, job)
+            text_seen = True
+            while text_seen:
+                kind, payload = await events.get()
+                text_seen = kind == "text"
         finally:
-            job.cancel()  # no-op when finished; frees the slot when the client went away
+            job.cancel()  # no-op when finished
+            watcher.cancel()
         if kind == "error":
             raise as_api_error(payload)
-        if payload is None:  # client disconnected
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
         done: Completion = payload
-        return completion_body(rid, model_name, done.text, done.finish_reason, done.prompt_tokens,
+        if done.finish_reason == "cancelled":
+            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
+        return completion_body(new_id(), model_name, done.text, done.finish_reason, done.prompt_tokens,
                                done.completion_tokens)
 
+    async def cancel_on_disconnect(request: HTTPRequest, job, every_s: float = 0.25) -> None:
+        while not job.cancelled.is_set():
+            if await request.is_disconnected():
+                job.cancel()
+                return
+            await asyncio.sleep(every_s)
+
     async def next_event(events: asyncio.Queue, request: HTTPRequest, job) -> tuple[str, object]:
-        """The job's next event; ("done", None) when the client disconnects first."""
-        while True:
-            try:
-                return await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel()
-                    return ("done", None)
+        """The job's next event; the job is cancelled meanwhile if the client disconnects."""
+        watcher = asyncio.create_task(cancel_on_disconnect(request, job))
+        try:
+            return await events.get()
+        finally:
+            watcher.cancel()
 
     async def stream_events(rid: str, parsed: ChatRequest, first, events: asyncio.Queue, job) -> AsyncIterator[bytes]:
         try:
@@ -218,8 +340,6 @@ def create_app(engine: Engine, model_name: str = "vistune", api_key: str | None 
             job.cancel()  # the client went away (or we finished): stop generating for it
 
     if ui:
-        from vistune.serve.ui import add_ui
-
         add_ui(app, model_name)
     return app
 
@@ -231,25 +351,3 @@ def as_api_error(exc: object) -> APIError:
         return APIError(400, str(exc), param="messages", code="invalid_value")
     log.error("generation failed", exc_info=exc if isinstance(exc, BaseException) else None)
     return APIError(500, "internal server error", type="server_error")
-
-
-def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            print(f"error: --api-key-env {args.api_key_env}: that environment variable is not set or empty",
-                  file=sys.stderr)
-            return 2
-    if args.image_root and not Path(args.image_root).is_dir():
-        print(f"error: --image-root {args.image_root} is not a directory", file=sys.stderr)
-        return 2
-    engine = Engine.load(args.model, args.device, args.dtype)
-    app = create_app(engine, model_name=Path(args.model).resolve().name, api_key=api_key,
-                     image_root=args.image_root, allow_remote_images=args.allow_remote_images, ui=args.ui)
-    print(f"serving {args.model} at http://{args.host}:{args.port}/v1" + (" (chat page at /)" if args.ui else ""),
-          file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0

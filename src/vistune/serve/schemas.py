@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vistune.conversation import IMAGE_PLACEHOLDER, Message, RenderError, validate_messages
+from vistune.inference.generate import SEED_MAX, SEED_MIN
 
 
 class APIError(Exception):
     """An error answered to the client in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
@@ -49,12 +51,26 @@ class ServeLimits:
     """Largest `max_tokens` a request may ask for."""
     default_max_tokens: int = 512
     """Answer length limit when a request gives no `max_tokens`."""
-    default_temperature: float = 0.2
-    """Temperature when a request gives none (an explicit 0 is greedy)."""
+    default_temperature: float = 0.0
+    """Temperature when a request gives none; 0 (greedy, like every vistune command) unless `vistune serve
+    --temperature` says otherwise."""
+    default_top_p: float = 1.0
+    """Nucleus mass when a request gives no `top_p`."""
+    default_seed: int | None = None
+    """Sampling seed when a request gives none (None: a fresh one per request)."""
     max_stop: int = 4
     """Most stop strings per request."""
     remote_timeout_s: float = 10.0
-    """Time limit for fetching one http(s) image (with --allow-remote-images)."""
+    """Time limit for fetching one http(s) image (with --allow-remote-images), redirects included."""
+    max_aspect_ratio: float = 32.0
+    """Longest image side / shortest (a 1 x 40M image would otherwise resize to billions of pixels)."""
+    max_concurrent_decodes: int = 2
+    """Images decoded at once; each is shrunk to the model's input size right after decoding, so decoding
+    memory is bounded by about this many times max_image_pixels x 4 bytes."""
+    max_prompt_chars: int = 400_000
+    """Characters of message text per request, checked before tokenizing."""
+    max_pending: int = 128
+    """Requests admitted at once (reading, decoding, queued or generating); more get a 503 at once."""
 
 
 @dataclass
@@ -76,10 +92,34 @@ class ChatRequest:
 
 
 def parse_json(body: bytes) -> Any:
+    """Decoded JSON; APIError (400) for invalid JSON, nesting too deep to decode, or invalid Unicode (a lone
+    surrogate such as "\\ud800", which no tokenizer can encode)."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
+    check_unicode(data)
+    return data
+
+
+def check_unicode(data: Any) -> None:
+    """APIError (400) if any string (key or value) in decoded JSON is not encodable as UTF-8."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, "the request contains invalid Unicode (a lone surrogate)",
+                               code="invalid_json") from None
 
 
 def _number(data: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
@@ -122,8 +162,10 @@ def parse_chat_request(data: Any, limits: ServeLimits) -> ChatRequest:
         raise APIError(400, f"'{key}' must be between 1 and {limits.max_tokens}, got {max_tokens}", param=key,
                        code="invalid_value")
     temperature = _number(data, "temperature", limits.default_temperature, 0.0, 2.0)
-    top_p = _number(data, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    top_p = _number(data, "top_p", limits.default_top_p, 0.0, 1.0, lo_open=True)
     seed = _integer(data, "seed")
+    if seed is None:
+        seed = limits.default_seed
     n = _integer(data, "n")
     if n is not None and n != 1:
         raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
@@ -159,8 +201,9 @@ def parse_messages(raw: Any, limits: ServeLimits) -> tuple[list[Message], list[t
         raise APIError(400, "'messages' is required", param="messages", code="missing_required_parameter")
     if not isinstance(raw, list) or not raw:
         raise APIError(400, "'messages' must be a non-empty list", param="messages", code="invalid_value")
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, list[str]]] = []
     images: list[tuple[str, str]] = []
+    chars = 0
     for i, m in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -204,11 +247,15 @@ def parse_messages(raw: Any, limits: ServeLimits) -> tuple[list[Message], list[t
                            param=f"{where}.content", code="invalid_type")
         if role == "system" and out and out[-1][0] != "system":
             raise APIError(400, f"{where}: system messages must come first", param=where, code="invalid_value")
+        chars += len(text) + 1
+        if chars > limits.max_prompt_chars:
+            raise APIError(400, f"the messages are longer than {limits.max_prompt_chars} characters",
+                           param="messages", code="context_length_exceeded")
         if out and out[-1][0] == role:  # consecutive messages of one role form one turn
-            out[-1] = (role, f"{out[-1][1]}\n{text}")
+            out[-1][1].append(text)
         else:
-            out.append((role, text))
-    messages = [Message(r, t.strip()) for r, t in out]  # type: ignore[arg-type]
+            out.append((role, [text]))
+    messages = [Message(r, "\n".join(t).strip()) for r, t in out]  # type: ignore[arg-type]
     try:
         validate_messages(messages, for_generation=True)
     except RenderError as e:
@@ -251,3 +298,117 @@ def sse(obj: dict | str) -> bytes:
     """One server-sent event line."""
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
+
+
+# -------------------------------------------------------------------------------------------------
+# the OpenAPI description of what `parse_chat_request` accepts (the hand-written parser stays the authority
+# for error messages; tests fuzz the live server with bodies generated from this description)
+
+
+def chat_openapi(limits: ServeLimits) -> dict:
+    """OpenAPI fragment (request body and responses) for POST /v1/chat/completions under `limits`."""
+    from typing import Annotated, Literal, Union
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")  # OpenAI clients send fields this server ignores
+
+    class ImageURL(Open):
+        url: Annotated[str, Field(min_length=1)]
+        """A data:image/...;base64 URL, a file:// URL under --image-root or (if allowed) an http(s) URL."""
+
+    class ImagePart(Open):
+        type: Literal["image_url"]
+        image_url: Union[ImageURL, Annotated[str, Field(min_length=1)]]
+
+    class TextPart(Open):
+        type: Literal["text"]
+        text: str
+
+    class ChatMessage(Open):
+        role: Literal["system", "developer", "user", "assistant"]
+        content: Union[str, list[Union[TextPart, ImagePart]]]
+
+    class StreamOptions(Open):
+        include_usage: bool = False
+
+    class ChatCompletionRequest(Open):
+        """A chat completion request. Beyond this shape: the conversation must end with a user turn, system
+        messages come first, images only in user messages (at most `max_images`), and the prompt must fit."""
+
+        messages: Annotated[list[ChatMessage], Field(min_length=1)]
+        model: str | None = None
+        max_tokens: Annotated[int, Field(ge=1, le=limits.max_tokens)] | None = None
+        max_completion_tokens: Annotated[int, Field(ge=1, le=limits.max_tokens)] | None = None
+        temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+        top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+        seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
+        n: Literal[1] | None = None
+        stop: Union[str, Annotated[list[str], Field(max_length=limits.max_stop)], None] = None
+        stream: bool | None = None
+        stream_options: StreamOptions | None = None
+
+    class ErrorDetail(BaseModel):
+        message: str
+        type: str
+        param: str | None
+        code: str | None
+
+    class ErrorResponse(BaseModel):
+        error: ErrorDetail
+
+    class AssistantMessage(BaseModel):
+        role: Literal["assistant"]
+        content: str
+
+    class Choice(BaseModel):
+        index: int
+        message: AssistantMessage
+        finish_reason: str
+        logprobs: None = None
+
+    class Usage(BaseModel):
+        prompt_tokens: int
+        completion_tokens: int
+        total_tokens: int
+
+    class ChatCompletion(BaseModel):
+        id: str
+        object: Literal["chat.completion"]
+        created: int
+        model: str
+        choices: list[Choice]
+        usage: Usage
+
+    error = {"application/json": {"schema": inline_refs(ErrorResponse.model_json_schema())}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": inline_refs(ChatCompletionRequest.model_json_schema())}}},
+        "responses": {
+            "200": {"description": "The answer (JSON), or server-sent chat.completion.chunk events with stream",
+                    "content": {"application/json": {"schema": inline_refs(ChatCompletion.model_json_schema())},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            **{str(code): {"description": what, "content": error} for code, what in [
+                (400, "Invalid request"), (401, "Missing or wrong API key"), (403, "Cross-origin request"),
+                (404, "Unknown model"), (413, "Body too large"), (415, "Not JSON"), (421, "Host not allowed"),
+                (499, "The client disconnected"), (500, "Internal error"), (503, "Busy")]},
+        },
+    }
+
+
+def inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` references replaced by the definitions (none are recursive)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(dict(defs[node["$ref"].rsplit("/", 1)[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+from vistune.serve.schemas import APIError
+
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 """The page's files and their media types (nothing else is served from static/)."""
 
@@ -31,7 +33,5 @@ def add_ui(app, model_name: str) -> None:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
         if name not in STATIC_FILES:
-            from vistune.serve.schemas import APIError
-
             raise APIError(404, "not found", code="not_found")
         return Response(static_text(name), media_type=f"{STATIC_FILES[name]}; charset=utf-8", headers=headers)

@@ -91,14 +91,6 @@ def all_sum_tensor(world: World, t: torch.Tensor) -> torch.Tensor:
     return moved.cpu()
 
 
-def broadcast_object(world: World, obj):
-    if not world.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class TrainStep(nn.Module):
     """The module that DDP/FSDP wrap: the model's loss, with the projector always in the graph (a zero-weighted
     pass when a batch has no image), so every process reduces the same gradients in every step."""
@@ -159,8 +151,7 @@ def full_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer, world: Worl
                trainable_only: bool = True) -> tuple[dict, dict]:
     """(model state, optimizer state) in full on rank 0 (CPU tensors, keys are parameter names of the
     TrainStep's model; empty dicts on other ranks)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     module = _unwrap(wrapped)
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)

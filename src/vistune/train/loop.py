@@ -16,15 +16,11 @@ the update does not depend on how the batch is split. Run directory:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,22 +32,33 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vistune.config import ARCHITECTURE_KEYS, ConfigError, RunConfig, dump_yaml, load_run_config, to_dict
+from vistune.config import ConfigError, RunConfig, check_matches_checkpoint, dump_yaml, to_dict
 from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.data.feature_cache import FeatureCache
+from vistune.model.checkpoint import write_checkpoint_files
+from vistune.model.llm import is_peft_model
 from vistune.model.packed_attention import use_segment_attention
 from vistune.train import distributed as D
 from vistune.train import state as S
 from vistune.train.optim import build_optimizer, lr_factor, set_lr, set_trainable, warmup_steps
 from vistune.train.sampler import epoch_batches, rank_micro_batches, steps_per_epoch
-from vistune.utils.io import atomic_write_jsonl, atomic_write_text
+from vistune.utils.io import (
+    atomic_write_jsonl,
+    atomic_write_text,
+    commit_dir,
+    read_json_or_jsonl,
+    repair_jsonl_tail,
+)
 
 log = logging.getLogger(__name__)
 
-# Keys that may change when a run is resumed (they do not change what the finished run computes).
+# Keys that may change when a run is resumed: bookkeeping (checkpoints, logs, data workers), which never changes
+# the weights, and the time budget, which decides only where the run stops. `train.max_steps` and `train.epochs`
+# are not among them: they set the length of the learning-rate schedule, so the steps after the resume would
+# follow another schedule than the steps before it.
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_last", "train.log_every", "train.tensorboard",
-                     "train.max_minutes", "data.num_workers", "train.max_steps", "train.epochs"}
+                     "train.max_minutes", "data.num_workers"}
 
 
 class TrainingError(RuntimeError):
@@ -74,27 +81,22 @@ class TrainHooks:
 
 def build_model(run: RunConfig, resume_from: Path | None):
     """The model to train: a resumable checkpoint, else `init_from`, else fresh parts named in `run.model`."""
-    from vistune.model.checkpoint import load_checkpoint, read_config
+    from vistune.model.checkpoint import load_checkpoint
     from vistune.model.vlm import VisionLanguageModel
-    from vistune.train.lora import add_lora, is_lora, merge_lora
+    from vistune.train.lora import add_lora, merge_lora
 
     cfg = run.train
     lora = cfg.stage == 2 and cfg.lora
     if resume_from is not None:
         model = load_checkpoint(resume_from, dtype=torch.float32, trainable_lora=lora)
     elif run.init_from is not None:
-        ckpt = read_config(run.init_from)
-        for key in ARCHITECTURE_KEYS:
-            if ckpt["model"].get(key) != getattr(run.model, key):
-                raise ConfigError(
-                    f"model.{key}={getattr(run.model, key)!r} but the init_from checkpoint {run.init_from} has "
-                    f"{ckpt['model'].get(key)!r}; the model section must describe the checkpoint it starts from")
+        check_matches_checkpoint(run.model, run.init_from)  # load_run_config made them match; RunConfig(...) may not
         model = load_checkpoint(run.init_from, dtype=torch.float32, trainable_lora=lora)
         if (model.config.template, model.config.system_prompt) != (run.model.template, run.model.system_prompt):
             model.set_conversation(run.model.template, run.model.system_prompt)
     else:
         model = VisionLanguageModel.build(run.model, dtype=torch.float32)
-    if is_lora(model.llm) and cfg.stage == 2 and not cfg.lora:
+    if is_peft_model(model.llm) and cfg.stage == 2 and not cfg.lora:
         merge_lora(model)  # full fine-tuning from an unmerged LoRA checkpoint
     if lora:
         add_lora(model, cfg)
@@ -117,15 +119,22 @@ def train(run: RunConfig, progress: bool = True, resume: bool | None = None,
     """Train as `run` says and return the final checkpoint directory (`output_dir/final`).
 
     resume: None resumes when `output_dir/checkpoints` has a checkpoint, True requires one, False starts over
-    (deleting earlier checkpoints, metrics and final model of this output directory).
+    (deleting earlier checkpoints, metrics and final model of this output directory). A run that fails before
+    it saved anything leaves no output directory behind (when it created it).
     """
     hooks = hooks or TrainHooks()
     cfg = run.train
     if cfg.malloc_tuning:
         keep_freed_memory()
+    out = Path(run.output_dir)
+    created = not out.exists()
     world = D.init_world(cfg.device)
     try:
         return _Trainer(run, world, progress, hooks).run(resume)
+    except BaseException:
+        if created and world.is_main and not S.list_checkpoints(out / "checkpoints") and not (out / "final").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         D.close_world(world)
 
@@ -267,6 +276,11 @@ class _Trainer:
 
     def _restore(self, ckpt: Path) -> int:
         state = json.loads((ckpt / S.STATE_NAME).read_text())
+        schedule = {"name": self.cfg.schedule, "warmup_steps": self.warmup, "total_steps": self.total}
+        saved = {k: state.get("scheduler", {}).get(k) for k in schedule}
+        if saved != schedule:  # e.g. the data file changed length under the same config
+            raise ConfigError(f"cannot resume {ckpt}: its learning-rate schedule {saved} differs from this run's "
+                              f"{schedule} (use --no-resume to start over, or a new output_dir)")
         optim_sd = S.load_optimizer(ckpt, state["optimizer"]) if self.world.is_main else {}
         D.load_full_state(self.wrapped, self.optimizer, self.world, optim_sd)
         if not S.load_rng(ckpt, self.world.rank):
@@ -467,7 +481,7 @@ class _Trainer:
         D.barrier(world)
         if world.is_main:
             extra = {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}}
-            S.write_model(full, tmp, extra)
+            write_checkpoint_files(full, tmp, extra)
             optim_meta = S.save_optimizer(optim_sd, tmp)
             state = {"step": step, "epoch": step // self.spe, "position_in_epoch": step % self.spe,
                      "total_steps": self.total, "world_size": world.size, "skipped": dict(self.skipped),
@@ -477,7 +491,7 @@ class _Trainer:
             (tmp / S.STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
             if self.hooks.before_commit:
                 self.hooks.before_commit(step, tmp)
-            S.commit(tmp, self.ckpt_dir / S.step_dir_name(step))
+            commit_dir(tmp, self.ckpt_dir / S.step_dir_name(step))
             S.prune(self.ckpt_dir, self.cfg.keep_last)
         elif self.hooks.before_commit:
             self.hooks.before_commit(step, tmp)
@@ -491,8 +505,9 @@ class _Trainer:
             tmp = self.out / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            S.write_model(full, tmp, {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}})
-            S.commit(tmp, self.out / "final")
+            extra = {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}}
+            write_checkpoint_files(full, tmp, extra)
+            commit_dir(tmp, self.out / "final")
             plot_metrics(_read_metrics(self.metrics_path), self.out / "loss.png",
                          title=f"stage {self.cfg.stage}: {self.run_cfg.data.path}")
             log.info("final model: %s", self.out / "final")
@@ -522,38 +537,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl records; a torn last line (a kill mid-write) is ignored."""
+    """metrics.jsonl records, after cutting off a torn last line (a kill mid-write)."""
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def train_command(args: argparse.Namespace) -> int:
-    if args.resume and args.no_resume:
-        print("error: --resume and --no-resume contradict each other", file=sys.stderr)
-        return 2
-    try:
-        run = load_run_config(args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    resume = True if args.resume else False if args.no_resume else None
-    try:
-        final = train(run, progress=True, resume=resume)
-    except (ConfigError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(final)
-    return 0
+    repair_jsonl_tail(path)
+    return read_json_or_jsonl(path)

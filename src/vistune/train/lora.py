@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from vistune.config import TrainConfig
-
-
-def is_lora(llm) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(llm, PeftModel)
+from vistune.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+from vistune.model.llm import is_peft_model
 
 
 def add_lora(model, cfg: TrainConfig) -> None:
     """Wrap `model.llm` in a peft LoRA model over its linear layers (LM head excluded); in place."""
     try:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
     except ImportError as e:
         raise ImportError("train.lora needs the `peft` package (pip install 'vistune[lora]')") from e
-    if isinstance(model.llm, PeftModel):
+    if is_peft_model(model.llm):
         return  # started from an unmerged LoRA checkpoint: keep training its adapters
     target = "all-linear" if cfg.lora_target == ["all-linear"] else list(cfg.lora_target)
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -35,30 +27,19 @@ def add_lora(model, cfg: TrainConfig) -> None:
 
 def merge_lora(model) -> None:
     """Fold LoRA adapters into the LLM's weights; in place."""
-    from peft import PeftModel
-
-    if not isinstance(model.llm, PeftModel):
+    if not is_peft_model(model.llm):
         raise ValueError("the model has no LoRA adapters to merge")
     model.llm = model.llm.merge_and_unload()
 
 
-def merge_command(args: argparse.Namespace) -> int:
-    from vistune.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
-
-    src, out = Path(args.model), Path(args.out)
-    try:
-        config = read_config(src)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def merge_lora_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a copy of a LoRA checkpoint with its adapters folded into the LLM (`vistune merge-lora`)."""
+    src, out = Path(checkpoint), Path(out)
+    config = read_config(src)
     if not config.get("lora"):
-        print(f"error: {src} has no LoRA adapters (config.json says lora: false); nothing to merge", file=sys.stderr)
-        return 2
+        raise CheckpointError(f"{src} has no LoRA adapters (config.json says lora: false); nothing to merge")
     if out.resolve() == src.resolve():
-        print("error: --out must differ from --model", file=sys.stderr)
-        return 2
+        raise CheckpointError("the output must differ from the LoRA checkpoint (--out vs --model)")
     model = load_checkpoint(src, dtype=torch.float32)
     merge_lora(model)
-    save_checkpoint(model, out, extra={"merged_from": str(src)})
-    print(f"merged LoRA adapters of {src} into {out}")
-    return 0
+    return save_checkpoint(model, out, extra={"merged_from": str(src)})

@@ -66,7 +66,7 @@ def captions_by_image(dataset, captions: str | Path | None = None) -> dict[Path,
         if dataset.has_image(i) and texts:
             found[dataset.image_path(record)] += texts
     if captions is not None:
-        from vistune.datagen.pretrain import load_caption_sets
+        from vistune.data.annotations import load_caption_sets
 
         sets, _ = load_caption_sets(captions)
         by_path = {dataset.image_path({"image": image}): caps for image, caps in sets}

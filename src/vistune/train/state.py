@@ -13,7 +13,6 @@ either the previous checkpoints or the new one, never a half-written one. No pic
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vistune.model.checkpoint import _fsync_tree, write_checkpoint_files
 from vistune.utils.io import atomic_write_json
 
 STATE_NAME = "trainer_state.json"
@@ -54,39 +52,6 @@ def remove_partial(directory: Path) -> None:
 
 def temp_dir(directory: Path, step: int) -> Path:
     return directory / f".{step_dir_name(step)}.tmp"
-
-
-def write_model(model, tmp: Path, extra: dict) -> None:
-    """The model checkpoint's files. With LoRA, `llm/` holds the clean base weights (names without peft's
-    `base_layer`, adapters left out) so that loading it and then `llm_adapter/` rebuilds the trained model."""
-    from vistune.train.lora import is_lora
-
-    write_checkpoint_files(model, tmp, extra)
-    if is_lora(model.llm):
-        base = model.llm.get_base_model()
-        clean = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
-        shutil.rmtree(tmp / "llm")
-        base.save_pretrained(tmp / "llm", state_dict=clean)
-
-
-def commit(tmp: Path, final: Path) -> Path:
-    """fsync the finished temporary directory and rename it into place (replacing an older `final`)."""
-    _fsync_tree(tmp)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return final
 
 
 def prune(directory: Path, keep_last: int) -> None:

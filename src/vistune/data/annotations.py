@@ -1,4 +1,5 @@
-"""Symbolic image context: captions + normalised boxes, the only thing a text-only teacher sees.
+"""Image annotations: captions + normalised boxes (the symbolic context, the only thing a text-only teacher sees),
+and caption sets for stage 1 and the projector warm start.
 
 Inputs are COCO files (captions JSON, optional instances JSON) or a JSONL of ready contexts.
 Annotations that cannot be trusted are skipped and counted by reason (a `collections.Counter`),
@@ -15,10 +16,12 @@ from __future__ import annotations
 import collections
 import json
 import math
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vistune.errors import UserError
 from vistune.utils.io import read_json_or_jsonl
 
 #: How far (pixels) a COCO box may overrun the image border and still be clipped and kept.
@@ -250,9 +253,77 @@ def format_skips(skips: collections.Counter) -> str:
     return "skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(skips.items()))
 
 
+@dataclass
+class ContextSource:
+    """Where the captions and boxes of the images come from: a context JSONL, or COCO files."""
+
+    input: str | Path | None = None
+    """JSONL of {image, captions, instances: [{category, bbox}]} (normalised xyxy boxes)."""
+    captions: str | Path | None = None
+    """COCO captions JSON."""
+    instances: str | Path | None = None
+    """COCO instances JSON (boxes); only with `captions`."""
+    limit: int | None = None
+    """Use at most this many images (the first ones)."""
+
+    def __post_init__(self) -> None:
+        if bool(self.input) == bool(self.captions):
+            raise UserError("give either --input JSONL or --captions (with optional --instances)")
+        if self.instances and not self.captions:
+            raise UserError("--instances needs --captions")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+
+
 def load_image_contexts(input: str | Path | None = None, captions: str | Path | None = None,
                         instances: str | Path | None = None) -> tuple[list[ImageContext], collections.Counter]:
     """Contexts from a context JSONL (`input`) or from COCO captions (+ instances)."""
     if input:
         return load_context_jsonl(input)
     return load_coco(captions, instances)
+
+
+def load_contexts(source: ContextSource) -> tuple[list[ImageContext], collections.Counter]:
+    """The source's contexts, one per image (later duplicates are counted as skipped), cut to `limit`;
+    raises UserError when the files cannot be read or no image is usable."""
+    try:
+        contexts, skips = load_image_contexts(source.input, source.captions, source.instances)
+    except (OSError, ValueError) as e:
+        raise UserError(str(e)) from e
+    unique: dict[str, ImageContext] = {}
+    for ctx in contexts:
+        if ctx.image in unique:
+            skips["duplicate_image"] += 1
+        else:
+            unique[ctx.image] = ctx
+    contexts = list(unique.values())[: source.limit]
+    if not contexts:
+        raise UserError(f"no usable images in the input ({format_skips(skips)})")
+    return contexts, skips
+
+
+def load_caption_sets(path: str | Path) -> tuple[list[tuple[str, list[str]]], Counter]:
+    """(image, captions) per image in first-seen order, plus skip counts."""
+    skips: Counter = Counter()
+    text_start = Path(path).read_text(encoding="utf-8").lstrip()[:1]
+    if text_start == "{":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            contexts, skips = load_coco(path)
+            return [(c.image, c.captions) for c in contexts if c.captions], skips
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rec in read_json_or_jsonl(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) or not rec["image"]:
+            skips["record_malformed"] += 1
+            continue
+        caps = rec.get("captions", rec.get("caption"))
+        caps = [caps] if isinstance(caps, str) else (caps if isinstance(caps, list) else [])
+        good = [" ".join(c.split()) for c in caps if isinstance(c, str) and c.strip()]
+        if not good:
+            skips["caption_malformed"] += 1
+            continue
+        groups[rec["image"]].extend(good)
+    return list(groups.items()), skips

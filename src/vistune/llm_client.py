@@ -1,5 +1,7 @@
 """Async client for any OpenAI-compatible `/v1/chat/completions` endpoint, with its own retries.
 
+Shared by the data generator (teacher) and the evaluation judges.
+
 Retried (exponential backoff with jitter, up to `RetryPolicy.max_retries` times): HTTP 429 and
 5xx, 408, connection errors (refused, reset, closed without a response) and timeouts. A
 `Retry-After` header (seconds or an HTTP date; or `retry-after-ms`) sets the wait instead of the backoff, and pauses
@@ -28,19 +30,19 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class TeacherError(Exception):
-    """A request to the teacher did not produce a completion."""
+class ClientError(Exception):
+    """A request to the endpoint did not produce a completion."""
 
 
-class AuthError(TeacherError):
+class AuthError(ClientError):
     """401/403: the key is missing, wrong or lacks access. Retrying cannot help."""
 
 
-class RequestFailed(TeacherError):
+class RequestFailed(ClientError):
     """A non-retryable HTTP error (400, 404, 422, ...) or retries exhausted."""
 
 
-class MalformedResponse(TeacherError):
+class MalformedResponse(ClientError):
     """HTTP 200 whose body is not a chat completion; `raw` holds the body text."""
 
     def __init__(self, message: str, raw: str) -> None:
@@ -69,7 +71,7 @@ class RetryPolicy:
 
 
 @dataclass
-class Completion:
+class ChatReply:
     text: str | None
     finish_reason: str | None
     prompt_tokens: int
@@ -137,7 +139,7 @@ def error_message(response: httpx.Response) -> str:
     return json.dumps(body)[:500]
 
 
-def parse_completion(response: httpx.Response, attempts: int) -> Completion:
+def parse_completion(response: httpx.Response, attempts: int) -> ChatReply:
     """Read choices[0].message.content, finish_reason and usage; raise `MalformedResponse`."""
     try:
         body = response.json()
@@ -148,7 +150,7 @@ def parse_completion(response: httpx.Response, attempts: int) -> Completion:
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise MalformedResponse(f"not a chat completion ({type(e).__name__}: {e})", response.text) from e
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    return Completion(
+    return ChatReply(
         text=text,
         finish_reason=choice.get("finish_reason"),
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -157,7 +159,7 @@ def parse_completion(response: httpx.Response, attempts: int) -> Completion:
     )
 
 
-class TeacherClient:
+class ChatClient:
     """One connection pool; `complete()` may be awaited from many tasks at once."""
 
     def __init__(
@@ -189,7 +191,7 @@ class TeacherClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> TeacherClient:
+    async def __aenter__(self) -> ChatClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -203,8 +205,8 @@ class TeacherClient:
             "max_tokens": self.max_tokens,
         }
 
-    async def complete(self, messages: list[dict]) -> Completion:
-        """One chat completion, retrying transient failures; raises `TeacherError` subclasses."""
+    async def complete(self, messages: list[dict]) -> ChatReply:
+        """One chat completion, retrying transient failures; raises `ClientError` subclasses."""
         retries = 0
         while True:
             await self._wait_for_pause()
@@ -232,7 +234,7 @@ class TeacherClient:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _attempt(self, messages: list[dict], attempt: int) -> Completion:
+    async def _attempt(self, messages: list[dict], attempt: int) -> ChatReply:
         self.stats.requests += 1
         try:
             response = await asyncio.wait_for(self._http.post(self.url, json=self.body(messages)), self.timeout)
