@@ -78,7 +78,7 @@ def test_demo_runs_its_shipped_recipes(tmp_path):
         for stage, name in ((1, plan.stage1), (2, plan.stage2)):
             paths = [f"data.path={tmp_path / 'data' / f'stage{stage}.json'}",
                      f"data.image_folder={tmp_path / 'world' / 'train' / 'images'}",
-                     f"output_dir={tmp_path / f'stage{stage}'}"]
+                     f"output_dir={tmp_path / f'stage{stage}'}", f"train.feature_cache_dir={tmp_path / 'feature-cache'}"]
             paths += ([f"train.projector_init_captions={tmp_path / 'world' / 'train' / 'captions.json'}"]
                       if stage == 1 else [f"init_from={stage1_final}"])
             expected = load_run_config(ROOT / "demo" / name, paths, read_init_from=False)

@@ -356,6 +356,20 @@ class TrainConfig:
     that support it and on CPUs with native bf16 (AMX / AVX512-BF16), else fp32."""
     gradient_checkpointing: bool = False
     """Recompute the LLM's activations in the backward pass to save memory."""
+    packing: bool = True
+    """Pack each micro-batch's samples into rows of up to `data.max_length` tokens (positions restart per sample
+    and attention stays within each sample, so losses and gradients are those of the unpacked batch) instead of
+    padding every sample to the longest."""
+    feature_cache: bool = True
+    """Store the frozen tower's features once per image (keyed by image content and tower settings) and reuse
+    them in later steps, epochs and stages instead of running the tower again (not with `strategy: fsdp` on
+    several processes, where the tower is sharded)."""
+    feature_cache_dir: str | None = None
+    """Where the feature cache lives; None: `output_dir/feature_cache`. Point both stages at one directory to
+    share it."""
+    malloc_tuning: bool = True
+    """On glibc, keep freed memory in the process (no mmap for large blocks, no trimming) so that every step does
+    not fault the same pages in again; costs some resident memory."""
     seed: int = 42
     """Seed of the data order, image placement, LoRA initialisation and dropout."""
     lora: bool = False

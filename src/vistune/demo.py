@@ -175,6 +175,7 @@ class Demo:
             "data.path": str(self.data / f"stage{stage}.json"),
             "data.image_folder": str(self.world / "train" / "images"),
             "output_dir": str(self.out / f"stage{stage}"),
+            "train.feature_cache_dir": str(self.out / "feature-cache"),  # both stages read the tower once per image
         }
         if data.get("train", {}).get("projector_init_captions") is not None:
             # the ridge warm start reads all of an image's captions, stage 1 trains on one per image

@@ -27,7 +27,8 @@ from vistune.conversation import (
     sample_rng,
     validate_messages,
 )
-from vistune.data.image import ImageLoadError, ImageProcessor, load_image
+from vistune.data.feature_cache import FeatureCache
+from vistune.data.image import ImageLoadError, ImageProcessor, load_image, read_image_bytes
 from vistune.errors import UserError
 from vistune.utils.io import read_json_or_jsonl
 
@@ -115,6 +116,13 @@ class Sample:
     labels: torch.Tensor  # (T,)
     pixel_values: torch.Tensor | None  # (3, H, W)
     image_spans: list[tuple[int, int]] = field(default_factory=list)
+    features: torch.Tensor | None = None  # (N, D_v): the tower's features from the feature cache (then no pixels)
+    image_key: str | None = None
+    """Feature-cache key of the image (content + tower settings) when the dataset has a cache."""
+
+    @property
+    def has_image(self) -> bool:
+        return self.pixel_values is not None or self.features is not None
 
 
 @dataclass
@@ -129,7 +137,9 @@ class LlavaDataset(Dataset):
 
     def __init__(self, records: Sequence[dict] | str | Path, image_folder: str | Path | None, renderer: Renderer,
                  image_processor: ImageProcessor, max_length: int = 2048, seed: int = 0,
-                 placement: Placement = "random") -> None:
+                 placement: Placement = "random", feature_cache: FeatureCache | None = None) -> None:
+        """`feature_cache`: images whose tower features it holds are not decoded (the sample carries the
+        features); the others carry pixels and their cache key."""
         if isinstance(records, (str, Path)):
             records = read_json_or_jsonl(records)
         self.image_folder = Path(image_folder) if image_folder else None
@@ -138,6 +148,7 @@ class LlavaDataset(Dataset):
         self.max_length = max_length
         self.seed = seed
         self.placement = placement
+        self.feature_cache = feature_cache
         self.epoch = 0
         self.skipped: Counter[str] = Counter()
         self.records: list[dict] = []
@@ -175,14 +186,19 @@ class LlavaDataset(Dataset):
     def __getitem__(self, i: int) -> Sample | Skipped:
         record = self.records[i]
         rid = record_id(record, i)
-        pixels = None
+        pixels = features = key = None
         if self.has_image(i):
+            path = self.image_path(record)
             try:
-                pixels = self.image_processor(load_image(self.image_path(record)))
+                if self.feature_cache is not None:
+                    key = self.feature_cache.key(read_image_bytes(path))
+                    features = self.feature_cache.load(key)
+                if features is None:
+                    pixels = self.image_processor(load_image(path))
             except ImageLoadError as e:
                 return Skipped(rid, e.reason, str(e))
         try:
-            rendered = self.renderer.render(self.messages[i], num_images=int(pixels is not None),
+            rendered = self.renderer.render(self.messages[i], num_images=int(self.has_image(i)),
                                             placement=self.placement,
                                             rng=sample_rng(self.seed, i, self.epoch))
         except RenderError as e:
@@ -195,11 +211,17 @@ class LlavaDataset(Dataset):
             if all(label == IGNORE_INDEX for label in labels[1:]):
                 return Skipped(rid, "too_long", f"{len(rendered)} tokens; nothing supervised in the first "
                                                 f"{self.max_length}")
-        return Sample(rid, torch.tensor(ids), torch.tensor(labels), pixels, rendered.image_spans)
+        return Sample(rid, torch.tensor(ids), torch.tensor(labels), pixels, rendered.image_spans, features, key)
 
 
-def collate(items: Sequence[Sample | Skipped], pad_id: int) -> dict[str, Any]:
-    """Right-pad samples into a batch; skipped items are counted by reason under "skipped"."""
+def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = None) -> dict[str, Any]:
+    """Right-pad samples into a batch; skipped items are counted by reason under "skipped".
+
+    pack: pack the samples into rows of at most this many tokens (first fit, longest first; a longer sample gets
+    a row of its own). A packed batch has `position_ids` that restart at 0 for every sample (and for the padding
+    at a row's end), which is what keeps samples apart in attention; `attention_mask` then only marks real tokens.
+    Images (pixels, cached features, keys) are listed in the order their positions appear, row by row.
+    """
     samples = [s for s in items if isinstance(s, Sample)]
     skipped = Counter(s.reason for s in items if isinstance(s, Skipped))
     for s in items:
@@ -207,20 +229,55 @@ def collate(items: Sequence[Sample | Skipped], pad_id: int) -> dict[str, Any]:
             log.warning("skipping sample %s: %s (%s)", s.id, s.reason, s.detail)
     if not samples:
         return {"input_ids": None, "skipped": skipped, "ids": []}
-    T = max(len(s.input_ids) for s in samples)
-    B = len(samples)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((B, T), dtype=torch.long)
-    for b, s in enumerate(samples):
-        n = len(s.input_ids)
-        input_ids[b, :n], labels[b, :n], attention_mask[b, :n] = s.input_ids, s.labels, 1
-    images = [s.pixel_values for s in samples if s.pixel_values is not None]
-    return {
-        "input_ids": input_ids,  # (B, T)
-        "labels": labels,  # (B, T)
-        "attention_mask": attention_mask,  # (B, T)
-        "pixel_values": torch.stack(images) if images else None,  # (I, 3, H, W)
-        "ids": [s.id for s in samples],
+    rows = pack_rows([len(s.input_ids) for s in samples], pack) if pack else [[b] for b in range(len(samples))]
+    T = max(sum(len(samples[j].input_ids) for j in row) for row in rows)
+    R = len(rows)
+    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
+    labels = torch.full((R, T), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((R, T), dtype=torch.long)
+    position_ids = torch.zeros((R, T), dtype=torch.long)
+    order = []
+    for r, row in enumerate(rows):
+        start = 0
+        for j in row:
+            s = samples[j]
+            n = len(s.input_ids)
+            input_ids[r, start:start + n], labels[r, start:start + n] = s.input_ids, s.labels
+            labels[r, start] = IGNORE_INDEX  # never a target of the previous sample's last position
+            attention_mask[r, start:start + n] = 1
+            position_ids[r, start:start + n] = torch.arange(n)
+            start += n
+            order.append(s)
+        position_ids[r, start:] = torch.arange(T - start)
+    with_image = [s for s in order if s.has_image]
+    pixels = [s.pixel_values for s in with_image if s.pixel_values is not None]
+    batch = {
+        "input_ids": input_ids,  # (R, T)
+        "labels": labels,  # (R, T)
+        "attention_mask": attention_mask,  # (R, T)
+        "pixel_values": torch.stack(pixels) if pixels else None,  # (I_pixels, 3, H, W)
+        "ids": [s.id for s in order],
         "skipped": skipped,
     }
+    if pack:
+        batch["position_ids"] = position_ids  # (R, T)
+    if any(s.image_key is not None for s in with_image):
+        batch["image_features"] = [s.features for s in with_image]  # per image: (N, D_v) or None (from pixels)
+        batch["image_keys"] = [s.image_key for s in with_image]
+    return batch
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into rows of at most `capacity` tokens: first fit, longest first (a sample longer than
+    `capacity` gets a row of its own). Rows keep their samples in the order they were placed."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r in range(len(rows)) if room[r] >= lengths[i]), None)
+        if r is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[r].append(i)
+            room[r] -= lengths[i]
+    return rows

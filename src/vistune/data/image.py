@@ -60,6 +60,16 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ImageLoadError(f"{path}: cannot decode image ({e})") from None
 
 
+def read_image_bytes(path: str | Path) -> bytes:
+    """The file's bytes (for content keys); raise ImageLoadError as `load_image` does when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found", "missing_image") from None
+    except OSError as e:
+        raise ImageLoadError(f"{path}: cannot read image ({e})") from None
+
+
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     w, h = image.size
     if w == h:

@@ -86,6 +86,23 @@ class VisionLanguageModel(nn.Module):
         self.config = replace(self.config, template=template, system_prompt=system_prompt)
         self.renderer = Renderer(self.tokenizer, template, self.num_image_tokens, system=system_prompt)
 
+    def feature_fingerprint(self, precision: str) -> str:
+        """sha256 of everything that shapes the tower's features: its config and weights, the layer and tokens
+        taken, the image processing, and the compute precision (`bf16` or `fp32`)."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        from vistune.data.feature_cache import tensor_digest
+
+        settings = {"tower": self.vision_tower.config_dict(), "layer": self.config.vision_layer,
+                    "select": self.config.vision_select, "image_size": self.config.image_size,
+                    "processor": asdict(self.image_processor.config), "precision": precision}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+        for name, t in sorted(self.vision_tower.state_dict().items()):
+            h.update(f"{name}:{tensor_digest(t)}".encode())
+        return h.hexdigest()
+
     @property
     def num_image_tokens(self) -> int:
         return self.vision_tower.num_tokens
@@ -99,7 +116,11 @@ class VisionLanguageModel(nn.Module):
 
     def projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (I, 3, H, W) -> (I, N, D_v)
         """The tower's features as the projector receives them."""
-        features = self.vision_tower(pixel_values.to(self.device))  # no grad
+        return self.prepare_features(self.vision_tower(pixel_values.to(self.device)))  # no grad
+
+    def prepare_features(self, features: torch.Tensor) -> torch.Tensor:  # (I, N, D_v) -> (I, N, D_v)
+        """The tower's raw features (e.g. from the feature cache) as the projector receives them."""
+        features = features.to(self.device)
         if self.config.feature_norm == "token":
             features = F.layer_norm(features.float(), features.shape[-1:])
         return features.to(self.projector.linear_1.weight.dtype)
@@ -125,11 +146,23 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                return_logits: bool = False) -> VLMOutput:
-        features = self.encode_images(pixel_values) if pixel_values is not None and len(pixel_values) else None
+                return_logits: bool = False, position_ids: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> VLMOutput:
+        """position_ids (B, T): packed rows (positions restart at 0 for every sample, `collate(pack=...)`); the
+        LLM then keeps attention within each sample and `attention_mask` is not used.
+        image_features (I, N, D_v): the tower's features (feature cache) instead of `pixel_values`."""
+        if image_features is not None:
+            features = self.projector(self.prepare_features(image_features))
+        elif pixel_values is not None and len(pixel_values):
+            features = self.encode_images(pixel_values)
+        else:
+            features = None
         embeds = self.embed(input_ids, features)
+        if position_ids is not None:
+            attention_mask = None  # transformers builds the block-diagonal causal mask from the restarts
+        llm_kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
         if labels is None or return_logits:
-            logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask).logits
+            logits = self.llm(inputs_embeds=embeds, **llm_kwargs).logits
             out = VLMOutput(logits=logits)
             if labels is not None:
                 flat_labels = labels[:, 1:].reshape(-1)
@@ -138,7 +171,7 @@ class VisionLanguageModel(nn.Module):
                 out.num_tokens = int((flat_labels != IGNORE_INDEX).sum())
                 out.loss_sum, out.loss = loss_sum, loss_sum / max(out.num_tokens, 1)
             return out
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, **llm_kwargs).last_hidden_state
         return self.supervised_loss(hidden, labels)
 
     def supervised_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> VLMOutput:

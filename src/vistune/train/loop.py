@@ -35,8 +35,10 @@ from torch.utils.data import DataLoader
 from vistune.config import ConfigError, RunConfig, check_matches_checkpoint, dump_yaml, to_dict
 from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
+from vistune.data.feature_cache import FeatureCache
 from vistune.model.checkpoint import write_checkpoint_files
 from vistune.model.llm import is_peft_model
+from vistune.model.packed_attention import use_segment_attention
 from vistune.train import distributed as D
 from vistune.train import state as S
 from vistune.train.optim import build_optimizer, lr_factor, set_lr, set_trainable, warmup_steps
@@ -122,6 +124,8 @@ def train(run: RunConfig, progress: bool = True, resume: bool | None = None,
     """
     hooks = hooks or TrainHooks()
     cfg = run.train
+    if cfg.malloc_tuning:
+        keep_freed_memory()
     out = Path(run.output_dir)
     created = not out.exists()
     world = D.init_world(cfg.device)
@@ -154,8 +158,11 @@ class _Trainer:
         model.to(world.device).train()
         self.model = model
         data = self.run_cfg.data
+        bf16 = self.bf16 = D.resolve_precision(cfg.precision, world.device)
+        self.feature_cache = self._feature_cache(model)
         ds = LlavaDataset(data.path, data.image_folder, model.renderer, model.image_processor,
-                          max_length=data.max_length, seed=cfg.seed, placement=data.placement)
+                          max_length=data.max_length, seed=cfg.seed, placement=data.placement,
+                          feature_cache=self.feature_cache)
         if len(ds) < cfg.global_batch_size:
             raise TrainingError(f"{data.path} has {len(ds)} usable record(s) ({sum(ds.skipped.values())} invalid), "
                                 f"fewer than one global batch of {cfg.global_batch_size}")
@@ -168,8 +175,8 @@ class _Trainer:
         self.total = cfg.max_steps or math.ceil(cfg.epochs * self.spe)
         self.warmup = warmup_steps(cfg, self.total)
 
-        bf16 = self.bf16 = D.resolve_precision(cfg.precision, world.device)
         self.skeleton = D.meta_skeleton(model) if world.distributed and cfg.strategy == "fsdp" else None
+        self.pack_length = self._pack_length(model)
         self.wrapped = D.wrap(D.TrainStep(model), world, cfg.strategy, bf16)
         self.optimizer = build_optimizer(model, cfg)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -185,6 +192,42 @@ class _Trainer:
                      "bf16 autocast" if self.bf16 else "fp32")
         self._loop(step)
         return self.out / "final"
+
+    def _pack_length(self, model) -> int | None:
+        """Tokens per packed row (None: no packing). Where attention runs per sample (span-wise SDPA on CPU,
+        variable-length flash attention), a row's length costs nothing, so a micro-batch becomes one row with no
+        padding at all; elsewhere (a masked row costs its full square) rows hold up to `data.max_length`."""
+        if not self.cfg.packing:
+            return None
+        span_wise = use_segment_attention(model.llm) or str(model.llm.config._attn_implementation).startswith("flash")
+        return self.run_cfg.data.max_length * (self.cfg.micro_batch_size if span_wise else 1)
+
+    def _feature_cache(self, model) -> FeatureCache | None:
+        cfg = self.cfg
+        if not cfg.feature_cache:
+            return None
+        if self.world.distributed and cfg.strategy == "fsdp":
+            log.info("train.feature_cache is off under FSDP (the tower is sharded)")
+            return None
+        directory = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else self.out / "feature_cache"
+        return FeatureCache(directory, model.feature_fingerprint("bf16" if self.bf16 else "fp32"))
+
+    def _image_features(self, batch: dict) -> torch.Tensor | None:
+        """The tower's features of a batch's images (I, N, D_v): from the cache, else computed (under the step's
+        autocast, as the model would) and stored. None without a cache (the model runs the tower itself).
+        Each image goes through the tower alone, so its features do not depend on which images share its batch
+        (a resumed run computes exactly what the uninterrupted one did)."""
+        if "image_features" not in batch:
+            return None
+        features, keys = list(batch["image_features"]), batch["image_keys"]
+        missing = [i for i, f in enumerate(features) if f is None]
+        if missing:
+            pixels = batch["pixel_values"].to(self.world.device)  # (I_missing, 3, H, W)
+            with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                for j, i in enumerate(missing):
+                    features[i] = self.model.vision_tower(pixels[j: j + 1])[0]  # (N, D_v)
+                    self.feature_cache.store(keys[i], features[i])
+        return torch.stack([f.to(self.world.device) for f in features])
 
     def _warm_start_projector(self, model, ds: LlavaDataset) -> None:
         from vistune.train.projector_init import ridge_warm_start
@@ -318,7 +361,8 @@ class _Trainer:
         plan = [mb for b in batches for mb in rank_micro_batches(b, cfg.micro_batch_size, world.size, world.rank)]
         workers = self.run_cfg.data.num_workers
         loader = DataLoader(ds, batch_sampler=plan, num_workers=workers,
-                            collate_fn=partial(collate, pad_id=self.model.tokenizer.pad_token_id),
+                            collate_fn=partial(collate, pad_id=self.model.tokenizer.pad_token_id,
+                                               pack=self.pack_length),
                             generator=torch.Generator().manual_seed(cfg.seed + epoch),  # leaves the global RNG alone
                             persistent_workers=False, prefetch_factor=4 if workers else None)
         it = iter(loader)
@@ -353,13 +397,18 @@ class _Trainer:
         loss_total = torch.zeros((), dtype=torch.float64)
         for i, mb in enumerate(micro):
             batch = mb if mb["input_ids"] is not None else self._empty_batch()
+            features = self._image_features(batch)
+            position_ids = batch.get("position_ids")  # (R, T) when packed
+            if position_ids is not None:
+                position_ids = position_ids.to(world.device)
             with D.set_grad_sync(self.wrapped, world, cfg.strategy, sync=i == len(micro) - 1):
                 with autocast:
                     loss_sum = self.wrapped(input_ids=batch["input_ids"].to(world.device),
                                             attention_mask=batch["attention_mask"].to(world.device),
-                                            pixel_values=None if batch["pixel_values"] is None
+                                            pixel_values=None if batch["pixel_values"] is None or features is not None
                                             else batch["pixel_values"].to(world.device),
-                                            labels=batch["labels"].to(world.device))
+                                            labels=batch["labels"].to(world.device),
+                                            position_ids=position_ids, image_features=features)
                 (loss_sum * scale).backward()
             loss_total += loss_sum.detach().double().cpu()
         loss = D.all_sum(world, [float(loss_total)])[0] / n_sup
@@ -463,6 +512,22 @@ class _Trainer:
                          title=f"stage {self.cfg.stage}: {self.run_cfg.data.path}")
             log.info("final model: %s", self.out / "final")
         D.barrier(self.world)
+
+
+def keep_freed_memory() -> bool:
+    """glibc only: serve large blocks from the heap instead of fresh mmaps and never trim it, so a step's
+    buffers are not returned to the system and faulted in again by the next step. False elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,69 @@
+"""Attention for packed rows on CPU: causal SDPA over each sample's own span instead of one masked row.
+
+A packed row holds several samples whose positions restart at 0. transformers' `sdpa` attention keeps them
+apart with a block-diagonal (R, 1, L, L) mask, and PyTorch's CPU kernels then compute every one of the L x L
+scores, masked or not, and read the mask: on 2 CPU cores that made a packed step slower than a padded one.
+`SEGMENT_ATTENTION` (registered with transformers' `AttentionInterface`) runs `is_causal` SDPA on each span
+instead, which computes only the lower triangle of each sample. Any other call (no restarts in
+`position_ids`, a KV cache, decoding) goes to transformers' own `sdpa` with its mask, so a model switched to it
+generates exactly as before. On CUDA the flash-attention implementation does the same natively
+(variable-length kernels from `position_ids`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+SEGMENT_ATTENTION = "vistune_segment_sdpa"
+
+
+def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]] | None:
+    """Per row, the (start, end) spans where positions restart at 0; None unless positions run 0, 1, 2, ...
+    from each restart and some row holds two spans (a packed layout)."""
+    if position_ids.shape[1] < 2 or bool((position_ids[:, 0] != 0).any()):
+        return None
+    step = position_ids[:, 1:] - position_ids[:, :-1]
+    restart = position_ids[:, 1:] == 0
+    if not bool(((step == 1) | restart).all()) or not bool(restart.any()):
+        return None
+    length = position_ids.shape[1]
+    rows = []
+    for row in restart.tolist():
+        starts = [0] + [i + 1 for i, r in enumerate(row) if r]
+        rows.append(list(zip(starts, starts[1:] + [length])))
+    return rows
+
+
+def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                         position_ids: torch.Tensor | None = None, **kwargs):
+    """query (R, H, L, Dh), key/value (R, H_kv, L, Dh) -> (R, L, H, Dh), as transformers' attention functions."""
+    spans = None
+    if position_ids is not None and query.shape[2] == key.shape[2] > 1:
+        spans = segments(position_ids.expand(query.shape[0], -1))
+    if spans is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for r, row in enumerate(spans):
+        parts = [F.scaled_dot_product_attention(query[r:r + 1, :, s:e], key[r:r + 1, :, s:e], value[r:r + 1, :, s:e],
+                                                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+                 for s, e in row]  # each (1, H, T_s, Dh)
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(SEGMENT_ATTENTION, segment_sdpa_forward)
+AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)
+
+
+def use_segment_attention(llm) -> bool:
+    """Switch a transformers LLM that uses `sdpa` to `SEGMENT_ATTENTION`; False (unchanged) otherwise."""
+    if getattr(llm.config, "_attn_implementation", None) != "sdpa":
+        return False
+    llm.set_attn_implementation(SEGMENT_ATTENTION)
+    return True
