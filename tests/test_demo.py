@@ -1,4 +1,5 @@
-"""The quick demo end to end on the real default parts, and that a re-run skips finished steps."""
+"""The quick demo end to end on the real default parts (slow), that a re-run skips finished steps, and the
+demo's report: steps reached against the plan, precision, target."""
 
 import json
 
@@ -6,13 +7,24 @@ import pytest
 import yaml
 
 from vistune.cli import main
-from vistune.demo import balanced_subset
-
-pytestmark = pytest.mark.slow
+from vistune.config import load_run_config
+from vistune.demo import (
+    DEMO_CONFIGS,
+    FULL,
+    STOPPED_EARLY,
+    balanced_subset,
+    demo_report,
+    stage_outcome,
+    summary_lines,
+    target_check,
+)
+from vistune.eval.report import write_report
+from vistune.eval.scoring import score
 
 VARIANTS = {"stage1_only", "full", "full_in_distribution", "shuffled_images", "answer_prior"}
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_every_variant_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
@@ -36,6 +48,13 @@ def test_quick_demo_writes_every_variant_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--quick"]) == 0
     log = capsys.readouterr().out
     assert log.count("[skip]") == 7 and "[run ]" not in log
+    # the report says how far each stage got and in which precision, and whether the target is met
+    assert report["stopped_early"] is False
+    assert {k: (v["steps"], v["planned_steps"]) for k, v in report["training"].items()} == {
+        "stage1": (3, 3), "stage2": (4, 4)}
+    assert report["training"]["stage2"]["precision"] in ("bf16 autocast", "fp32")
+    assert isinstance(report["target"]["met"], bool) and "target" in log and "CPU:" in log
+    assert STOPPED_EARLY.upper() not in (out / "report.md").read_text()
 
 
 def test_balanced_subset_takes_every_type_evenly():
@@ -59,3 +78,60 @@ def test_single_turns_ask_every_question_with_the_image():
         ["<image>\nWhat color is the star?", "red"], ["<image>\nHow many circles are there?", "2"],
         ["<image>\nIs the star above or below the circle?", "above"]]
     assert all(t["image"] == "7.png" and t["metadata"] == record["metadata"] for t in turns)
+
+
+BENCH = [{"id": f"{t}{i}", "type": t, "answer": a} for t, answers in
+         (("colour", ["red", "blue"]), ("count", ["2", "3"])) for i, a in enumerate(answers)]
+
+
+def _variants(full: dict, shuffled: dict, prior: dict) -> dict:
+    return {"full": score(full, BENCH), "shuffled_images": score(shuffled, BENCH), "answer_prior": score(prior, BENCH)}
+
+
+def _fake_final(path, step: int):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "vistune", "training": {"stage": 2, "step": step}}))
+    return str(path)
+
+
+def test_a_stage_stopped_by_its_time_budget_is_reported_loudly(tmp_path):
+    run = load_run_config(DEMO_CONFIGS / FULL.stage2, read_init_from=False)
+    planned = run.train.max_steps
+    stopped = stage_outcome({"model": _fake_final(tmp_path / "s2", 78), "precision": "fp32"}, run)
+    assert (stopped["steps"], stopped["planned_steps"], stopped["stopped_early"]) == (78, planned, True)
+    whole = stage_outcome({"model": _fake_final(tmp_path / "s1", planned), "precision": "fp32"}, run)
+    assert whole["stopped_early"] is False
+    variants = _variants({"colour0": "red", "colour1": "blue", "count0": "2", "count1": "3"},
+                         {"colour0": "red", "colour1": "red", "count0": "2", "count1": "2"}, {})
+    report = demo_report(variants, {"stage1": whole, "stage2": stopped}, "Test CPU (avx2; no native bf16)")
+    paths = write_report(report, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert data["stopped_early"] is True and data["training"]["stage2"]["steps"] == 78
+    assert data["training"]["stage2"]["planned_steps"] == planned and data["cpu"].startswith("Test CPU")
+    md = paths["md"].read_text()
+    attention = md.split("**Attention**")[1].split("|")[0]
+    assert f"{STOPPED_EARLY.upper()}**: stage2 ran 78 of {planned} planned steps" in attention
+    assert STOPPED_EARLY.upper() in md.splitlines()[0] and STOPPED_EARLY.upper() in report.chart.title
+    assert "| stage2 | 78 | %d | fp32 |" % planned in md and "evaluation in fp32" in md
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    banner = summary_lines(data)[0]
+    assert banner.startswith("!!!") and "stage2 stopped at step 78" in banner and STOPPED_EARLY.upper() in banner
+    # the same figures from a whole run carry no warning
+    clean = demo_report(variants, {"stage1": whole, "stage2": whole}, "cpu")
+    assert clean.data["stopped_early"] is False and STOPPED_EARLY.upper() not in " ".join(clean.warnings)
+
+
+def test_target_needs_25_points_over_both_controls_and_10_over_shuffled_on_every_type():
+    # full 100/100; shuffled 50/50; prior 0/0: margins 50 overall, 50 per type: met
+    variants = _variants({"colour0": "red", "colour1": "blue", "count0": "2", "count1": "3"},
+                         {"colour0": "red", "count0": "2"}, {})
+    t = target_check(variants)
+    assert t["met"] and t["overall_margin"] == {"shuffled_images": 50.0, "answer_prior": 100.0}
+    # shuffled gets count right too: count margin 0 < 10, overall margin 25 (still enough)
+    variants = _variants({"colour0": "red", "colour1": "blue", "count0": "2", "count1": "3"},
+                         {"colour0": "red", "count0": "2", "count1": "3"}, {})
+    t = target_check(variants)
+    assert not t["met"] and t["types_below_target"] == ["count"] and t["overall_margin"]["shuffled_images"] == 25.0
+    report = demo_report(variants, {}, "cpu")
+    assert report.warnings[0].startswith("target not met") and "count" in report.warnings[0]
+    assert any(r[0] == "full - shuffled_images, count" and r[-1] == "NO" for r in report.tables[-2].rows)

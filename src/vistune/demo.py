@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vistune.config import RunConfig, apply_overrides, from_dict, load_yaml
+from vistune.config import ConfigError, RunConfig, apply_overrides, from_dict, load_yaml
 from vistune.conversation import IMAGE_PLACEHOLDER
 from vistune.data.synth import BENCH_FILE, BENCH_IN_DISTRIBUTION_FILE, render_world
+from vistune.eval.report import Report, Table
+from vistune.eval.report import write_report as write_any_report
+from vistune.eval.scoring import CONTROLS, variants_report
 from vistune.utils.io import atomic_write_json, atomic_write_text, read_json_or_jsonl
 
 #: The demo's training recipes: `stage1.yaml`, `stage2.yaml` and their `_quick` variants. They ship inside the
@@ -56,8 +59,9 @@ class DemoPlan:
 
 FULL = DemoPlan(name="full", train_images=1500, heldout_images=240, bench_questions=420,
                 stage1="stage1.yaml", stage2="stage2.yaml")
-"""Sized for 2 CPU cores (the README quotes its measured time); stage 2 also has a time budget
-(`train.max_minutes`), so on a CPU without native bf16 it stops earlier, with fewer steps."""
+"""Sized for 2 CPU cores (the README quotes its measured time). Each recipe fixes its steps
+(`train.max_steps`); its `train.max_minutes` is only a safety stop, and a run it stops is reported as
+"stopped early: figures not comparable"."""
 QUICK = DemoPlan(name="quick", train_images=64, heldout_images=24, bench_questions=36, chats=1,
                  stage1="stage1_quick.yaml", stage2="stage2_quick.yaml")
 """A smoke run of every step; it checks the pipeline, not the accuracy targets."""
@@ -70,6 +74,11 @@ BENCH_LAYOUT = "heldout-wording+in-distribution"
 """The benchmark files the held-out world carries: `bench.jsonl` in held-out wording (the primary score) and
 `bench_in_distribution.jsonl` with the same questions in the teacher's wording (variant `full_in_distribution`)."""
 CHAT_PROMPTS = ("Describe the image briefly.", "How many shapes are in the image?")
+TARGET_OVERALL = 25.0
+"""The demo's target: `full` at least this many points above each control (shuffled_images, answer_prior) overall,"""
+TARGET_BY_TYPE = 10.0
+"""... and at least this many points above `shuffled_images` on every question type."""
+STOPPED_EARLY = "stopped early: figures not comparable"
 
 
 class Demo:
@@ -131,6 +140,8 @@ class Demo:
                            {"bench_questions": p.bench_questions, "stage2": s2, "bench": BENCH_LAYOUT})
         self._chats(stage2["model"])
         self.log(format_table(report["variants"]))
+        for line in summary_lines(report):
+            self.log(line)
         total = time.time() - start
         self.log(f"demo finished in {total / 60:.1f} min; report: {self.out / 'report.json'}")
         return report
@@ -185,18 +196,17 @@ class Demo:
         apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in paths.items()])
         return from_dict(RunConfig, data)
 
+    def _marker_result(self, name: str) -> dict:
+        return json.loads(self._marker(name).read_text())["result"]
+
     def _final(self, stage: int) -> Path:
-        marker = self._marker(f"stage{stage}")
-        return Path(json.loads(marker.read_text())["result"]["model"])
+        return Path(self._marker_result(f"stage{stage}")["model"])
 
     def _train(self, stage: int) -> dict:
-        from vistune.train.loop import train
-
-        final = train(self._run_config(stage), progress=self.progress, resume=False if self.redo else None)
-        return {"model": str(final)}
+        return train_stage(self._run_config(stage), progress=self.progress, redo=self.redo)
 
     def _benchmark(self, stage1_model: str, stage2_model: str) -> dict:
-        from vistune.eval.scoring import answer_prior, prior_predictions, score, write_report, write_variants_report
+        from vistune.eval.scoring import answer_prior, prior_predictions, score, write_report
         from vistune.eval.shapes import evaluate, load_bench
         from vistune.inference.engine import Engine
         from vistune.model.checkpoint import load_checkpoint, read_config
@@ -225,8 +235,10 @@ class Demo:
         prior = answer_prior(load_bench(self.world / "train" / "bench.jsonl"))
         variants["answer_prior"] = score(prior_predictions(prior, bench), bench)
         write_report(variants["answer_prior"], evals / "answer_prior")
-        write_variants_report(variants, self.out)
-        return {"variants": variants}
+        stages = {f"stage{k}": stage_outcome(self._marker_result(f"stage{k}"), self._run_config(k)) for k in (1, 2)}
+        report = demo_report(variants, stages, cpu_description())
+        write_any_report(report, self.out)
+        return report.data
 
     def _chats(self, model_dir: str) -> None:
         from vistune.data.annotations import load_coco
@@ -253,6 +265,124 @@ class Demo:
                 lines += [f"- **USER:** {q}", f"  **ASSISTANT:** {a}"]
             lines.append("")
         atomic_write_text(self.out / "chats.md", "\n".join(lines))
+
+
+def train_stage(run: RunConfig, progress: bool = True, redo: bool = False) -> dict:
+    """Train one planned stage (its recipe fixes `train.max_steps`); the step's result: the final model and the
+    precision it trained in (see `stage_outcome` for the steps it reached)."""
+    import torch
+
+    from vistune.train.distributed import resolve_precision
+    from vistune.train.loop import train
+
+    if run.train.max_steps is None:
+        raise ConfigError(f"{run.output_dir}: a planned run fixes its steps (train.max_steps)")
+    device = torch.device("cuda" if run.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    bf16 = resolve_precision(run.train.precision, device)
+    final = train(run, progress=progress, resume=False if redo else None)
+    return {"model": str(final), "precision": "bf16 autocast" if bf16 else "fp32"}
+
+
+def stage_outcome(result: dict, run: RunConfig) -> dict:
+    """How far a trained stage got: {"model", "steps" (reached, from its final checkpoint), "planned_steps",
+    "stopped_early", "precision"}; a stage stopped by its safety time budget (`train.max_minutes`) has fewer
+    steps than planned."""
+    from vistune.checkpoint_format import read_config
+
+    steps = (read_config(result["model"]).get("training") or {}).get("step")
+    planned = run.train.max_steps
+    return {"model": result["model"], "steps": steps, "planned_steps": planned,
+            "stopped_early": steps is not None and planned is not None and steps < planned,
+            "precision": result.get("precision", "not recorded"), "max_minutes": run.train.max_minutes}
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the instruction sets that decide its speed and precision (avx2, avx512f,
+    avx512_bf16, amx_bf16); "unknown CPU" where /proc/cpuinfo cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = f.read()
+    except OSError:
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    bf16 = "native bf16" if {"avx512_bf16", "amx_bf16"} & flags else "no native bf16"
+    return f"{fields.get('model name', 'unknown CPU')} ({', '.join(shown) or 'none of avx2/avx512'}; {bf16})"
+
+
+def target_check(variants: dict) -> dict:
+    """Whether `full` meets the demo's target: `TARGET_OVERALL` points above each control overall and
+    `TARGET_BY_TYPE` above shuffled_images on every type; with each margin and the types short of it."""
+    full = variants["full"]
+    overall = {c: full["overall"] - variants[c]["overall"] for c in CONTROLS if c in variants}
+    shuffled = variants.get("shuffled_images", {}).get("by_type", {})
+    by_type = {t: v - shuffled[t] for t, v in full["by_type"].items() if t in shuffled}
+    short = [t for t, d in by_type.items() if d < TARGET_BY_TYPE]
+    met = len(overall) == len(CONTROLS) and all(d >= TARGET_OVERALL for d in overall.values()) and not short
+    return {"met": met, "overall_margin": overall, "margin_over_shuffled_by_type": by_type,
+            "types_below_target": short, "required_overall": TARGET_OVERALL, "required_by_type": TARGET_BY_TYPE}
+
+
+def demo_report(variants: dict, stages: dict[str, dict], cpu: str) -> Report:
+    """The demo's report: the variants side by side (`variants_report`), plus how each stage trained (steps
+    reached of planned, precision), the CPU, the target and whether it is met. A stage that its safety time
+    budget stopped makes the title, the chart and the first warning say `STOPPED_EARLY`."""
+    target = target_check(variants)
+    report = variants_report(variants)
+    stopped = {name: o for name, o in stages.items() if o["stopped_early"]}
+    report.data.update({"stopped_early": bool(stopped), "training": stages, "cpu": cpu, "target": target})
+    verdict = "met" if target["met"] else "NOT met"
+    report.tables.append(Table(
+        ["target", "margin (points)", "required", "met"],
+        [[f"full - {c}, overall", d, TARGET_OVERALL, "yes" if d >= TARGET_OVERALL else "NO"]
+         for c, d in target["overall_margin"].items()]
+        + [[f"full - shuffled_images, {t}", d, TARGET_BY_TYPE, "yes" if d >= TARGET_BY_TYPE else "NO"]
+           for t, d in target["margin_over_shuffled_by_type"].items()],
+        caption=f"Target: {verdict}."))
+    report.tables.append(Table(
+        ["stage", "steps reached", "planned steps", "precision", "safety stop (min)"],
+        [[name, o["steps"], o["planned_steps"], o["precision"], o["max_minutes"]] for name, o in stages.items()],
+        caption=f"Training on {cpu}; evaluation in fp32."))
+    if not target["met"]:
+        short = ", ".join(target["types_below_target"]) or "none"
+        report.warnings.insert(0, f"target not met (types less than {TARGET_BY_TYPE:g} points above "
+                                  f"shuffled_images: {short})")
+    if stopped:
+        reached = "; ".join(f"{name} ran {o['steps']} of {o['planned_steps']} planned steps (train.max_minutes="
+                            f"{o['max_minutes']:g} reached)" for name, o in stopped.items())
+        report.warnings.insert(0, f"**{STOPPED_EARLY.upper()}**: {reached}; these figures are not those of the "
+                                  "planned recipe")
+        report.title += f" ({STOPPED_EARLY.upper()})"
+        report.chart.title = f"{STOPPED_EARLY.upper()}\n{report.chart.title}"
+    report.notes += [
+        "precision: training in bf16 autocast where the CPU has native bf16 (avx512_bf16 or amx_bf16) and the "
+        "recipe says `precision: auto`, else fp32; evaluation always in fp32; the same seed gives the same "
+        "figures within the noise of bf16 vs fp32",
+        f"target: full at least {TARGET_OVERALL:g} points above both controls overall and at least "
+        f"{TARGET_BY_TYPE:g} points above shuffled_images on every type",
+        "each stage runs the steps its recipe plans (train.max_steps); train.max_minutes is only a safety stop"]
+    return report
+
+
+def summary_lines(data: dict) -> list[str]:
+    """What the terminal shows after the table: a stopped-early banner, the precision and the target."""
+    lines = []
+    for name, o in data.get("training", {}).items():
+        lines.append(f"{name}: {o['steps']} of {o['planned_steps']} planned steps, {o['precision']}")
+        if o["stopped_early"]:
+            lines.insert(0, f"!!! {STOPPED_EARLY.upper()}: {name} stopped at step {o['steps']} of "
+                            f"{o['planned_steps']} (train.max_minutes={o['max_minutes']:g}) !!!")
+    if "cpu" in data:
+        lines.append(f"CPU: {data['cpu']}")
+    target = data.get("target")
+    if target:
+        margins = ", ".join(f"{c} +{d:.1f}" for c, d in target["overall_margin"].items())
+        lines.append(f"target {'met' if target['met'] else 'NOT met'}: full vs {margins} overall (need "
+                     f"+{TARGET_OVERALL:g}); types under +{TARGET_BY_TYPE:g} over shuffled_images: "
+                     f"{', '.join(target['types_below_target']) or 'none'}")
+    return lines
 
 
 def single_turns(record: dict) -> list[dict]:

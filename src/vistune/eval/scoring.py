@@ -104,6 +104,8 @@ VARIANTS = {
                        "(what it gets right without seeing the right image)",
     "answer_prior": "no model: each question answered with its type's most frequent training answer",
     "stage1_only": "the stage-1 checkpoint (projector trained, LLM untouched), asked like the full model",
+    "full_in_distribution": "the trained model on the same questions (same ids and answers) in the training "
+                            "data's wording instead of the held-out wording",
 }
 """What each variant of a shapes report means."""
 CONTROLS = ("shuffled_images", "answer_prior")
@@ -169,6 +171,11 @@ def write_variants_report(variants: Mapping[str, dict], out_dir: str | os.PathLi
     """Several variants side by side: report.json {"variants", "not_above_control"}, a table with one
     column per variant plus chance, and a grouped bar chart. A type where `full` does not beat a control
     is marked with * in the table and listed under Attention."""
+    write_any(variants_report(variants, notes), out_dir)
+
+
+def variants_report(variants: Mapping[str, dict], notes: Sequence[str] = ()) -> Report:
+    """The `Report` that `write_variants_report` writes (a caller may add data, warnings or notes first)."""
     names = list(variants)
     types = _ordered_types({t for r in variants.values() for t in r.get("by_type", {})})
     chance: dict[str, float] = {}
@@ -185,7 +192,7 @@ def write_variants_report(variants: Mapping[str, dict], out_dir: str | os.PathLi
     rows.append(["failures"] + [variants[v].get("missing", 0) for v in names] + [""])
     warnings = [f"{t}: full ({variants['full']['by_type'][t]:.1f} %) does not beat "
                 + ", ".join(f"{c} ({variants[c]['by_type'][t]:.1f} %)" for c in cs) for t, cs in lost.items()]
-    report = Report(
+    return Report(
         title="Shapes benchmark: variants",
         data={"variants": dict(variants), "not_above_control": lost},
         tables=[Table(["type"] + names + ["chance"], rows)],
@@ -199,7 +206,6 @@ def write_variants_report(variants: Mapping[str, dict], out_dir: str | os.PathLi
                     title="accuracy by question type", ylabel="accuracy (%)",
                     chance=[chance.get(t) for t in types] + [_chance_overall(first)]),
     )
-    write_any(report, out_dir)
 
 
 def load_report(path: str | os.PathLike) -> dict:
