@@ -2,6 +2,7 @@
 demo's report: steps reached against the plan, precision, target."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -42,7 +43,9 @@ def test_quick_demo_writes_every_variant_and_resumes(tmp_path, capsys):
     assert stage1["train"]["projector_init_captions"] == str(out / "world" / "train" / "captions.json")
     assert yaml.safe_load((out / "stage2" / "config.yaml").read_text())["train"]["projector_init_captions"] is None
     chats = (out / "chats.md").read_text()
-    assert "ASSISTANT" in chats
+    assert chats.count("ASSISTANT") == 2 * 3  # two chats of three questions
+    assert re.search(r"Descriptions that name every object with its colour: [0-2] of 2; counts right: [0-2] of 2",
+                     chats)
     capsys.readouterr()
     # a second run finds every step done and redoes none
     assert main(["demo", "--out", str(out), "--quick"]) == 0

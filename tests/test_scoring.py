@@ -133,3 +133,27 @@ def test_both_wordings_of_a_bench_score_alike(tmp_path):
     preds = {q["id"]: spoken.get(q["answer"], q["answer"]) for q in heldout[::2]}
     a, b = score(preds, heldout), score(preds, teacher)
     assert a == b and 0 < a["correct"] == len(preds) < a["n"]
+
+
+def test_a_description_names_every_object_only_as_colour_then_shape():
+    from vistune.eval.scoring import names_every_object
+
+    objs = [("red", "circle"), ("blue", "star")]
+    assert names_every_object("A red circle and a blue star.", objs)
+    assert names_every_object("The image shows two large blue stars and one small red circle", objs)
+    assert names_every_object("A red medium-sized circle, a blue star.", objs)  # size word between
+    assert not names_every_object("A red circle.", objs)  # the star is missing
+    assert not names_every_object("A blue circle and a red star.", objs)  # colours swapped
+    assert not names_every_object("A circle that is red and a blue star.", objs)  # colour after the shape
+    assert not names_every_object("A red and blue star.", objs)  # "red" is followed by a colour first
+    assert not names_every_object("There are no shapes.", [("yellow", "cross")])
+    assert names_every_object("Two white crosses.", [("white", "cross"), ("white", "cross")])
+
+
+def test_a_count_is_right_when_its_first_number_is():
+    from vistune.eval.scoring import count_is_right
+
+    assert count_is_right("There are three shapes.", 3) and count_is_right("3", 3)
+    assert count_is_right("Two.", 2) and not count_is_right("Two.", 3)
+    assert not count_is_right("There are no shapes.", 1)  # no number at all
+    assert not count_is_right("There are 2 shapes, not 3.", 3)  # the first number decides

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from typing import Mapping, Sequence
 
-from vistune.data.world import NUMBER_WORDS, QUESTION_TYPES
+from vistune.data.world import COLOURS, NUMBER_WORDS, QUESTION_TYPES, SHAPE_PLURALS, SHAPES
 from vistune.eval.report import Chart, Report, Table
 from vistune.eval.report import write_report as write_any
 
@@ -47,6 +47,36 @@ def is_correct(prediction: str | None, gold: str) -> bool:
     if g in ("yes", "no"):
         return p.split(" ", 1)[0] == g
     return p == g
+
+
+_SHAPE_WORDS = {w: s for s in SHAPES for w in (s, SHAPE_PLURALS[s])}
+_GAP = 3
+"""Words allowed between a colour and its shape in a description ("red medium sized circle")."""
+
+
+def names_every_object(description: str, objects: Sequence[tuple[str, str]]) -> bool:
+    """Whether a description of a synthetic-world image names each (colour, shape) of `objects` as the colour
+    followed by that shape (singular or plural, at most `_GAP` other words between, none of them a colour or
+    a shape): "a red circle and two blue stars" names (red, circle) and (blue, star), "a circle that is red"
+    does not. Objects of the same colour and shape are named once for all."""
+    words = normalize_answer(description).split()
+    named = set()
+    for i, w in enumerate(words):
+        if w not in COLOURS:
+            continue
+        for j in range(i + 1, min(len(words), i + 2 + _GAP)):
+            if words[j] in _SHAPE_WORDS:
+                named.add((w, _SHAPE_WORDS[words[j]]))
+                break
+            if words[j] in COLOURS:
+                break
+    return all(tuple(o) in named for o in objects)
+
+
+def count_is_right(answer: str, n: int) -> bool:
+    """Whether the first number in an answer (a digit or a number word) is `n`."""
+    first = next((w for w in normalize_answer(answer).split() if w.isdigit()), None)
+    return first is not None and int(first) == n
 
 
 def _ordered_types(types) -> list[str]:
