@@ -18,7 +18,7 @@ LAYERS = [
     {"data"},
     {"model"},
     {"train", "inference"},
-    {"serve", "eval", "datagen", "demo"},
+    {"serve", "eval", "datagen", "demo", "ablate"},
     {"cli", "__main__", ""},  # "" is the package itself: `vistune.load`
 ]
 

@@ -396,3 +396,28 @@ def test_no_answer_can_be_read_off_earlier_turns(world):
             named |= _named(f"{q} {a}")
         assert len(axes) == len(set(axes)), conv
     assert checked["what"] >= 20 and checked["yes/no/count"] >= 20 and checked["where"] >= 1
+
+
+def test_answer_first_puts_the_conclusion_before_the_same_steps():
+    from vistune.datagen.symbolic import order_answer
+
+    steps = "There are two red and one blue."
+    assert order_answer(steps, "So two red shapes would remain.") == f"{steps} So two red shapes would remain."
+    assert order_answer(steps, "So two red shapes would remain.", answer_first=True) == \
+        f"Two red shapes would remain. {steps}"
+    assert order_answer(steps, "Yes, two is more than one.", answer_first=True) == f"Yes, two is more than one. {steps}"
+
+
+def test_answer_first_records_ask_the_same_questions_with_the_conclusion_first(tmp_path):
+    from vistune.data.annotations import load_coco
+    from vistune.data.synth import render_world
+
+    render_world(tmp_path, 12, seed=4, progress=False)
+    contexts, _ = load_coco(tmp_path / "captions.json", tmp_path / "instances.json")
+    first = generate_symbolic(contexts, types=("complex",), seed=0)
+    answer = generate_symbolic(contexts, types=("complex",), seed=0, answer_first=True)
+    assert [r["conversations"][0] for r in first] == [r["conversations"][0] for r in answer]
+    for r, a in zip(first, answer):
+        reasoned, answered = r["conversations"][1]["value"], a["conversations"][1]["value"]
+        assert sorted(reasoned.replace("So ", "").lower().split()) == sorted(answered.lower().split())
+        assert reasoned != answered and answered[0].isupper()

@@ -123,8 +123,8 @@ class Demo:
     # ---------------------------------------------------------------------------------------------
     # the pipeline
 
-    def run(self) -> dict:
-        start = time.time()
+    def prepare_world(self) -> dict:
+        """The steps every run shares: both worlds and the stage-1 data; returns the world's params."""
         p = self.plan
         # Each step's params include those of the steps it depends on, so a changed step redoes what follows.
         world = {"train": p.train_images, "heldout": p.heldout_images, "max_objects": p.max_objects}
@@ -133,6 +133,12 @@ class Demo:
         self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2),
                   {**world, "bench": BENCH_LAYOUT})
         self.step("stage1_data", self._stage1_data, world)
+        return world
+
+    def run(self) -> dict:
+        start = time.time()
+        p = self.plan
+        world = self.prepare_world()
         s1 = {"world": world, "recipe": p.recipe(1)}
         stage1 = self.step("stage1", lambda: self._train(1), s1)
         self.step("stage2_data", self._stage2_data, {"world": world, "mix": STAGE2_MIX})
@@ -158,17 +164,19 @@ class Demo:
         make_pretrain_data(self.world / "train" / "captions.json", self.data / "stage1.json", seed=0)
         return {"records": len(read_json_or_jsonl(self.data / "stage1.json"))}
 
-    def _stage2_data(self) -> dict:
+    def _stage2_data(self, mix: dict = STAGE2_MIX, name: str = "stage2.json", answer_first: bool = False) -> dict:
+        """The stage-2 data (`mix`: see STAGE2_MIX) as `data/<name>`; `answer_first` writes the reasoning
+        answers conclusion first."""
         from vistune.data.annotations import load_coco
         from vistune.datagen.symbolic import generate_symbolic
 
         train = self.world / "train"
         contexts, skips = load_coco(train / "captions.json", train / "instances.json")
         # Conversations of mostly short answers: many supervised answers per image (25 image tokens each).
-        m = STAGE2_MIX
+        m = mix
         records = generate_symbolic(contexts, types=("conversation", "detail", "complex"), seed=0,
                                     short_fraction=m["short_fraction"], min_turns=m["min_turns"],
-                                    max_turns=m["max_turns"])
+                                    max_turns=m["max_turns"], answer_first=answer_first)
         # Short exact answers are what the benchmark checks: weight conversations over long descriptions.
         conversations = [r for r in records if r["metadata"]["type"] == "conversation"]
         if m["single_turn"]:
@@ -178,11 +186,11 @@ class Demo:
         k = min(len(others), int(len(conversations) * m["detail_complex_ratio"]))
         mix = conversations + rng.sample(others, k=k)
         rng.shuffle(mix)
-        atomic_write_json(self.data / "stage2.json", mix, indent=None)
+        atomic_write_json(self.data / name, mix, indent=None)
         return {"records": len(mix), "skipped": dict(skips)}
 
-    def _run_config(self, stage: int) -> RunConfig:
-        """The stage's recipe with the demo's paths."""
+    def _run_config(self, stage: int, changes: dict | None = None) -> RunConfig:
+        """The stage's recipe with the demo's paths, then `changes` (dotted keys: values)."""
         data = self.plan.recipe(stage)
         paths = {
             "data.path": str(self.data / f"stage{stage}.json"),
@@ -193,8 +201,9 @@ class Demo:
         if data.get("train", {}).get("projector_init_captions") is not None:
             # the ridge warm start reads all of an image's captions, stage 1 trains on one per image
             paths["train.projector_init_captions"] = str(self.world / "train" / "captions.json")
-        if stage == 2:
+        if stage == 2 and "init_from" not in (changes or {}):
             paths["init_from"] = str(self._final(1))
+        paths.update(changes or {})
         apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in paths.items()])
         return from_dict(RunConfig, data)
 
@@ -211,21 +220,16 @@ class Demo:
         from vistune.eval.scoring import answer_prior, prior_predictions, score, write_report
         from vistune.eval.shapes import evaluate, load_bench
         from vistune.inference.engine import Engine
-        from vistune.model.checkpoint import load_checkpoint, read_config
 
         heldout = self.world / "heldout"
-        bench = balanced_subset(load_bench(heldout / BENCH_FILE), self.plan.bench_questions)
+        bench = self.bench()
         # the same questions (same ids and answers) in the teacher's training wording
         same = {q["id"] for q in bench}
         in_distribution = [q for q in load_bench(heldout / BENCH_IN_DISTRIBUTION_FILE) if q["id"] in same]
         images = heldout / "images"
         evals = self.out / "eval"
         variants = {}
-        # stage 1 trains with the plain template; ask it the way the full model is asked
-        asked = read_config(stage2_model)["model"]
-        stage1_only = load_checkpoint(stage1_model)
-        stage1_only.set_conversation(asked["template"], asked["system_prompt"])
-        stage1 = Engine(stage1_only)
+        stage1 = stage1_engine(stage1_model, stage2_model)
         variants["stage1_only"] = evaluate(stage1, bench, images, evals / "stage1_only", progress=self.progress)
         del stage1
         full = Engine.from_checkpoint(stage2_model)
@@ -241,6 +245,12 @@ class Demo:
         report = demo_report(variants, stages, cpu_description())
         write_any_report(report, self.out)
         return report.data
+
+    def bench(self) -> list[dict]:
+        """The held-out questions every variant is scored on (balanced over types)."""
+        from vistune.eval.shapes import load_bench
+
+        return balanced_subset(load_bench(self.world / "heldout" / BENCH_FILE), self.plan.bench_questions)
 
     def _chats(self, model_dir: str) -> dict:
         """Sample chats on held-out images, scored against the world's annotations: whether the description
@@ -289,6 +299,19 @@ class Demo:
             "the number of objects. Greedy decoding.", ""] + body))
         self.log(score_line)
         return {"chats": n, "descriptions_naming_every_object": described, "counts_right": counted}
+
+
+def stage1_engine(stage1_model: str | Path, stage2_model: str | Path):
+    """An engine for the stage-1 checkpoint that asks it the way the stage-2 model is asked (stage 1 trains
+    with the plain template)."""
+    from vistune.checkpoint_format import read_config
+    from vistune.inference.engine import Engine
+    from vistune.model.checkpoint import load_checkpoint
+
+    asked = read_config(stage2_model)["model"]
+    model = load_checkpoint(stage1_model)
+    model.set_conversation(asked["template"], asked["system_prompt"])
+    return Engine(model)
 
 
 def train_stage(run: RunConfig, progress: bool = True, redo: bool = False) -> dict:

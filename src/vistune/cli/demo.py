@@ -1,4 +1,4 @@
-"""`vistune demo`: the offline end-to-end run."""
+"""`vistune demo`: the offline end-to-end run; `vistune ablate`: the paper's ablations on the same world."""
 
 from __future__ import annotations
 
@@ -13,10 +13,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--quick", action="store_true", help="a small run (minutes) for smoke tests")
     demo.add_argument("--force", action="store_true", help="redo finished steps")
     demo.set_defaults(func=demo_command)
+    _register_ablate(sub)
+
+
+ABLATION_NAMES = ("no_instruction_tuning", "no_pretraining", "last_layer", "conversation_only", "answer_first")
+"""For --help only (vistune.ablate.ABLATIONS is the list; importing it here would slow every command's start)."""
+
+
+def _register_ablate(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "ablate", "the paper's ablations on the demo's synthetic world, each against the full "
+                                   "recipe with the same steps and seeds")
+    p.add_argument("--out", default="runs/ablate", help="study directory")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (at least 1)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these ablations (and the full recipe): "
+                   f"{', '.join(ABLATION_NAMES)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny runs of every step, for smoke tests")
+    p.add_argument("--force", action="store_true", help="redo finished steps")
+    p.set_defaults(func=ablate_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:
     from vistune.demo import run_demo
 
     run_demo(args.out, quick=args.quick, force=args.force)
+    return 0
+
+
+def ablate_command(args: argparse.Namespace) -> int:
+    from vistune.ablate import run_ablations
+
+    run_ablations(args.out, seeds=args.seeds, only=args.only, quick=args.quick, force=args.force)
     return 0

@@ -403,7 +403,7 @@ def _cx_remove_colour(s: Scene, rng: random.Random) -> tuple[str, str] | None:
              f"Next, count the {c} ones: {number_word(m)}.",
              f"Removing them leaves {number_word(total)} - {number_word(m)} = {number_word(total - m)}"
              + (f" ({_join([_a(o.name) for o in rest])})." if rest else ".")]
-    return q, " ".join(steps) + f" So {number_word(total - m)} {n if total - m == 1 else npl} would remain."
+    return q, " ".join(steps), f"So {number_word(total - m)} {n if total - m == 1 else npl} would remain."
 
 
 def _cx_corner(s: Scene, rng: random.Random) -> tuple[str, str] | None:
@@ -423,7 +423,7 @@ def _cx_corner(s: Scene, rng: random.Random) -> tuple[str, str] | None:
              + "; ".join(f"the {o.name} is about {((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5:.2f} image widths away"
                          for o in s.objs) + ".",
              f"The {best.name} has the smallest distance, with a clear gap to the next one."]
-    return q, " ".join(steps) + f" So the answer is the {r}."
+    return q, " ".join(steps), f"So the answer is the {r}."
 
 
 def _cx_largest(s: Scene, rng: random.Random) -> tuple[str, str] | None:
@@ -437,7 +437,7 @@ def _cx_largest(s: Scene, rng: random.Random) -> tuple[str, str] | None:
     q = rng.choice([f"Which {s.noun} is the largest?", f"Which is the biggest {s.noun} in the image?"])
     steps = ["Comparing the sizes: " + "; ".join(f"the {o.name} is {size_word(o.w, o.h)}" for o in objs) + ".",
              f"The {big.name} covers noticeably more of the image than any other {s.noun}."]
-    return q, " ".join(steps) + f" So the largest is the {r}."
+    return q, " ".join(steps), f"So the largest is the {r}."
 
 
 def _cx_compare_colours(s: Scene, rng: random.Random) -> tuple[str, str] | None:
@@ -458,7 +458,7 @@ def _cx_compare_colours(s: Scene, rng: random.Random) -> tuple[str, str] | None:
         concl = f"No, the numbers are equal ({number_word(m1)} each)."
     else:
         concl = f"No, {number_word(m1)} is fewer than {number_word(m2)}, so there are more {c2} {npl}."
-    return q, f"Counting by color: {steps} {concl}"
+    return q, f"Counting by color: {steps}", concl
 
 
 def _cx_extreme(s: Scene, rng: random.Random) -> tuple[str, str] | None:
@@ -476,7 +476,7 @@ def _cx_extreme(s: Scene, rng: random.Random) -> tuple[str, str] | None:
     steps = (f"Looking at the {axis} position of each {s.noun}: " + "; ".join(_pos(o) for o in s.objs) + ". "
              f"The {objs[0].name} is nearer the {side} edge than the {objs[1].name}, the next one.")
     extra = f" It is {objs[0].colour}." if objs[0].colour and r == objs[0].kind else ""
-    return q, f"{steps} So it is the {r}.{extra}"
+    return q, steps, f"So it is the {r}.{extra}"
 
 
 def _cx_distinct(s: Scene, rng: random.Random) -> tuple[str, str] | None:
@@ -487,27 +487,39 @@ def _cx_distinct(s: Scene, rng: random.Random) -> tuple[str, str] | None:
         q = "How many different colors appear among the shapes?" if s.noun == "shape" else \
             "How many different colors do the objects have?"
         steps = "Going through them: " + "; ".join(f"the {o.kind} is {o.colour}" for o in s.objs) + "."
-        return q, f"{steps} The distinct colors are {_join(cols)}, so there {'is' if len(cols) == 1 else 'are'} " \
-                  f"{_count_phrase(len(cols), 'color')}."
+        return q, steps, f"The distinct colors are {_join(cols)}, so there {'is' if len(cols) == 1 else 'are'} " \
+                         f"{_count_phrase(len(cols), 'color')}."
     kinds = sorted({o.kind for o in s.objs}, key=[o.kind for o in s.objs].index)
     q = f"How many different kinds of {plural(s.noun)} are in the image?"
     steps = "Listing them: " + _join(s.groups()) + "."
-    return q, f"{steps} The distinct kinds are {_join([plural(k) if s.count_kind(k) > 1 else k for k in kinds])}, " \
-              f"so there {'is' if len(kinds) == 1 else 'are'} {_count_phrase(len(kinds), 'kind')}."
+    return q, steps, f"The distinct kinds are {_join([plural(k) if s.count_kind(k) > 1 else k for k in kinds])}, " \
+                     f"so there {'is' if len(kinds) == 1 else 'are'} {_count_phrase(len(kinds), 'kind')}."
 
 
-COMPLEX_GENERATORS: list[Callable[[Scene, random.Random], tuple[str, str] | None]] = [
+COMPLEX_GENERATORS: list[Callable[[Scene, random.Random], tuple[str, str, str] | None]] = [
     _cx_remove_colour, _cx_corner, _cx_largest, _cx_compare_colours, _cx_extreme, _cx_distinct]
+"""Each returns (question, reasoning steps, conclusion) or None when the scene does not allow it."""
 
 
-def make_complex(s: Scene, rng: random.Random) -> list[dict] | None:
+def order_answer(steps: str, conclusion: str, answer_first: bool = False) -> str:
+    """A reasoning answer: the steps, then the conclusion (reasoning first, the default); or answer first:
+    the conclusion (without its leading "So"), then the steps that support it."""
+    if not answer_first:
+        return f"{steps} {conclusion}"
+    if conclusion.startswith("So "):
+        conclusion = _cap(conclusion[3:])
+    return f"{conclusion} {steps}"
+
+
+def make_complex(s: Scene, rng: random.Random, answer_first: bool = False) -> list[dict] | None:
     gens = COMPLEX_GENERATORS[:]
     rng.shuffle(gens)
     for g in gens:
         out = g(s, rng)
         if out is not None:
-            q, a = out
-            return [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}]
+            q, steps, conclusion = out
+            return [{"from": "human", "value": "<image>\n" + q},
+                    {"from": "gpt", "value": order_answer(steps, conclusion, answer_first)}]
     return None
 
 
@@ -522,8 +534,9 @@ def _stem(image: str) -> str:
 def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = PAPER_TYPES, seed: int = 0,
                       short_fraction: float = 0.5, min_turns: int = 2, max_turns: int = 5,
                       skips: Counter | None = None, kinds: Sequence[str] | None = None,
-                      colours: Sequence[str] | None = None) -> list[dict]:
-    """LLaVA records for `contexts`.
+                      colours: Sequence[str] | None = None, answer_first: bool = False) -> list[dict]:
+    """LLaVA records for `contexts`; `answer_first` writes the complex answers conclusion first (the
+    paper's answer-first ablation; the same questions and facts either way).
 
     Each (image, type) draws from its own generator seeded by (seed, type, image), so a record
     depends only on its image, the seed and the vocabulary: the object kinds and colours that
@@ -544,7 +557,7 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = P
         colours = list(COLOURS) if synthetic else [c for c in COLOURS if any(col == c for col, _ in labels)]
     skips = skips if skips is not None else Counter()
     makers = {"conversation": lambda sc, r: make_conversation(sc, r, short_fraction, min_turns, max_turns),
-              "detail": make_detail, "complex": make_complex, "short": make_short}
+              "detail": make_detail, "complex": lambda sc, r: make_complex(sc, r, answer_first), "short": make_short}
     records, seen = [], Counter()
     for ctx in contexts:
         scene = Scene(ctx, kinds, colours)
