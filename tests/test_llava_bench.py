@@ -266,3 +266,33 @@ def test_sigkill_mid_judging_then_resume_without_duplicates(tmp_path):
     assert path.read_bytes().startswith(before)  # the old reviews untouched
     assert len(server.attempts) - asked == 60 - written  # only the missing ones were asked
     assert json.loads((out / "summary.json").read_text())["all"]["n"] == 60
+
+
+def test_model_with_seeds_answers_once_per_seed_and_judges_each(tmp_path):
+    from PIL import Image
+
+    from vistune.train.tiny import save_tiny_checkpoint
+
+    ck = save_tiny_checkpoint(tmp_path / "ck")
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("001.jpg", "002.jpg"):
+        Image.new("RGB", (32, 32), (40, 90, 200)).save(images / name)
+    out = tmp_path / "out"
+    args = [a for a in argv("", out) if a not in ("--answers", str(FIX / "answers.jsonl"))]
+    server = judge_server()
+    url = server.start()
+    try:
+        args[args.index("--judge-base-url") + 1] = url
+        code = main([*args, "--model", str(ck), "--images", str(images), "--seeds", "3,4", "--temperature", "1.0",
+                     "--max-new-tokens", "6", "--device", "cpu"])
+        refused = main([*args, "--model", str(ck), "--images", str(images), "--seeds", "3,4"])  # greedy: refused
+    finally:
+        server.stop()
+    assert code == 0 and refused == 2
+    n = len((FIX / "questions.jsonl").read_text().splitlines())
+    answers = {s: [json.loads(x) for x in (out / f"answers-seed{s}.jsonl").read_text().splitlines()] for s in (3, 4)}
+    assert all(len(a) == n for a in answers.values()) and not (out / "answers.jsonl").exists()
+    assert answers[3] != answers[4]  # the seeds reached the sampler
+    rows = reviews(out)
+    assert sorted(r["question_id"] for r in rows) == sorted(list(range(n)) * 2)

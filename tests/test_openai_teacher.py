@@ -599,3 +599,31 @@ def test_generate_against_vistune_serve(tmp_path) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--concurrency", "0"], "--concurrency must be > 0, got 0"),
+    (["--timeout", "-1"], "--timeout must be > 0, got -1.0"),
+    (["--max-retries", "-1"], "--max-retries must be >= 0, got -1"),
+    (["--model", ""], "--model is needed"),
+])
+def test_bad_endpoint_flags_are_one_line_usage_errors(tmp_path, capsys, flags, says) -> None:
+    out = tmp_path / "o.jsonl"
+    inp = write_jsonl(tmp_path / "in.jsonl", make_contexts(1))
+    code = run_gen(gen_argv("http://127.0.0.1:9/v1", out, *flags, inp=inp))
+    assert code == ot.EXIT_USAGE
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"base_url": ""}, "judge base_url is needed"),
+    ({"concurrency": 0}, "judge concurrency must be > 0"),
+    ({"retries": -1}, "judge retries must be >= 0"),
+    ({"temperature": -0.5}, "judge temperature must be >= 0"),
+])
+def test_judge_options_refuse_what_the_teacher_refuses(options, says) -> None:
+    from vistune.eval.judge import JudgeConfigError, JudgeOptions
+
+    with pytest.raises(JudgeConfigError, match=says):
+        JudgeOptions(**({"base_url": "http://127.0.0.1:9/v1", "model": "j"} | options))

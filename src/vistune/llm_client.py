@@ -70,6 +70,25 @@ class RetryPolicy:
         return step / 2 + rng.uniform(0, step / 2)
 
 
+def endpoint_problem(base_url: str, model: str, positive: dict[str, float],
+                     non_negative: dict[str, float]) -> tuple[str, str] | None:
+    """The first thing wrong with how an endpoint is to be used, as (option, problem), or None.
+
+    `base_url` and `model` must be given; `positive` options must be > 0, `non_negative` ones >= 0.
+    The teacher and the judges word the message for their own flags."""
+    if not base_url:
+        return "base_url", "is needed (e.g. http://127.0.0.1:8000/v1)"
+    if not model:
+        return "model", "is needed (the model's name on that server)"
+    for name, value in positive.items():
+        if value <= 0:
+            return name, f"must be > 0, got {value}"
+    for name, value in non_negative.items():
+        if value < 0:
+            return name, f"must be >= 0, got {value}"
+    return None
+
+
 @dataclass
 class ChatReply:
     text: str | None

@@ -74,6 +74,13 @@ def _judge_options(args: argparse.Namespace, prefix: str):
         progress=not args.no_progress)
 
 
+def _answering(args: argparse.Namespace):
+    """How the candidate checkpoint answers, from the flags `_add_model_flags` declares."""
+    from vistune.inference.batch import Answering
+
+    return Answering(sampling_params(args), args.batch_size, args.device, args.dtype)
+
+
 def _add_model_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch with --model")
     add_generation_flags(p, max_new_tokens)
@@ -131,9 +138,8 @@ def _llava_bench(args: argparse.Namespace) -> int:
     options = LlavaBenchOptions(
         out=args.out, questions=args.questions, context=args.context, references=args.references,
         images=args.images, model=args.model, answers=args.answers, reviews=args.reviews, judge=judge,
-        judge_samples=args.judge_samples, seeds=seeds, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, top_p=args.top_p, sample_seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, progress=not args.no_progress)
+        judge_samples=args.judge_samples, seeds=seeds, answering=_answering(args) if args.model else None,
+        progress=not args.no_progress)
     result = evaluate_llava_bench(options)
     print_result(result, judge)
     if result.missing:
@@ -175,9 +181,9 @@ def _scienceqa(args: argparse.Namespace) -> int:
     options = ScienceQAOptions(
         problems=args.problems, pid_splits=args.pid_splits, split=args.split, out=args.out, images=args.images,
         model=args.model, answers=args.answers, prompt_format=args.prompt_format,
-        ensemble_answers=args.ensemble_answers, judge=judge, limit=args.limit, temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, progress=not args.no_progress)
+        ensemble_answers=args.ensemble_answers, judge=judge, limit=args.limit,
+        answering=_answering(args) if args.model else None,
+        progress=not args.no_progress)
     result = evaluate_scienceqa(options)
     print_result(result, judge)
     if result.missing:

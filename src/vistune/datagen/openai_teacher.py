@@ -36,7 +36,14 @@ from vistune.data.annotations import (
 )
 from vistune.datagen.parse import OUTPUT_KINDS, Rejected, parse_output
 from vistune.errors import UserError
-from vistune.llm_client import AuthError, ChatClient, MalformedResponse, RequestFailed, RetryPolicy
+from vistune.llm_client import (
+    AuthError,
+    ChatClient,
+    MalformedResponse,
+    RequestFailed,
+    RetryPolicy,
+    endpoint_problem,
+)
 from vistune.utils.io import repair_jsonl_tail
 from vistune.utils.jsonl import JsonlAppender as _JsonlAppender
 from vistune.utils.jsonl import read_done_ids
@@ -204,23 +211,16 @@ class Settings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.base_url:
-            raise UsageError("--teacher openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        if not self.model:
-            raise UsageError("--teacher openai needs --model (the teacher model's name on that server)")
         if not self.types:
             raise UsageError("--types names no type")
-        for name in ("concurrency", "timeout", "max_tokens", "max_consecutive_failures"):
-            _positive(name, getattr(self, name))
-        _positive("reject_retries", self.reject_retries, allow_zero=True)
-        _positive("max_retries", self.retry.max_retries, allow_zero=True)
-        _positive("retry_base_delay", self.retry.base_delay, allow_zero=True)
-        _positive("retry_max_delay", self.retry.max_delay, allow_zero=True)
-
-
-def _positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+        problem = endpoint_problem(
+            self.base_url, self.model,
+            positive={n: getattr(self, n) for n in ("concurrency", "timeout", "max_tokens",
+                                                     "max_consecutive_failures")},
+            non_negative={"reject_retries": self.reject_retries, "max_retries": self.retry.max_retries,
+                          "retry_base_delay": self.retry.base_delay, "retry_max_delay": self.retry.max_delay})
+        if problem:
+            raise UsageError(f"--teacher openai: --{problem[0].replace('_', '-')} {problem[1]}")
 
 
 @dataclass

@@ -23,7 +23,14 @@ from typing import Any, Callable
 import yaml
 
 from vistune.errors import UserError
-from vistune.llm_client import AuthError, ChatClient, MalformedResponse, RequestFailed, RetryPolicy
+from vistune.llm_client import (
+    AuthError,
+    ChatClient,
+    MalformedResponse,
+    RequestFailed,
+    RetryPolicy,
+    endpoint_problem,
+)
 from vistune.utils.io import repair_jsonl_tail
 from vistune.utils.jsonl import JsonlAppender, read_done_ids
 
@@ -72,16 +79,13 @@ class JudgeOptions:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if not self.base_url:
-            raise JudgeConfigError("the judge needs a base URL (e.g. http://127.0.0.1:8000/v1)")
-        if not self.model:
-            raise JudgeConfigError("the judge needs a model name")
-        for name in ("concurrency", "timeout", "max_tokens"):
-            if getattr(self, name) <= 0:
-                raise JudgeConfigError(f"judge {name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_retries", "retries", "retry_base_delay", "retry_max_delay", "temperature"):
-            if getattr(self, name) < 0:
-                raise JudgeConfigError(f"judge {name} must be >= 0, got {getattr(self, name)}")
+        problem = endpoint_problem(
+            self.base_url, self.model,
+            positive={n: getattr(self, n) for n in ("concurrency", "timeout", "max_tokens")},
+            non_negative={n: getattr(self, n) for n in ("max_retries", "retries", "retry_base_delay",
+                                                         "retry_max_delay", "temperature")})
+        if problem:
+            raise JudgeConfigError(f"judge {problem[0]} {problem[1]}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from vistune.eval.judge import JudgeJob, JudgeOptions, JudgeStats, load_prompt, 
 from vistune.eval.report import Chart, Report, Table, bootstrap_ci, fmt, mean_std, write_report
 from vistune.utils.io import atomic_write_jsonl
 from vistune.utils.jsonl import RecordError, iter_records
+
+if TYPE_CHECKING:
+    from vistune.inference.batch import Answering
 
 CATEGORIES = ("conv", "detail", "complex")
 CATEGORY_NAMES = {"conv": "conversation", "detail": "detail description", "complex": "complex reasoning"}
@@ -193,20 +196,9 @@ class LlavaBenchOptions:
     """Reviews per answer; several give mean ± std over replicates."""
     seeds: list[int] | None = None
     """Candidate sampling seeds (with `model` and temperature > 0): one answer file per seed."""
-    temperature: float = 0.0
-    """Candidate sampling temperature (0: greedy)."""
-    max_new_tokens: int = 512
-    """Candidate answer length limit."""
-    top_p: float = 1.0
-    """Candidate nucleus sampling mass."""
-    sample_seed: int | None = None
-    """Candidate sampling seed when `seeds` is not given."""
-    batch_size: int = 8
-    """Candidate questions per batch."""
-    device: str = "auto"
-    """Device for `model`."""
-    dtype: str = "auto"
-    """Weights dtype for `model`."""
+    answering: Answering | None = None
+    """How `model` answers (sampling, batch size, device, dtype); `seeds` override its sampling seed.
+    None: greedy, up to 512 new tokens, 8 questions per batch."""
     progress: bool = True
     """Progress bars."""
 
@@ -235,22 +227,20 @@ def _candidate_answers(o: LlavaBenchOptions, questions: list[dict]) -> dict[int,
         answers = read_texts(o.answers, "answer")
         _require(questions, answers, o.questions, o.answers, "answer")
         return {0: answers}
-    from vistune.inference.batch import infer
-    from vistune.inference.engine import Engine
+    asked = [{"question_id": q["question_id"], "image": q["image"], "text": q["text"]} for q in questions]
+    from vistune.inference.batch import Answering
     from vistune.inference.generate import SamplingParams
 
-    engine = Engine.load(o.model, o.device, o.dtype, max_batch_size=o.batch_size)
-    asked = [{"question_id": q["question_id"], "image": q["image"], "text": q["text"]} for q in questions]
+    answering = o.answering or Answering(SamplingParams(max_new_tokens=512))
+    seeds = o.seeds or [None]
+    path = Path(o.out) / ("answers-seed{seed}.jsonl" if o.seeds else "answers.jsonl")
+    summaries = answering.answer(o.model, asked, o.images, path, seeds)
     out: dict[int, dict[str, str]] = {}
-    for seed in o.seeds or [0]:  # 0 names the single run
-        path = Path(o.out) / ("answers.jsonl" if not o.seeds else f"answers-seed{seed}.jsonl")
-        params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p,
-                                seed=seed if o.seeds else o.sample_seed)
-        summary = infer(engine, asked, o.images, path, params, o.batch_size, model_id=Path(o.model).resolve().name)
+    for seed, summary in summaries.items():
         if summary.failed:
             qid, reason = next(iter(summary.failed.items()))
             raise RecordError(f"{len(summary.failed)} questions could not be answered; first: {qid}: {reason}")
-        out[seed] = read_texts(path, "answer")
+        out[seed or 0] = read_texts(str(path).replace("{seed}", str(seed)), "answer")  # 0 names the single run
     return out
 
 
@@ -269,7 +259,7 @@ def check_options(o: LlavaBenchOptions) -> None:
         raise RecordError("llava-bench needs a judge: --judge-base-url and --judge-model")
     if o.judge_samples < 1:
         raise RecordError(f"--judge-samples must be >= 1, got {o.judge_samples}")
-    if o.seeds and (not o.model or o.temperature <= 0):
+    if o.seeds and (not o.model or o.answering is None or o.answering.sampling.temperature <= 0):
         raise RecordError("--seeds repeats sampling: it needs --model and --temperature > 0")
 
 

@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from vistune.eval.judge import JudgeJob, JudgeOptions, JudgeStats, load_prompt, 
 from vistune.eval.report import Chart, Report, Table, bootstrap_ci, write_report
 from vistune.utils.io import atomic_write_json
 from vistune.utils.jsonl import RecordError, iter_records
+
+if TYPE_CHECKING:
+    from vistune.inference.batch import Answering
 
 ANSWER_PATTERN = re.compile(r"The answer is ([A-Z]).")
 COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
@@ -148,20 +151,8 @@ class ScienceQAOptions:
     """Ensemble judge endpoint."""
     limit: int | None = None
     """Score only the split's first N questions."""
-    temperature: float = 0.0
-    """Candidate sampling temperature (0: greedy)."""
-    max_new_tokens: int = 256
-    """Candidate answer length limit."""
-    top_p: float = 1.0
-    """Candidate nucleus sampling mass."""
-    seed: int | None = None
-    """Candidate sampling seed (with temperature > 0)."""
-    batch_size: int = 8
-    """Questions per batch with `model`."""
-    device: str = "auto"
-    """Device for `model`."""
-    dtype: str = "auto"
-    """Weights dtype for `model`."""
+    answering: Answering | None = None
+    """How `model` answers (sampling, batch size, device, dtype); None: greedy, up to 256 new tokens."""
     progress: bool = True
     """Progress bars."""
 
@@ -194,17 +185,13 @@ def read_answers(path: str | Path, problems: dict[str, dict]) -> dict[str, str]:
 
 
 def _model_answers(o: ScienceQAOptions, problems: dict, pids: list[str]) -> dict[str, str]:
-    from vistune.inference.batch import infer
-    from vistune.inference.engine import Engine
-    from vistune.inference.generate import SamplingParams
-
     fmt = PromptFormat.parse(o.prompt_format)
     questions = [{"question_id": p, "image": image_path(p, problems[p]), "text": build_input(problems[p], fmt)}
                  for p in pids]
-    engine = Engine.load(o.model, o.device, o.dtype, max_batch_size=o.batch_size)
     path = Path(o.out) / "answers.jsonl"
-    params = SamplingParams(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p, seed=o.seed)
-    summary = infer(engine, questions, o.images, path, params, o.batch_size, model_id=Path(o.model).resolve().name)
+    from vistune.inference.batch import Answering
+
+    summary = (o.answering or Answering()).answer(o.model, questions, o.images, path)[None]
     for pid, reason in summary.failed.items():
         print(f"not answered {pid}: {reason} (counted wrong)", file=sys.stderr)
     return read_answers(path, problems)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -108,3 +108,30 @@ def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.Path
                 summary.answered += 1
             os.fsync(out.fileno())
     return summary
+
+
+@dataclass
+class Answering:
+    """How a checkpoint answers a question file (an evaluation's candidate)."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """Decoding of each answer (greedy by default)."""
+    batch_size: int = 8
+    """Questions per batch."""
+    device: str = "auto"
+    """Device for the checkpoint."""
+    dtype: str = "auto"
+    """Weights dtype for the checkpoint."""
+
+    def answer(self, model: str, questions: Sequence[dict], image_folder: str | os.PathLike | None,
+               out_path: str | os.PathLike, seeds: Sequence[int | None] = (None,)) -> dict[int | None, InferSummary]:
+        """Load `model` once and answer `questions` into `out_path` per seed (None: `sampling`'s own seed; a
+        `{seed}` in `out_path` names each seed's file). Resumable like `infer`."""
+        engine = Engine.load(model, self.device, self.dtype, max_batch_size=self.batch_size)
+        model_id = Path(model).resolve().name
+        summaries = {}
+        for seed in seeds:
+            params = self.sampling if seed is None else replace(self.sampling, seed=seed)
+            path = str(out_path).replace("{seed}", str(seed))
+            summaries[seed] = infer(engine, questions, image_folder or "", path, params, self.batch_size, model_id)
+        return summaries
