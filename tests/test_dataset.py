@@ -212,3 +212,23 @@ def test_collate_lists_every_image_in_position_order(tokenizer, examples_dir):
         assert [v // 10 for v in got] == by_position  # image k of the batch is the k-th image span
         assert [v % 10 for v in got if v // 10 in (1, 3)] == [0, 1, 0, 1]  # a sample's images in its order
         assert len(got) == 6
+
+
+def test_the_plain_template_refuses_a_sample_with_two_images_by_name(tokenizer, examples_dir):
+    rec = {"id": "p", "image": ["circles.png", "square.png"], "conversations": [
+        {"from": "human", "value": "<image>\n<image>"}, {"from": "gpt", "value": "Two pictures."}]}
+    ds = LlavaDataset([rec], examples_dir / "images", Renderer(tokenizer, "plain", N), PROC)
+    s = ds[0]
+    assert isinstance(s, Skipped) and s.reason == "invalid_record" and s.id == "p"
+    assert "plain template needs exactly one image" in s.detail and "found 2" in s.detail
+
+
+def test_a_sample_whose_second_image_would_be_cut_is_dropped_naming_it(tokenizer, examples_dir):
+    full = make(tokenizer, [two_image_record()], examples_dir / "images")[0]
+    second_end = full.image_spans[1][1]
+    ds = make(tokenizer, [two_image_record()], examples_dir / "images", max_length=second_end - 1)
+    s = ds[0]
+    assert isinstance(s, Skipped) and s.reason == "too_long" and "image 1 ends past" in s.detail
+    missing = make(tokenizer, [two_image_record(("circles.png", "nowhere.png"))], examples_dir / "images")[0]
+    assert isinstance(missing, Skipped) and missing.reason == "missing_image"
+    assert missing.detail.startswith("image 1: ") and "nowhere.png" in missing.detail

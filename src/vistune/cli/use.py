@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     infer = add_command(sub, "infer", "answer a JSONL of questions in batches")
     infer.add_argument("--model", required=True, help="vistune checkpoint directory")
     infer.add_argument("--questions", required=True,
-                       help="JSONL of {question_id, image, text} (or `vistune synth`'s bench.jsonl)")
+                       help="JSONL of {question_id, image, text} (image: a path, or a list of paths that lead the "
+                            "question in order; or `vistune synth`'s bench.jsonl)")
     infer.add_argument("--images", required=True, help="image folder")
     infer.add_argument("--out", required=True, help="answers JSONL (resumes if present)")
     infer.add_argument("--batch-size", type=int, default=8, help="questions per batch")
