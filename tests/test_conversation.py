@@ -208,3 +208,35 @@ def test_llava15_recipes_put_the_image_first():
     root = Path(__file__).resolve().parent.parent / "configs"
     for name in ("llava15_stage2.yaml", "llava15_stage2_lora.yaml"):
         assert load_run_config(root / name, read_init_from=False).data.placement == "front"
+
+
+def test_several_images_keep_the_authors_layout_under_any_placement(tokenizer):
+    from vistune.conversation import place_image
+
+    two = [Message("user", "What colour is the star?\n<image>"), Message("assistant", "Red."),
+           Message("user", "<image>\nAnd here?"), Message("assistant", "Blue.")]
+    assert place_image(two, "front", None) == two and place_image(two, "random", random.Random(0)) == two
+    one = [Message("user", "What colour is the star?\n<image>"), Message("assistant", "Red.")]
+    assert place_image(one, "front", None)[0].content == "<image>\nWhat colour is the star?"
+    r = Renderer(tokenizer, "chat_template", N)
+    spans = {tuple(r.render(two, num_images=2, placement="random", rng=sample_rng(0, i)).image_spans)
+             for i in range(10)}
+    assert len(spans) == 1
+    ((a, b), (c, d)), = spans
+    ids = r.render(two, num_images=2).input_ids
+    assert "star" in tokenizer.decode(ids[:a]) and "Red." in tokenizer.decode(ids[b:c])  # each at its place
+    assert "And here?" in tokenizer.decode(ids[d:])
+
+
+def test_conversation_messages_puts_each_image_before_its_question():
+    from vistune.conversation import conversation_messages
+
+    history = [("Q1", "A1"), ("Q2", "A2")]
+    assert conversation_messages("Q3", history) == conversation_messages("Q3", history, image_turns=[0])
+    assert [m.content for m in conversation_messages("Q3", history, image_turns=[0, 2, 2])] == [
+        "<image>\nQ1", "A1", "Q2", "A2", "<image>\n<image>\nQ3"]
+    assert [m.content for m in conversation_messages("Q3 <image>", history, has_image=False)][::2] == [
+        "Q1", "Q2", "Q3"]
+    for bad in ([3], [1, 0], [-1]):
+        with pytest.raises(ValueError, match="image_turns"):
+            conversation_messages("Q3", history, image_turns=bad)

@@ -82,3 +82,42 @@ def test_too_long_needs_only_max_length(examples_dir, capsys):
     assert code == 1
     report = json.loads(capsys.readouterr().out)
     assert set(report["counts"]) == {"too_long"}
+
+
+def test_check_and_show_records_with_several_images(examples_dir, tmp_path, capsys):
+    def rec(rid, image, second="<image>\nAnd this one?"):
+        return {"id": rid, "image": image, "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "Two circles."},
+            {"from": "human", "value": second}, {"from": "gpt", "value": "A green square."}]}
+
+    records = [rec("good", ["circles.png", "square.png"]),
+               rec("one-missing", ["circles.png", "nowhere.png"]),
+               rec("both-bad", ["nowhere.png", "broken.png"]),
+               rec("count", ["circles.png", "square.png", "circles.png"]),
+               rec("single-path", "circles.png"),
+               rec("not-a-path", ["circles.png", None])]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code = main(["data", "check", "--data", str(path), "--images", str(examples_dir / "images"), "--llm",
+                 "smollm2-135m-instruct", "--json"])
+    assert code == 1
+    bad = {b["id"]: b for b in json.loads(capsys.readouterr().out)["bad_records"]}
+    assert set(bad) == {"one-missing", "both-bad", "count", "single-path", "not-a-path"}
+    assert bad["one-missing"]["reason"] == "missing_image" and bad["one-missing"]["detail"].startswith("image 1: ")
+    assert "nowhere.png" in bad["one-missing"]["detail"]
+    assert bad["both-bad"]["detail"].startswith("image 0: ") and "; image 1: " in bad["both-bad"]["detail"]
+    assert bad["count"]["reason"] == "image_count_mismatch" and "2 <image> placeholders but 3 images" in bad[
+        "count"]["detail"]
+    assert bad["single-path"]["reason"] == "multiple_images" and "list of 2 paths" in bad["single-path"]["detail"]
+    assert bad["not-a-path"]["reason"] == "invalid_record" and "'image'[1] is None" in bad["not-a-path"]["detail"]
+
+    assert main(["data", "show", "--data", str(path), "--index", "0", "--num-image-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "images: 0: circles.png at " in out and ", 1: square.png at " in out and out.count("<image x3>") == 2
+    assert main(["data", "show", "--data", str(path), "--index", "0", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["images"] == ["circles.png", "square.png"] and len(shown["image_spans"]) == 2
+    assert main(["data", "check", "--data", str(path), "--images", str(examples_dir / "images"), "--llm",
+                 "smollm2-135m-instruct", "--template", "plain", "--json"]) == 1
+    plain = {b["id"]: b for b in json.loads(capsys.readouterr().out)["bad_records"]}
+    assert plain["good"]["reason"] == "invalid_record" and "the plain template" in plain["good"]["detail"]

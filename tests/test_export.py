@@ -116,6 +116,32 @@ def test_pixels_and_logits_match_within_1e4(exported, photo):
     assert torch.all(theirs[..., hf.config.image_token_id] == 0)  # the zero row of the added token
 
 
+def test_two_images_in_two_turns_give_vistunes_ids_and_logits(exported, photo):
+    """A conversation whose follow-up question brings a second image: the processor expands each `<image>` and
+    the exported model splices each image at its own place, as vistune does."""
+    model, hf, processor, _ = exported
+    other = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((200, 260))
+    follow_up = "And in this one?"
+    hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]},
+                   {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
+                   {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": follow_up}]}]
+    text = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=[photo, other], return_tensors="pt")
+    messages = conversation_messages(follow_up, [(PROMPT, ANSWER)], image_turns=[0, 1])
+    rendered = model.renderer.render(messages, num_images=2, add_generation_prompt=True)
+    image_id = hf.config.image_token_id
+    assert inputs["input_ids"][0].tolist() == [image_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]
+    assert len(rendered.image_spans) == 2 and rendered.image_spans[1][0] > rendered.image_spans[0][1] + 10
+    pixels = model.image_processor.batch([photo, other])
+    assert torch.allclose(inputs["pixel_values"], pixels, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        ours = model(torch.tensor([rendered.input_ids]), pixel_values=pixels).logits  # (1, T, V)
+        swapped = model(torch.tensor([rendered.input_ids]), pixel_values=pixels.flip(0)).logits
+        theirs = hf(**inputs).logits[..., :ours.shape[-1]]  # (1, T, V)
+    assert (theirs - ours).abs().max().item() <= 1e-4
+    assert (theirs - swapped).abs().max().item() > 1e-2  # the images' order matters to both
+
+
 def test_greedy_generation_gives_vistunes_text(exported, photo):
     model, hf, processor, _ = exported
     ours = Assistant.wrap(model).chat(photo, PROMPT, max_new_tokens=20, temperature=0)

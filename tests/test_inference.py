@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from vistune.cli import main
+from vistune.conversation import conversation_messages
 from vistune.inference.assistant import Assistant
 from vistune.inference.chat import ChatSession
 from vistune.inference.engine import Engine, Request, RequestError
@@ -213,19 +214,53 @@ def test_chat_command_answers_once(checkpoint, engine, capsys):
 
 def test_chat_command_interactive_session(checkpoint, engine, capsys, monkeypatch):
     images = GOOD_IMAGES
-    lines = ["What is this?", "And then?", f"/image {images[1]}", "Describe it.", "/image /no/such.png", "/quit"]
+    lines = ["What is this?", "And then?", f"/image {images[1]}", "Describe it.", "/image /no/such.png", "/image",
+             "/reset", "Once more?", "/quit"]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
     code = main(["chat", "--model", str(checkpoint), "--image", str(images[0]), "--temperature", "0",
                  "--max-new-tokens", "6"])
     assert code == 0
     captured = capsys.readouterr()
     answers = [line.split("assistant> ", 1)[1] for line in captured.out.splitlines() if "assistant> " in line]
-    first = Image.open(images[0]).convert("RGB")
-    a1 = engine.generate([Request.of("What is this?", first, max_new_tokens=6)])[0].text
-    a2 = engine.generate([Request.of("And then?", first, history=[("What is this?", a1)], max_new_tokens=6)])[0].text
-    a3 = engine.generate([Request.of("Describe it.", Image.open(images[1]).convert("RGB"), max_new_tokens=6)])[0].text
-    assert answers == [a1, a2, a3]
-    assert "file not found" in captured.err
+    first, second = (Image.open(p).convert("RGB") for p in images)
+    params = SamplingParams(max_new_tokens=6)
+    a1 = engine.generate([Request.of("What is this?", first, params=params)])[0].text
+    a2 = engine.generate([Request.of("And then?", first, history=[("What is this?", a1)], params=params)])[0].text
+    # /image adds the second image to the conversation: it leads the next question, the history stays
+    both = conversation_messages("Describe it.", [("What is this?", a1), ("And then?", a2)], image_turns=[0, 2])
+    a3 = engine.generate([Request(both, [first, second], params)])[0].text
+    a4 = engine.generate([Request.of("Once more?", first, params=params)])[0].text  # /reset: back to --image only
+    assert answers == [a1, a2, a3, a4]
+    assert "file not found" in captured.err and "usage: /image PATH" in captured.err
+    assert "image 2 added" in captured.err
+
+
+def test_images_added_mid_conversation_reuse_the_cache_and_equal_reprocessing(engine):
+    a, b, c = random_image(21), random_image(22, (30, 50)), random_image(23)
+    params = SamplingParams(max_new_tokens=8)
+    n = engine.model.num_image_tokens
+    for start in (a, None):  # a conversation that starts with an image, and one that starts with text only
+        session = ChatSession(engine, start, params)
+        images, turns, history = ([a], [0], []) if start is not None else ([], [], [])
+        for k, (question, added) in enumerate([("What is it?", []), ("And this one?", [b]), ("Go on.", []),
+                                                ("Compare these two.", [c, a])]):
+            for image in added:
+                session.add_image(image)
+            assert session.pending_images == len(added) + (k == 0 and start is not None)
+            images, turns = images + added, turns + [k] * len(added)
+            answer = session.ask(question)
+            reference = engine.generate([Request(conversation_messages(question, history, image_turns=turns),
+                                                 images, params)])[0]
+            assert answer == reference.text and answer
+            if k > 0:  # the earlier turns and images come from the cache; only the new images ran
+                assert len(added) * n <= session.last_prefill_tokens < len(added) * n + 40
+            history.append((question, answer))
+        assert session.images == images and session.history == history and len(session._features) == len(images)
+    session.add_image(b)  # a pending image leads the next question, after the history
+    request = session.request("Last one?")
+    assert request.images == [*images, b] and request.messages[-1].content == "<image>\nLast one?"
+    session.reset()
+    assert session.images == [] and session.pending_images == 0 and session.image is None
 
 
 def _questions(path: Path, n: int) -> list[dict]:
@@ -271,3 +306,34 @@ def test_infer_command_reports_bad_input(checkpoint, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n')
     assert main(args[:4] + [str(tmp_path / "bad.jsonl")] + args[5:]) == 2
     assert "duplicate question_id" in capsys.readouterr().err
+
+
+def test_infer_reads_image_lists_and_answers_with_every_image(checkpoint, engine, tmp_path):
+    from vistune.inference.batch import QuestionsError, read_questions
+
+    names = [p.name for p in GOOD_IMAGES]
+    qs = [{"question_id": "two", "image": names, "text": "Which is larger?"},
+          {"question_id": "swapped", "image": names[::-1], "text": "Which is larger?"},
+          {"question_id": "one", "image": [names[0]], "text": "What is it?"},
+          {"question_id": "none", "image": [], "text": "Hi"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
+    out = tmp_path / "a.jsonl"
+    assert main(["infer", "--model", str(checkpoint), "--questions", str(tmp_path / "q.jsonl"), "--images",
+                 str(EXAMPLE_IMAGES), "--out", str(out), "--max-new-tokens", "6"]) == 0
+    got = {r["question_id"]: r["text"] for r in map(json.loads, out.read_text().splitlines())}
+    pics = [Image.open(p).convert("RGB") for p in GOOD_IMAGES]
+    params = SamplingParams(max_new_tokens=6)
+    two = Request(conversation_messages("Which is larger?", image_turns=[0, 0]), pics, params)
+    swapped = Request(two.messages, pics[::-1], params)
+    assert engine.render(two).count(-200) == 2 * engine.model.num_image_tokens
+    assert got["two"] == engine.generate([two])[0].text
+    assert got["swapped"] == engine.generate([swapped])[0].text != got["two"]  # the order of the images matters
+    assert got["one"] == engine.generate([Request.of("What is it?", pics[0], params=params)])[0].text
+    assert got["none"] == engine.generate([Request.of("Hi", None, params=params)])[0].text
+    for bad in ('{"question_id": 1, "image": ["a.png", 2], "text": "q"}', '{"question_id": 1, "image": 5, "text": "q"}'):
+        (tmp_path / "bad.jsonl").write_text(bad + "\n")
+        with pytest.raises(QuestionsError, match="bad.jsonl:1: 'image' must be a path string or a list"):
+            read_questions(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "q"}\n{oops\n')
+    with pytest.raises(QuestionsError, match="bad.jsonl:2: invalid JSON"):
+        read_questions(tmp_path / "bad.jsonl")

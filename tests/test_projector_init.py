@@ -183,3 +183,20 @@ def test_a_captions_file_gives_the_warm_start_every_caption_of_an_image(tmp_path
     assert torch.equal(model.projector.linear_1.weight, before)
     with pytest.raises(ConfigError, match="read only by train.projector_init=ridge"):
         load_run_config(None, [f"train.projector_init_captions={captions}"])
+
+
+def test_records_with_several_images_are_left_out_of_the_caption_targets(tmp_path):
+    from vistune.train.projector_init import captions_by_image
+
+    model = tiny_vlm("clip")
+    records = _world(tmp_path / "img", 1, seed=0)  # red, green, ...: two one-image records each
+    red, green = records[0]["image"], records[2]["image"]
+    records.append({"image": [red, green], "conversations": [
+        {"from": "human", "value": "<image>\n<image>\nCompare them."}, {"from": "gpt", "value": "A purple pair."}]})
+    ds = LlavaDataset(records, tmp_path / "img", model.renderer, model.image_processor)
+    assert len(ds) == len(records) and ds.num_images(len(ds) - 1) == 2
+    found = captions_by_image(ds)
+    assert len(found) == len(COLOURS)
+    assert found[tmp_path / "img" / red] == ["A red square.", "The picture is red."]
+    assert all("A purple pair." not in caps for caps in found.values())
+    assert ridge_warm_start(model, ds, ridge=1.0, progress=False).images == len(COLOURS)

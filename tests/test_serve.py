@@ -409,3 +409,55 @@ def test_vistune_serve_command_in_a_subprocess(engine, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_several_images_in_one_or_several_messages_up_to_max_images(engine):
+    from vistune.conversation import Message
+
+    a, b, c = random_image(31), random_image(32, (40, 56)), random_image(33)
+    app = create_app(engine, model_name=MODEL, limits=ServeLimits(max_images=2))
+    params = SamplingParams(max_new_tokens=8)
+
+    def image_part(image):
+        return {"type": "image_url", "image_url": {"url": data_url(image)}}
+
+    cases = [  # (messages, vistune's conversation with <image> at each part's place, images)
+        ([{"role": "user", "content": [image_part(a), {"type": "text", "text": "Compare with"}, image_part(b)]}],
+         [Message("user", "<image>\nCompare with\n<image>")], [a, b]),
+        ([image_message("What is it?", data_url(b)), {"role": "assistant", "content": "A thing."},
+          image_message("And this?", data_url(a))],
+         [Message("user", "<image>\nWhat is it?"), Message("assistant", "A thing."),
+          Message("user", "<image>\nAnd this?")], [b, a]),
+    ]
+    with LiveServer(app) as live:
+        answers = []
+        for messages, conversation, images in cases:
+            r = _post(live, {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 8})
+            assert r.status_code == 200, r.text
+            want = engine.generate([Request(conversation, images, params)])[0]
+            assert r.json()["choices"][0]["message"]["content"] == want.text and want.text
+            assert r.json()["usage"]["prompt_tokens"] == want.prompt_tokens > 2 * engine.model.num_image_tokens
+            answers.append(want.text)
+        swapped = engine.generate([Request(cases[1][1], [a, b], params)])[0].text
+        assert swapped != answers[1]  # the order of the images shows in the answer
+        three = [{"role": "user", "content": [image_part(a), {"type": "text", "text": "and"}, image_part(b)]},
+                 {"role": "assistant", "content": "Two."}, image_message("And this?", data_url(c))]
+        _assert_error(_post(live, {"model": MODEL, "messages": three}), 400, "messages[2].content[0]",
+                      "too_many_images")
+        assert _post(live, {"model": MODEL, "messages": USER, "max_tokens": 2}).status_code == 200
+
+
+def test_serve_command_passes_max_images(engine, tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from vistune.cli import main
+
+    seen = {}
+    monkeypatch.setattr("vistune.cli.use.load_engine", lambda args: engine)
+    monkeypatch.setattr("vistune.serve.app.create_app", lambda engine, **kw: seen.update(kw) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    assert main(["serve", "--model", str(tmp_path), "--max-images", "3"]) == 0
+    assert seen["app"] == "app" and seen["limits"].max_images == 3
+    assert main(["serve", "--model", str(tmp_path)]) == 0 and seen["limits"].max_images == ServeLimits().max_images
+    assert main(["serve", "--model", str(tmp_path), "--max-images", "-1"]) == 2
+    assert "--max-images" in capsys.readouterr().err

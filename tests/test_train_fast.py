@@ -155,9 +155,11 @@ def test_corrupt_or_stale_entries_are_recomputed_never_used(tmp_path):
     assert cache.rejected == 2 and good.rejected == 1
 
 
-def test_training_with_and_without_the_fast_paths_gives_the_same_losses(tmp_path):
+@pytest.mark.parametrize("two_images_every", [0, 3], ids=["one-image", "two-images"])
+def test_training_with_and_without_the_fast_paths_gives_the_same_losses(tmp_path, two_images_every):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", projector="mlp2x_gelu")
-    data = write_tiny_data(tmp_path / "data", n=16)
+    data = write_tiny_data(tmp_path / "data", n=16, two_images_every=two_images_every)
+    assert any(isinstance(r.get("image"), list) for r in json.loads(data.read_text())) == bool(two_images_every)
     losses = {}
     for name, overrides in {"fast": ["train.feature_cache_dir=" + str(tmp_path / "fc")],
                             "plain": ["train.packing=false", "train.feature_cache=false",
@@ -172,3 +174,84 @@ def test_training_with_and_without_the_fast_paths_gives_the_same_losses(tmp_path
     assert losses["fast"] == pytest.approx(losses["plain"], rel=1e-4)
     assert list((tmp_path / "fc").rglob("*.safetensors"))  # the cache was written (2 images)
     assert len(list((tmp_path / "fc").rglob("*.safetensors"))) == 2
+
+
+# -------------------------------------------------------------------------------------------------
+# several images per sample
+
+
+@pytest.fixture(scope="module")
+def two_image_data(tmp_path_factory):
+    return write_tiny_data(tmp_path_factory.mktemp("twodata"), n=12, two_images_every=2)
+
+
+def _direct_loss_sum(model, sample, pixels):
+    """The summed loss of one sample computed by hand: each image's projected features written over its span."""
+    embeds = model.llm.get_input_embeddings()(sample.input_ids.clamp(min=0)).clone()  # (T, D)
+    for (start, end), p in zip(sample.image_spans, pixels):
+        embeds[start:end] = model.projector(model.projector_inputs(p[None]))[0]  # (N, D)
+    logits = model.llm(inputs_embeds=embeds[None]).logits[0]  # (T, V)
+    return torch.nn.functional.cross_entropy(logits[:-1], sample.labels[1:], reduction="sum")
+
+
+def test_a_packed_batch_with_two_image_samples_trains_each_image_at_its_own_span(model, two_image_data):
+    ds = _dataset(model, two_image_data)
+    items = [ds[i] for i in range(8)]
+    two = next(s for s in items if len(s.images) == 2)
+    first, second = (im.pixels for im in two.images)
+    assert not torch.equal(first, second)
+    pad = model.tokenizer.pad_token_id
+    batch = collate(items, pad, pack=1024)
+    assert batch["input_ids"].shape[0] < len(items) and batch["pixel_values"].shape[0] > len(items) - 2
+    model.zero_grad(set_to_none=True)
+    out = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
+                position_ids=batch["position_ids"])
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    grads = [p.grad for p in model.projector.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        direct = _direct_loss_sum(model, two, [first, second])
+        swapped = _direct_loss_sum(model, two, [second, first])
+        alone = collate([two], pad)
+        ours = model(alone["input_ids"], alone["attention_mask"], alone["pixel_values"], alone["labels"]).loss_sum
+        other = next(s for s in items if s is not two)
+        both = collate([other, two], pad, pack=1024)
+        own = collate([other], pad)
+        packed = model(both["input_ids"], both["attention_mask"], both["pixel_values"], both["labels"],
+                       position_ids=both["position_ids"]).loss_sum - model(
+            own["input_ids"], own["attention_mask"], own["pixel_values"], own["labels"]).loss_sum
+    torch.testing.assert_close(ours, direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed, direct, rtol=1e-4, atol=1e-4)
+    assert (swapped - direct).abs() > 1e-3  # the images' order is visible in the loss
+
+
+def test_a_sample_with_one_cached_and_one_fresh_image_gives_the_tower_features_in_order(model, two_image_data,
+                                                                                        tmp_path):
+    from types import SimpleNamespace
+
+    from vistune.train.loop import _Trainer
+
+    cache = FeatureCache(tmp_path, model.feature_fingerprint("fp32"))
+    ds = _dataset(model, two_image_data, cache)
+    i = next(i for i in range(len(ds)) if ds.num_images(i) == 2)
+    fresh = ds[i]
+    with torch.no_grad():
+        tower = model.vision_tower(torch.stack([im.pixels for im in fresh.images]))  # (2, N, D_v)
+    cache.store(fresh.images[1].key, tower[1])  # the second image cached, the first not
+    mixed = ds[i]
+    assert mixed.images[0].features is None and mixed.images[0].pixels is not None
+    assert mixed.images[1].pixels is None and torch.equal(mixed.images[1].features, tower[1])
+    one = ds[next(j for j in range(len(ds)) if ds.num_images(j) == 1 and ds[j].pixel_values is not None)]
+    batch = collate([one, mixed], model.tokenizer.pad_token_id, pack=1024)
+    assert [f is None for f in batch["image_features"]].count(True) == 2 and batch["pixel_values"].shape[0] == 2
+    trainer = SimpleNamespace(world=SimpleNamespace(device=torch.device("cpu")), bf16=False, model=model,
+                              feature_cache=cache)
+    with torch.no_grad():
+        features = _Trainer._image_features(trainer, batch)  # (3, N, D_v), stored on the way
+        single = model.vision_tower(one.pixel_values[None])  # (1, N, D_v)
+    by_id = {one.id: [single[0]], mixed.id: [tower[0], tower[1]]}
+    expected = torch.stack([f for sid in batch["ids"] for f in by_id[sid]])
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    assert cache.load(fresh.images[0].key) is not None  # the fresh image is cached now

@@ -127,12 +127,13 @@ def validate_messages(messages: Sequence[Message], *, for_generation: bool) -> N
 
 
 def place_image(messages: Sequence[Message], placement: Placement, rng: random.Random | None) -> list[Message]:
-    """Move the single image placeholder of the first user turn before or after its question."""
+    """Move the image placeholder of a conversation with one image before or after its question. A conversation
+    with several images keeps the author's layout: each image stays where its placeholder is."""
     out = list(messages)
+    if sum(m.content.count(IMAGE_PLACEHOLDER) for m in out if m.role == "user") != 1:
+        return out
     for i, m in enumerate(out):
         if m.role == "user" and IMAGE_PLACEHOLDER in m.content:
-            if m.content.count(IMAGE_PLACEHOLDER) != 1:
-                return out  # several images in one turn: keep the author's layout
             question = m.content.replace(IMAGE_PLACEHOLDER, "").strip()
             if placement == "random":
                 if rng is None:
@@ -648,13 +649,22 @@ def sample_rng(seed: int, index: int, epoch: int = 0) -> random.Random:
 
 
 def conversation_messages(prompt: str, history: Sequence[tuple[str, str]] = (), has_image: bool = True,
-                          system: str | None = None) -> list[Message]:
-    """(question, answer) turns, then the new prompt; the image placeholder leads the first question."""
+                          system: str | None = None, image_turns: Sequence[int] | None = None) -> list[Message]:
+    """(question, answer) turns, then the new prompt; the image placeholder leads the first question.
+
+    image_turns: for each image, in order, the question it belongs to (0 is the first question of `history`,
+    `len(history)` the new prompt); it replaces `has_image`. A question's images lead it, one `<image>` line
+    each, so `image_turns=[0]` is `has_image=True`."""
+    questions = [*history, (prompt, None)]
+    if image_turns is None:
+        image_turns = [0] if has_image else []
+    image_turns = list(image_turns)
+    if any(not 0 <= t < len(questions) for t in image_turns) or image_turns != sorted(image_turns):
+        raise ValueError(f"image_turns must be questions 0..{len(questions) - 1} in order, got {image_turns}")
     messages = [Message("system", system)] if system else []
-    for i, (question, answer) in enumerate([*history, (prompt, None)]):
+    for i, (question, answer) in enumerate(questions):
         question = question.replace(IMAGE_PLACEHOLDER, "").strip()
-        if i == 0 and has_image:
-            question = f"{IMAGE_PLACEHOLDER}\n{question}"
+        question = "\n".join([IMAGE_PLACEHOLDER] * image_turns.count(i) + [question])
         messages.append(Message("user", question))
         if answer is not None:
             messages.append(Message("assistant", answer))

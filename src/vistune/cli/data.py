@@ -84,10 +84,14 @@ def show_command(args: argparse.Namespace) -> int:
     if args.json:
         span = list(shown.image_spans[0]) if shown.image_spans else None
         print(json.dumps({"id": shown.id, "tokens": shown.tokens, "image_span": span,
-                          "image_spans": [list(s) for s in shown.image_spans]}, ensure_ascii=False))
+                          "image_spans": [list(s) for s in shown.image_spans], "images": shown.images},
+                         ensure_ascii=False))
         return 0
     print(f"record {shown.id}: {len(shown.tokens)} tokens, {shown.num_supervised} supervised, "
           f"template {setup.renderer.template.name}, image span {shown.image_spans or 'none'}")
+    if len(shown.images) > 1:
+        print("images: " + ", ".join(f"{k}: {path} at {start}-{end}"
+                                     for k, (path, (start, end)) in enumerate(zip(shown.images, shown.image_spans))))
     print(marked_text(shown.tokens, color=sys.stdout.isatty()))
     return 0
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from vistune.cli.common import UsageError, add_command, add_generation_flags, run_name, sampling_params
 
-CHAT_HELP = "commands: /image PATH (new conversation about another image), /reset, /quit"
+CHAT_HELP = ("commands: /image PATH (add an image; your next question is about it), /reset (start over with "
+             "--image, if given), /quit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     chat = add_command(sub, "chat", "talk to a model in the terminal")
     chat.add_argument("--model", required=True, help="vistune checkpoint directory")
-    chat.add_argument("--image", help="image file")
+    chat.add_argument("--image", help="image file the conversation starts with (add more with /image PATH)")
     chat.add_argument("--prompt", help="answer this once and exit")
     add_generation_flags(chat, max_new_tokens=512)
     chat.set_defaults(func=chat_command)
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     infer = add_command(sub, "infer", "answer a JSONL of questions in batches")
     infer.add_argument("--model", required=True, help="vistune checkpoint directory")
     infer.add_argument("--questions", required=True,
-                       help="JSONL of {question_id, image, text} (or `vistune synth`'s bench.jsonl)")
+                       help="JSONL of {question_id, image, text} (image: a path, or a list of paths that lead the "
+                            "question in order; or `vistune synth`'s bench.jsonl)")
     infer.add_argument("--images", required=True, help="image folder")
     infer.add_argument("--out", required=True, help="answers JSONL (resumes if present)")
     infer.add_argument("--batch-size", type=int, default=8, help="questions per batch")
@@ -44,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="a host name clients may reach the server by (repeatable; IP addresses, localhost and "
                             "--host are always accepted)")
+    serve.add_argument("--max-images", type=int, default=None, metavar="N",
+                       help="most images one request may carry, over all its messages (default: 1); a request "
+                            "with more gets a 400 (too_many_images)")
     add_generation_flags(serve, max_new_tokens=512)  # the defaults for requests that leave a value out
     serve.set_defaults(func=serve_command)
 
@@ -80,22 +85,25 @@ def chat_command(args: argparse.Namespace) -> int:
             session.reset(session.image)
             print("(conversation reset)", file=sys.stderr)
         elif line.startswith("/image"):
-            _switch_image(session, line[len("/image"):].strip())
+            _add_image(session, line[len("/image"):].strip())
         elif line.startswith("/"):
             print(CHAT_HELP, file=sys.stderr)
         else:
             _answer(session, line, prefix="assistant> ")
 
 
-def _switch_image(session, path: str) -> None:
+def _add_image(session, path: str) -> None:
     from vistune.data.image import ImageLoadError, load_image
 
+    if not path:
+        print("usage: /image PATH", file=sys.stderr)
+        return
     try:
-        session.reset(load_image(path) if path else None)
+        session.add_image(load_image(path))
     except ImageLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return
-    print(f"(new conversation about {path})" if path else "(new conversation, no image)", file=sys.stderr)
+    print(f"(image {len(session.images)} added: {path}; your next question is about it)", file=sys.stderr)
 
 
 def _answer(session, question: str, prefix: str = "") -> int:
@@ -147,8 +155,11 @@ def serve_command(args: argparse.Namespace) -> int:
     from vistune.serve.schemas import ServeLimits
 
     defaults = sampling_params(args)  # checked like every command's; used where a request sets none
+    if args.max_images is not None and args.max_images < 0:
+        raise UsageError(f"--max-images must be 0 or more, got {args.max_images}")
+    images = {} if args.max_images is None else {"max_images": args.max_images}
     limits = ServeLimits(default_max_tokens=defaults.max_new_tokens, default_temperature=defaults.temperature,
-                         default_top_p=defaults.top_p, default_seed=defaults.seed)
+                         default_top_p=defaults.top_p, default_seed=defaults.seed, **images)
     if defaults.max_new_tokens > limits.max_tokens:
         raise UsageError(f"--max-new-tokens {defaults.max_new_tokens} is above the server's limit {limits.max_tokens}")
     engine = load_engine(args)

@@ -1,6 +1,8 @@
 """LLaVA-format datasets: records, structural checks, lazy image loading, rendering, right-padded batches.
 
 A record is `{"id", "image" (relative path, absent for text-only), "conversations": [{"from", "value"}]}`.
+Several images: `"image"` is a list of paths, one per `<image>` placeholder, in the order the placeholders
+appear (any user turn); a list of one path is the same record as the path alone.
 Structurally bad records are dropped when the dataset is built; samples that fail when loaded (an unreadable
 image, too long after rendering) come back as `Skipped` so the loader can count them instead of dying.
 """
@@ -40,7 +42,8 @@ REASONS = {
     "missing_image": "image file not found",
     "unreadable_image": "image file cannot be decoded",
     "no_image_placeholder": "record has an image but no <image> in its text",
-    "multiple_images": "more than one <image> in the text",
+    "multiple_images": "more than one <image> in the text but 'image' is one path (several images: a list)",
+    "image_count_mismatch": "the number of <image> placeholders differs from the number of images",
     "placeholder_without_image": "<image> in the text but the record has no image",
     "image_not_in_first_turn": "<image> is not in the first human turn",
     "empty_turn": "a turn has no text",
@@ -60,6 +63,22 @@ class BadRecord(UserError, ValueError):
 
 def record_id(record: Any, index: int) -> str:
     return str(record.get("id", index)) if isinstance(record, dict) else str(index)
+
+
+def record_images(record: dict) -> list[str]:
+    """The image paths of a record, in placeholder order: `image` as one path, a list of paths, or absent / None /
+    "" / [] for none. Raises BadRecord("invalid_record") naming anything else."""
+    image = record.get("image")
+    if image is None or image == "":
+        return []
+    if isinstance(image, str):
+        return [image]
+    if not isinstance(image, list):
+        raise BadRecord("invalid_record", f"'image' is a {type(image).__name__}, not a path or a list of paths")
+    for k, path in enumerate(image):
+        if not isinstance(path, str) or not path:
+            raise BadRecord("invalid_record", f"'image'[{k}] is {path!r}, not a path")
+    return list(image)
 
 
 def record_messages(record: Any) -> list[Message]:
@@ -92,21 +111,34 @@ def record_messages(record: Any) -> list[Message]:
         raise BadRecord("ends_with_human")
     placeholders = [m.content.count(IMAGE_PLACEHOLDER) for m in body]
     total = sum(placeholders)
-    if any(IMAGE_PLACEHOLDER in m.content for m in body if m.role == "assistant"):
-        raise BadRecord("image_not_in_first_turn", "<image> in an answer")
-    has_image = record.get("image") not in (None, "")
-    if has_image and not isinstance(record["image"], str):
-        raise BadRecord("invalid_record", "'image' is not a string")
-    if has_image and total == 0:
-        raise BadRecord("no_image_placeholder")
-    if total > 1:
-        raise BadRecord("multiple_images", f"{total} placeholders")
-    if not has_image and total:
-        raise BadRecord("placeholder_without_image")
-    if total and placeholders[0] != 1:
-        raise BadRecord("image_not_in_first_turn")
+    answer = next((i for i, m in enumerate(body) if m.role == "assistant" and IMAGE_PLACEHOLDER in m.content), None)
+    if answer is not None:
+        raise BadRecord("image_not_in_first_turn", f"<image> in an answer (turn {answer + offset})")
+    images = record_images(record)
+    if total and not images:
+        raise BadRecord("placeholder_without_image", f"{total} <image> placeholder(s) but the record has no image")
+    if images and not total:
+        raise BadRecord("no_image_placeholder", f"{len(images)} image(s) but no <image> in the text")
+    if total != len(images):
+        if isinstance(record["image"], str):
+            raise BadRecord("multiple_images", f"{total} placeholders but 'image' is one path (for several images, "
+                                               f"give 'image' as a list of {total} paths)")
+        raise BadRecord("image_count_mismatch", f"{total} <image> placeholders but {len(images)} images in 'image'")
+    if len(images) == 1 and placeholders[0] != 1:
+        where = next(i for i, n in enumerate(placeholders) if n)
+        raise BadRecord("image_not_in_first_turn", f"the only <image> is in turn {where + offset}")
     validate_messages(messages, for_generation=False)  # the renderer's own rules, as a last check
     return messages
+
+
+@dataclass
+class SampleImage:
+    """One image of a sample: its pixels, or its tower features from the feature cache."""
+
+    pixels: torch.Tensor | None  # (3, H, W); None when the cache had the features
+    features: torch.Tensor | None = None  # (N, D_v): the tower's features from the feature cache
+    key: str | None = None
+    """Feature-cache key (content + tower settings) when the dataset has a cache."""
 
 
 @dataclass
@@ -114,15 +146,24 @@ class Sample:
     id: str
     input_ids: torch.Tensor  # (T,)
     labels: torch.Tensor  # (T,)
-    pixel_values: torch.Tensor | None  # (3, H, W)
+    pixel_values: torch.Tensor | None  # (3, H, W): the image of a one-image sample (see `images`)
     image_spans: list[tuple[int, int]] = field(default_factory=list)
     features: torch.Tensor | None = None  # (N, D_v): the tower's features from the feature cache (then no pixels)
     image_key: str | None = None
     """Feature-cache key of the image (content + tower settings) when the dataset has a cache."""
+    images: list[SampleImage] | None = None
+    """Every image, in the order of `image_spans`. Left out, it is the one image that `pixel_values`, `features`
+    and `image_key` describe (or none); a sample with several images gives this list and leaves those three
+    None."""
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            one = self.pixel_values is not None or self.features is not None
+            self.images = [SampleImage(self.pixel_values, self.features, self.image_key)] if one else []
 
     @property
     def has_image(self) -> bool:
-        return self.pixel_values is not None or self.features is not None
+        return bool(self.images)
 
 
 @dataclass
@@ -170,35 +211,52 @@ class LlavaDataset(Dataset):
         self.epoch = epoch
 
     def has_image(self, i: int) -> bool:
-        return self.records[i].get("image") not in (None, "")
+        return self.num_images(i) > 0
+
+    def num_images(self, i: int) -> int:
+        return len(record_images(self.records[i]))
 
     @property
     def lengths(self) -> list[int]:
-        """Approximate token counts (about 4 characters per token plus the image), for length grouping."""
+        """Approximate token counts (about 4 characters per token plus the images), for length grouping."""
         n_img = self.renderer.num_image_tokens
-        return [sum(len(m.content) for m in msgs) // 4 + (n_img if self.has_image(i) else 0)
+        return [sum(len(m.content) for m in msgs) // 4 + n_img * self.num_images(i)
                 for i, msgs in enumerate(self.messages)]
 
+    def resolve(self, image: str) -> Path:
+        """An image path of a record, relative to the image folder unless absolute."""
+        path = Path(image)
+        return path if self.image_folder is None or path.is_absolute() else self.image_folder / path
+
+    def image_paths(self, record: dict) -> list[Path]:
+        """The record's image files, in placeholder order."""
+        return [self.resolve(image) for image in record_images(record)]
+
     def image_path(self, record: dict) -> Path:
-        image = Path(record["image"])
-        return image if self.image_folder is None or image.is_absolute() else self.image_folder / image
+        """The image file of a one-image record."""
+        (path,) = self.image_paths(record)
+        return path
+
+    def _load_image(self, path: Path) -> SampleImage:
+        features = key = None
+        if self.feature_cache is not None:
+            key = self.feature_cache.key(read_image_bytes(path))
+            features = self.feature_cache.load(key)
+        pixels = self.image_processor(load_image(path)) if features is None else None
+        return SampleImage(pixels, features, key)
 
     def __getitem__(self, i: int) -> Sample | Skipped:
         record = self.records[i]
         rid = record_id(record, i)
-        pixels = features = key = None
-        if self.has_image(i):
-            path = self.image_path(record)
+        paths = self.image_paths(record)
+        images = []
+        for k, path in enumerate(paths):
             try:
-                if self.feature_cache is not None:
-                    key = self.feature_cache.key(read_image_bytes(path))
-                    features = self.feature_cache.load(key)
-                if features is None:
-                    pixels = self.image_processor(load_image(path))
+                images.append(self._load_image(path))
             except ImageLoadError as e:
-                return Skipped(rid, e.reason, str(e))
+                return Skipped(rid, e.reason, f"image {k}: {e}" if len(paths) > 1 else str(e))
         try:
-            rendered = self.renderer.render(self.messages[i], num_images=int(self.has_image(i)),
+            rendered = self.renderer.render(self.messages[i], num_images=len(images),
                                             placement=self.placement,
                                             rng=sample_rng(self.seed, i, self.epoch))
         except RenderError as e:
@@ -206,12 +264,18 @@ class LlavaDataset(Dataset):
         ids, labels = rendered.input_ids, rendered.labels
         if len(ids) > self.max_length:
             if any(end > self.max_length for _, end in rendered.image_spans):
-                return Skipped(rid, "too_long", f"{len(ids)} tokens; the image ends past {self.max_length}")
+                last = max(k for k, (_, end) in enumerate(rendered.image_spans) if end > self.max_length)
+                what = "the image" if len(images) == 1 else f"image {last}"
+                return Skipped(rid, "too_long", f"{len(ids)} tokens; {what} ends past {self.max_length}")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
             if all(label == IGNORE_INDEX for label in labels[1:]):
                 return Skipped(rid, "too_long", f"{len(rendered)} tokens; nothing supervised in the first "
                                                 f"{self.max_length}")
-        return Sample(rid, torch.tensor(ids), torch.tensor(labels), pixels, rendered.image_spans, features, key)
+        if len(images) == 1:
+            (one,) = images
+            return Sample(rid, torch.tensor(ids), torch.tensor(labels), one.pixels, rendered.image_spans,
+                          one.features, one.key)
+        return Sample(rid, torch.tensor(ids), torch.tensor(labels), None, rendered.image_spans, images=images)
 
 
 def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = None) -> dict[str, Any]:
@@ -249,8 +313,8 @@ def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = N
             start += n
             order.append(s)
         position_ids[r, start:] = torch.arange(T - start)
-    with_image = [s for s in order if s.has_image]
-    pixels = [s.pixel_values for s in with_image if s.pixel_values is not None]
+    images = [im for s in order for im in s.images]  # row by row, sample by sample, image by image
+    pixels = [im.pixels for im in images if im.pixels is not None]
     batch = {
         "input_ids": input_ids,  # (R, T)
         "labels": labels,  # (R, T)
@@ -261,9 +325,9 @@ def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = N
     }
     if pack:
         batch["position_ids"] = position_ids  # (R, T)
-    if any(s.image_key is not None for s in with_image):
-        batch["image_features"] = [s.features for s in with_image]  # per image: (N, D_v) or None (from pixels)
-        batch["image_keys"] = [s.image_key for s in with_image]
+    if any(im.key is not None for im in images):
+        batch["image_features"] = [im.features for im in images]  # per image: (N, D_v) or None (from pixels)
+        batch["image_keys"] = [im.key for im in images]
     return batch
 
 

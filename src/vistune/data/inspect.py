@@ -15,7 +15,7 @@ from vistune.conversation import (
     check_whole_prompt_tokenization,
     sample_rng,
 )
-from vistune.data.dataset import BadRecord, record_id, record_messages
+from vistune.data.dataset import BadRecord, record_id, record_images, record_messages
 from vistune.data.image import ImageLoadError, load_image
 from vistune.utils.io import read_json_or_jsonl
 
@@ -56,6 +56,8 @@ class ShownRecord:
     """{"token", "id", "supervised"} per position."""
     image_spans: list[tuple[int, int]]
     num_supervised: int
+    images: list[str] = field(default_factory=list)
+    """The record's image paths, in the order of `image_spans`."""
 
 
 def show_record(records: list, index: int, renderer: Renderer, seed: int = 0, inference: bool = False
@@ -67,13 +69,13 @@ def show_record(records: list, index: int, renderer: Renderer, seed: int = 0, in
     rid = record_id(record, index)
     try:
         messages = record_messages(record)
-        has_image = record.get("image") not in (None, "")
-        rendered = renderer.render(messages, num_images=int(has_image),
+        images = record_images(record)
+        rendered = renderer.render(messages, num_images=len(images),
                                    placement="front" if inference else "random", rng=sample_rng(seed, index))
     except (BadRecord, RenderError) as e:
         raise BadRecord(getattr(e, "reason", "invalid_record"), f"record {rid} cannot be rendered: {e}") from None
     return ShownRecord(rid, token_records(renderer, rendered.input_ids, rendered.labels),
-                       [tuple(s) for s in rendered.image_spans], rendered.num_supervised)
+                       [tuple(s) for s in rendered.image_spans], rendered.num_supervised, images)
 
 
 def check_records(records: list, images: str | None, renderer: Renderer | None, max_length: int | None
@@ -88,14 +90,18 @@ def check_records(records: list, images: str | None, renderer: Renderer | None, 
         rid = record_id(record, i)
         try:
             messages = record_messages(record)
-            has_image = record.get("image") not in (None, "")
-            if has_image and images is not None:
-                try:
-                    load_image(Path(images) / record["image"])
-                except ImageLoadError as e:
-                    raise BadRecord(e.reason, str(e)) from None
+            paths = record_images(record)
+            if images is not None:
+                failed = []  # every image that cannot be opened, named with its index when there are several
+                for k, path in enumerate(paths):
+                    try:
+                        load_image(Path(images) / path)
+                    except ImageLoadError as e:
+                        failed.append((e.reason, f"image {k}: {e}" if len(paths) > 1 else str(e)))
+                if failed:
+                    raise BadRecord(failed[0][0], "; ".join(detail for _, detail in failed))
             if renderer is not None:
-                rendered = renderer.render(messages, num_images=int(has_image), placement="front")
+                rendered = renderer.render(messages, num_images=len(paths), placement="front")
                 if max_length is not None and len(rendered) > max_length:
                     raise BadRecord("too_long", f"{len(rendered)} tokens > {max_length}")
         except BadRecord as e:

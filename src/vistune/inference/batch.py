@@ -1,7 +1,8 @@
 """`vistune infer`: answer a JSONL of questions in batches, resumably.
 
 Questions follow LLaVA's evaluation shape, one object per line: `{"question_id", "image", "text"}` (`image`
-relative to the image folder; absent or empty for a text-only question); `vistune synth`'s bench records
+relative to the image folder; absent or empty for a text-only question; a list of paths for several images,
+which lead the question in that order); `vistune synth`'s bench records
 (`{"id", "image", "question", ...}`) are read as well. Answers are appended one JSON line
 per question, flushed as each is written: `{"question_id", "prompt", "text", "model_id"}`. A re-run skips
 questions already answered; a torn last line (a crash mid-write) is cut off first.
@@ -15,11 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from vistune.conversation import conversation_messages
 from vistune.data.image import ImageLoadError, load_image
 from vistune.errors import UserError
 from vistune.inference.engine import Engine, Request, RequestError
 from vistune.inference.generate import SamplingParams
 from vistune.utils.io import repair_jsonl_tail
+from vistune.utils.jsonl import RecordError, iter_records
 
 
 class QuestionsError(UserError, ValueError):
@@ -39,25 +42,31 @@ class InferSummary:
 def read_questions(path: str | os.PathLike) -> list[dict]:
     """Questions from a JSONL file; raises QuestionsError naming the line of any bad record."""
     questions, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QuestionsError(f"{path}:{n}: invalid JSON ({e})") from None
-            if isinstance(q, dict) and "question_id" not in q and "id" in q and "question" in q:
+    try:
+        for n, q in iter_records(path):
+            if "question_id" not in q and "id" in q and "question" in q:
                 q = {**q, "question_id": q["id"], "text": q["question"]}  # the shape of `vistune synth`'s bench
-            if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("text"), str):
+            if "question_id" not in q or not isinstance(q.get("text"), str):
                 raise QuestionsError(f"{path}:{n}: expected an object with 'question_id' and 'text'")
             if q["question_id"] in seen:
                 raise QuestionsError(f"{path}:{n}: duplicate question_id {q['question_id']!r}")
-            if q.get("image") is not None and not isinstance(q["image"], str):
-                raise QuestionsError(f"{path}:{n}: 'image' must be a path string")
+            image = q.get("image")
+            if image is not None and not isinstance(image, str) and not (
+                    isinstance(image, list) and all(isinstance(p, str) and p for p in image)):
+                raise QuestionsError(f"{path}:{n}: 'image' must be a path string or a list of path strings")
             seen.add(q["question_id"])
             questions.append(q)
+    except RecordError as e:
+        raise QuestionsError(str(e)) from None
     return questions
+
+
+def question_images(question: dict) -> list[str]:
+    """A question's image paths, in order (none for a text-only question)."""
+    image = question.get("image")
+    if not image:
+        return []
+    return [image] if isinstance(image, str) else list(image)
 
 
 def answered_ids(path: str | os.PathLike) -> set:
@@ -91,8 +100,8 @@ def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.Path
             chunk, requests = [], []
             for q in todo[start:start + batch_size]:
                 try:
-                    image = load_image(Path(image_folder) / q["image"]) if q.get("image") else None
-                    request = Request.of(q["text"], image, params=params)
+                    images = [load_image(Path(image_folder) / p) for p in question_images(q)]
+                    request = Request(conversation_messages(q["text"], image_turns=[0] * len(images)), images, params)
                     engine.render(request)
                 except (ImageLoadError, RequestError) as e:
                     summary.failed[q["question_id"]] = str(e)

@@ -2,9 +2,12 @@
 
 A `ChatSession` keeps the ids its cache covers (prompt and answer tokens of earlier turns). A new turn
 renders the whole conversation, keeps the cache up to the longest prefix shared with it, and runs the model
-only on the rest: a follow-up question costs its own tokens, not the image and the earlier turns again.
+only on the rest: a follow-up question costs its own tokens, not the images and the earlier turns again.
 Re-tokenizing an earlier answer can differ from the ids that were generated; the shared-prefix rule then
 recomputes from the first difference, so the answer always equals re-processing the whole conversation.
+
+Images can join mid-conversation (`add_image`): each one leads the next question (`<image>` before it), so
+everything before that question, and its cache, stays as it was. Each image is encoded once per session.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from typing import Iterator
 import torch
 from PIL import Image
 
-from vistune.conversation import IMAGE_TOKEN_ID
+from vistune.conversation import IMAGE_TOKEN_ID, conversation_messages
 from vistune.inference.engine import Engine, Request
 from vistune.inference.generate import BatchDecoder, SamplingParams
 
 
 class ChatSession:
-    """One conversation about (at most) one image."""
+    """One conversation about any number of images (none, one at the start, more added along the way)."""
 
     def __init__(self, engine: Engine, image: Image.Image | None = None, params: SamplingParams | None = None,
                  system: str | None = None) -> None:
@@ -31,22 +34,40 @@ class ChatSession:
         self.reset(image)
 
     def reset(self, image: Image.Image | None = None) -> None:
-        """Forget the conversation (and its cache); optionally switch to another image."""
+        """Forget the conversation, its images and its cache; optionally start about `image`."""
         self.image = image
+        """The image the conversation started with (the first question's), or None."""
+        self.images: list[Image.Image] = []
+        """Every image of the conversation, in order."""
+        self._image_turns: list[int] = []  # for each image, the question (0-based) it leads
         self.history: list[tuple[str, str]] = []
-        self._features = None  # (1, N, D): encoded once per conversation
+        self._features: list[torch.Tensor] = []  # (N, D) per image, encoded once
         self._cache = None
         self._cached_ids: list[int] = []
         self.last_prefill_tokens = 0
         """Positions the model processed before the first answer token of the last turn."""
         self.last_ttft_s = 0.0
         """Seconds from the start of the last turn to its first sampled token."""
+        if image is not None:
+            self.add_image(image)
 
     def set_image(self, image: Image.Image | None) -> None:
+        """Start a new conversation about `image` (`reset`)."""
         self.reset(image)
 
+    def add_image(self, image: Image.Image) -> None:
+        """Add an image to the conversation: it leads the next question (after the images added before it)."""
+        self.images.append(image)
+        self._image_turns.append(len(self.history))
+
+    @property
+    def pending_images(self) -> int:
+        """Images added since the last answered question (they lead the next one)."""
+        return self._image_turns.count(len(self.history))
+
     def request(self, question: str) -> Request:
-        return Request.of(question, self.image, self.history, self.params, system=self.system)
+        messages = conversation_messages(question, self.history, system=self.system, image_turns=self._image_turns)
+        return Request(messages, list(self.images), self.params)
 
     @torch.no_grad()
     def ask_stream(self, question: str, params: SamplingParams | None = None) -> Iterator[str]:
@@ -56,10 +77,12 @@ class ChatSession:
         params = params or self.params
         request = self.request(question)
         ids = engine.render(request)
-        if self.image is not None and self._features is None:
-            self._features = engine.encode_images([self.image])
+        new_images = self.images[len(self._features):]
+        if new_images:
+            self._features += list(engine.encode_images(new_images))
         keep = min(_shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
-        while 0 < keep < len(ids) and ids[keep] == IMAGE_TOKEN_ID and ids[keep - 1] == IMAGE_TOKEN_ID:
+        n_image = model.num_image_tokens
+        while ids[:keep].count(IMAGE_TOKEN_ID) % n_image:
             keep -= 1  # never split an image span: its features are spliced in whole
         past = None
         if self._cache is not None and keep > 0:
@@ -70,7 +93,8 @@ class ChatSession:
         else:
             keep = 0
         new_ids = ids[keep:]
-        feats = self._features if IMAGE_TOKEN_ID in new_ids else None
+        first = ids[:keep].count(IMAGE_TOKEN_ID) // n_image  # the images before `keep` are in the cache
+        feats = torch.stack(self._features[first:]) if IMAGE_TOKEN_ID in new_ids else None  # (I_new, N, D)
         embeds = model.embed(torch.tensor([new_ids], device=model.device), feats)[0]  # (T_new, D)
         prepared_params = engine._clamp(params, len(ids))
         decoder = BatchDecoder(model.llm, engine.tokenizer, [embeds], [prepared_params], engine.end_of_turn_ids,

@@ -13,7 +13,8 @@ what vistune computes:
   (`CLIPImageProcessor`, or `LlavaImageProcessor` with `do_pad` for `pad_to_square`);
 - prompts: a processor chat template that renders the checkpoint's conversation template. Before the
   directory is moved into place, the processor's token ids are compared with vistune's renderer on probe
-  conversations; any difference aborts the export.
+  conversations, with one image and with two (a second image in a follow-up question, two before one
+  question); any difference aborts the export.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def write_hf_llava(model, directory: Path) -> None:
     processor.save_pretrained(directory)
     _pin_image_processor_type(directory, type(processor.image_processor).__name__)
     processor = AutoProcessor.from_pretrained(directory)  # exactly what a user gets
-    check_prompt_parity(model, processor, image_token_id)
+    check_prompt_parity(model, processor, image_token_id, several_images=True)
 
 
 def _stored_dtype(checkpoint: Path) -> torch.dtype:
@@ -434,40 +435,53 @@ def _chat_template(template: str, tokenizer, prelude: str) -> str:
 # prompt parity
 
 
-def _probes() -> list[tuple[str, list[tuple[str, str]], str, str | None, str | None]]:
-    """(label, history, prompt, answer for a training-form render or None, system or None)."""
-    return [
-        ("a first question", [], "What is in the picture?", None, None),
+def _probes(several_images: bool = False
+            ) -> list[tuple[str, list[tuple[str, str]], str, str | None, str | None, list[int]]]:
+    """(label, history, prompt, answer for a training-form render or None, system or None, the question each image
+    leads); with `several_images`, also conversations with two images."""
+    probes = [
+        ("a first question", [], "What is in the picture?", None, None, [0]),
         ("a single-turn training sample", [], "Describe the image in detail.", "A red square beside a blue circle.",
-         None),
-        ("a first question with a system message", [], "Is there a cat?", None, "You answer briefly."),
-        ("a follow-up question", [("What colour is the square?", "It is red.")], "And the circle?", None, None),
+         None, [0]),
+        ("a first question with a system message", [], "Is there a cat?", None, "You answer briefly.", [0]),
+        ("a follow-up question", [("What colour is the square?", "It is red.")], "And the circle?", None, None, [0]),
         ("a two-turn training sample", [("Count the shapes.", "There are 2 shapes.")], "Which is bigger?",
-         "The circle is bigger.", None),
+         "The circle is bigger.", None, [0]),
     ]
+    if several_images:
+        probes += [
+            ("two images before one question", [], "Which picture has more shapes?", None, None, [0, 0]),
+            ("a second image in a follow-up question", [("Count the shapes.", "There are 2 shapes.")],
+             "And in this picture?", None, None, [0, 1]),
+            ("a two-image training sample", [("Count the shapes.", "There are 2 shapes.")], "And in this picture?",
+             "There are 3 shapes.", None, [0, 1]),
+        ]
+    return probes
 
 
-def check_prompt_parity(model, processor, image_token_id: int) -> None:
+def check_prompt_parity(model, processor, image_token_id: int, several_images: bool = False) -> None:
     """The processor's input_ids must equal vistune's rendered ids (image span = the `<image>` id) on probe
-    conversations, at generation time and in training form; raise ExportError naming the first difference."""
+    conversations, at generation time and in training form; raise ExportError naming the first difference.
+    `several_images`: also on conversations with two images (an image in a later turn, two in one turn)."""
     from PIL import Image
 
     size = model.image_processor.config.crop_size
     image = Image.new("RGB", (size + 7, size), (120, 60, 30))
     tok = processor.tokenizer
     checked = 0
-    for label, history, prompt, answer, system in _probes():
-        messages = conversation_messages(prompt, history, has_image=True, system=system)
+    for label, history, prompt, answer, system, image_turns in _probes(several_images):
+        messages = conversation_messages(prompt, history, system=system, image_turns=image_turns)
         if answer is not None:
             messages = [*messages, Message("assistant", answer)]
         try:
-            rendered = model.renderer.render(messages, num_images=1, add_generation_prompt=answer is None)
+            rendered = model.renderer.render(messages, num_images=len(image_turns),
+                                             add_generation_prompt=answer is None)
         except RenderError:
             continue  # vistune itself cannot render this shape with this template (plain: one turn only)
         expected = [image_token_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]
-        hf_messages = _hf_messages(history, prompt, answer, system)
+        hf_messages = _hf_messages(history, prompt, answer, system, image_turns)
         text = processor.apply_chat_template(hf_messages, add_generation_prompt=answer is None, tokenize=False)
-        got = processor(text=text, images=[image], return_tensors="pt")["input_ids"][0].tolist()
+        got = processor(text=text, images=[image] * len(image_turns), return_tensors="pt")["input_ids"][0].tolist()
         if got != expected:
             k = first_difference(got, expected)
             raise ExportError(
@@ -482,12 +496,12 @@ def check_prompt_parity(model, processor, image_token_id: int) -> None:
         raise ExportError("no probe conversation could be rendered to check the exported chat template")
 
 
-def _hf_messages(history, prompt, answer, system) -> list[dict]:
-    """The same conversation in transformers' multimodal message format (image first in the first turn)."""
+def _hf_messages(history, prompt, answer, system, image_turns=(0,)) -> list[dict]:
+    """The same conversation in transformers' multimodal message format (each question's images before it)."""
     out: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     turns = [*history, (prompt, answer)]
     for i, (q, a) in enumerate(turns):
-        content = ([{"type": "image"}] if i == 0 else []) + [{"type": "text", "text": q}]
+        content = [{"type": "image"}] * list(image_turns).count(i) + [{"type": "text", "text": q}]
         out.append({"role": "user", "content": content})
         if a is not None:
             out.append({"role": "assistant", "content": [{"type": "text", "text": a}]})

@@ -40,7 +40,8 @@ class ServeLimits:
     """What one request may ask for."""
 
     max_images: int = 1
-    """Images per request (LLaVA-style models are trained with one image per conversation)."""
+    """Images per request, over all its messages (`vistune serve --max-images`); one by default, as LLaVA's
+    recipes train with one image per conversation."""
     max_image_bytes: int = 10 * 1024 * 1024
     """Largest encoded image (bytes), whether inline, a file or downloaded."""
     max_image_pixels: int = 40_000_000

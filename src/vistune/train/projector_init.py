@@ -9,7 +9,8 @@ mean-pooled projector inputs to the idf-weighted mean word embedding of its capt
 
 then applies W to every token. Mean pooling commutes with the linear map, so an image's tokens average to a
 prediction of its captions' content words; the token of a red star is pushed towards the embeddings of
-"red" and "star". Stage 1 then trains from there as usual. The statistics are sums over images, so
+"red" and "star". Stage 1 then trains from there as usual. Only records with one image take part (the
+answers of a record with several images cannot be attributed to one of them). The statistics are sums over images, so
 processes each take a shard and add them up; every process ends with the same weights.
 """
 
@@ -57,19 +58,20 @@ def caption_targets(captions: list[list[str]], tokenizer, embeddings: torch.Tens
 
 
 def captions_by_image(dataset, captions: str | Path | None = None) -> dict[Path, list[str]]:
-    """Non-blank assistant turns of each image's records (stage-1 data: one caption per record); with a
+    """Non-blank assistant turns of each image's one-image records (stage-1 data: one caption per record); with a
     `captions` file, the file's captions of each of the dataset's images that it has (all of them, where the
-    records hold one)."""
+    records hold one). Records with several images are left out: their answers speak of several images at once
+    and cannot be attributed to one of them."""
     found: dict[Path, list[str]] = defaultdict(list)
     for i, (record, messages) in enumerate(zip(dataset.records, dataset.messages)):
         texts = [m.content for m in messages if m.role == "assistant" and m.content.strip()]
-        if dataset.has_image(i) and texts:
+        if dataset.num_images(i) == 1 and texts:
             found[dataset.image_path(record)] += texts
     if captions is not None:
         from vistune.data.annotations import load_caption_sets
 
         sets, _ = load_caption_sets(captions)
-        by_path = {dataset.image_path({"image": image}): caps for image, caps in sets}
+        by_path = {dataset.resolve(image): caps for image, caps in sets}
         matched = [p for p in found if p in by_path]
         if not matched:
             raise ValueError(f"{captions} has captions of none of the training data's images")

@@ -21,9 +21,11 @@ def save_tiny_checkpoint(path: str | Path, tower: str = "clip", projector: str =
 
 
 def write_tiny_data(directory: str | Path, n: int = 16, text_only_every: int = 4, seed: int = 0,
-                    bad: dict[str, int] | None = None) -> Path:
+                    bad: dict[str, int] | None = None, two_images_every: int = 0) -> Path:
     """`n` LLaVA records of varied lengths over the sample images (every `text_only_every`-th without an
-    image), plus `bad` broken ones: {"unreadable_image": k, "missing_image": k, "invalid_record": k}."""
+    image), plus `bad` broken ones: {"unreadable_image": k, "missing_image": k, "invalid_record": k}.
+    `two_images_every`: every such record with an image gets both sample images instead (in a random order), the
+    second leading a follow-up question."""
     directory = Path(directory)
     images = directory / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -45,6 +47,11 @@ def write_tiny_data(directory: str | Path, n: int = 16, text_only_every: int = 4
         if text_only_every == 0 or i % text_only_every != text_only_every - 1:
             record["image"] = rng.choice(["circles.png", "square.png"])
             record["conversations"][0]["value"] = "<image>\n" + question
+            if two_images_every and i % two_images_every == two_images_every - 1:
+                record["image"] = rng.sample(["circles.png", "square.png"], 2)
+                record["conversations"] += [
+                    {"from": "human", "value": "<image>\n" + " ".join(rng.choices(_WORDS, k=rng.randint(2, 8)))},
+                    {"from": "gpt", "value": " ".join(rng.choices(_WORDS, k=rng.randint(2, 12))) + "."}]
         records.append(record)
     bad = bad or {}
     for k in range(bad.get("unreadable_image", 0)):
