@@ -179,6 +179,9 @@ _MOOD = {
 _MOOD_TOKEN = re.compile(r"\{(" + "|".join(_MOOD[False]) + r")\}")
 
 
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+
+
 class View:
     """The objects an operation reasons over: the scene's own, or after a hypothetical change (`would`:
     questions and conclusions in the conditional; `placed`: whether every object has a place)."""
@@ -211,11 +214,16 @@ class View:
         return self.mood["are"] if self.would else ("is" if n == 1 else "are")
 
     def label(self, o: Obj) -> str:
-        """"the red star", or "the red star on the left" when another one shares its name."""
-        twins = sum(p.name == o.name for p in self.objs)
-        if twins == 1 or o.box is None:
+        """"the red star"; when others share its name, "the red star on the left", or where their regions are
+        the same too, "the second red star from the left"."""
+        twins = [p for p in self.objs if p.name == o.name and p.box is not None]
+        if len(twins) < 2 or o.box is None:
             return f"the {o.name}"
-        return f"the {o.name} {region_phrase(o.cx, o.cy)}"
+        regions = [region_phrase(p.cx, p.cy) for p in twins]
+        if len(set(regions)) == len(regions):
+            return f"the {o.name} {region_phrase(o.cx, o.cy)}"
+        order = sorted(twins, key=lambda p: (p.cx, p.cy))
+        return f"the {_ORDINALS[order.index(o)]} {o.name} from the left"
 
     def say(self, template: str, **fields) -> str:
         """A template filled in this view's mood, capitalised, with spacing tidied."""
@@ -259,7 +267,7 @@ REL_WORDS = {"left": ["to the left of the {a}", "left of the {a}", "on the left 
              "below": ["below the {a}", "lower down than the {a}", "beneath the {a}"],
              "near": ["near the {a}", "close to the {a}", "next to the {a}"],
              "larger": ["larger than the {a}", "bigger than the {a}"],
-             "smaller": ["smaller than the {a}", "not as big as the {a}"]}
+             "smaller": ["smaller than the {a}"]}
 
 
 def base_words(v: View, g: Group) -> tuple[str, str]:
@@ -271,11 +279,14 @@ def base_words(v: View, g: Group) -> tuple[str, str]:
     return sg, plural(sg)
 
 
-def suffix_words(v: View, g: Group, rng: random.Random) -> str:
+def suffix_words(v: View, g: Group, rng: random.Random, than: bool = True) -> str:
+    """The words that narrow `g` ("in the left half", "above the star"); without `than`, none that say "than"
+    (for questions that compare with "than" themselves)."""
     if g.half:
         return rng.choice(HALF_WORDS[g.half])
     if g.rel:
-        return rng.choice(REL_WORDS[g.rel]).format(a=v.refer(g.anchor))
+        options = [w for w in REL_WORDS[g.rel] if than or "than" not in w] or REL_WORDS[g.rel]
+        return rng.choice(options).format(a=v.refer(g.anchor))
     return ""
 
 
@@ -296,9 +307,9 @@ class Words:
         return f"{self.sg} {self.suffix}".strip()
 
 
-def words(v: View, g: Group, rng: random.Random) -> Words:
+def words(v: View, g: Group, rng: random.Random, than: bool = True) -> Words:
     sg, pl = base_words(v, g)
-    return Words(sg, pl, suffix_words(v, g, rng))
+    return Words(sg, pl, suffix_words(v, g, rng, than))
 
 
 def state(v: View, o: Obj, p: Group) -> str:
@@ -321,8 +332,8 @@ def selection_steps(v: View, g: Group) -> str:
     if not base:
         return f"There are no {pl} at all."
     out = f"There {'is' if len(base) == 1 else 'are'} {count_phrase(len(base), sg)}"
-    if g.colour or g.kind:
-        labels = [v.label(o) for o in base]
+    labels = [v.label(o) for o in base]
+    if (g.colour or g.kind) and labels != [f"the {sg}"]:
         out += f": {join(labels if len(set(labels)) == len(labels) else groups_of(base))}"
     out += "."
     if g.half or g.rel:
@@ -403,7 +414,7 @@ def _base_present(v: View, g: Group) -> bool:
 
 def op_count(v: View, rng: random.Random) -> Reasoning | None:
     """How many objects of a narrowed group (in a hypothetical, any group)."""
-    g = pick_group(v, rng, narrow=not v.would, absent=0.0)
+    g = pick_group(v, rng, narrow=v.change not in ("remove", "add"), absent=0.0)
     m = members(v, g)
     if m is None or not _base_present(v, g):
         return None
@@ -468,19 +479,19 @@ def pick_pair(v: View, rng: random.Random, modes: tuple[str, ...] = ("kinds", "c
         anchors = v.referable()
         if not anchors:
             return None
-        r = rng.choice(("left", "above", "larger"))
+        r = rng.choice(("left", "above"))
         a = rng.choice(anchors)
         pair = [replace(base, rel=r, anchor=a), replace(base, rel=OPPOSITE[r], anchor=a)]
     rng.shuffle(pair)
     return pair[0], pair[1], True
 
 
-def _pair_words(v: View, a: Group, b: Group, same: bool, rng: random.Random) -> tuple[str, str, str]:
-    """(first group, second group as asked, second group in full)."""
-    wa = words(v, a, rng)
-    sb = suffix_words(v, b, rng)
+def _pair_words(v: View, a: Group, b: Group, same: bool, rng: random.Random) -> tuple[Words, str, str]:
+    """(first group's words, second group as asked, second group in full)."""
+    wa = words(v, a, rng, than=False)
+    sb = suffix_words(v, b, rng, than=False)
     full = f"{base_words(v, b)[1]} {sb}".strip()
-    return wa.np, (f"ones {sb}" if same else full), full
+    return wa, (f"ones {sb}" if same else full), full
 
 
 def pair_members(v: View, a: Group, b: Group) -> tuple[list[Obj], list[Obj]] | None:
@@ -489,6 +500,11 @@ def pair_members(v: View, a: Group, b: Group) -> tuple[list[Obj], list[Obj]] | N
     if ma is None or mb is None or not (ma or mb):
         return None
     return ma, mb
+
+
+def _ask_pair(v: View, template: str, A: str, B: str, B_full: str) -> str:
+    """A question about two groups; "ones ..." for the second only where it follows the first."""
+    return v.say(template, A=A, B=B if template.find("{B}") > template.find("{A}") else B_full)
 
 
 def _pair_steps(v: View, a: Group, b: Group, same: bool) -> str:
@@ -521,9 +537,10 @@ def op_compare(v: View, rng: random.Random) -> Reasoning | None:
         return None
     ma, mb = both
     na, nb = len(ma), len(mb)
-    A, B, B_full = _pair_words(v, a, b, same, rng)
+    wa, B, B_full = _pair_words(v, a, b, same, rng)
+    A = wa.np
     ask = rng.choice(sorted(COMPARE_WORDING))
-    q = v.say(v.pick(rng, COMPARE_WORDING[ask]), A=A, B=B)
+    q = _ask_pair(v, v.pick(rng, COMPARE_WORDING[ask]), A, B, B_full)
     more = "there are" if not v.would else "there would be"
     cmp = "more" if na > nb else ("fewer" if na < nb else "same")
     if ask in ("more", "fewer", "same"):
@@ -566,12 +583,14 @@ def op_difference(v: View, rng: random.Random) -> Reasoning | None:
     if len(ma) < len(mb) or (same and len(ma) == len(mb) and rng.random() < 0.5):
         a, b, ma, mb = b, a, mb, ma
     d = len(ma) - len(mb)
-    A, B, B_full = _pair_words(v, a, b, same, rng)
-    q = v.say(v.pick(rng, DIFFERENCE_WORDING), A=A, B=B)
+    wa, B, B_full = _pair_words(v, a, b, same, rng)
+    A = wa.np
+    q = _ask_pair(v, v.pick(rng, DIFFERENCE_WORDING), A, B, B_full)
     steps = f"{_pair_steps(v, a, b, same)} That is {_n(len(ma))} against {_n(len(mb))}, and " \
             f"{len(ma)} - {len(mb)} = {d}."
     concl = (v.say("So the difference is zero: there {are} as many {A} as {B}.", A=A, B=B_full) if d == 0 else
-             v.say("So there {are} {n} more {A} than {B}.", n=_n(d), A=A, B=B_full))
+             v.say("So there {be} {n} more {A} {suffix} than {B}.", be=v.be(d), n=_n(d),
+                   A=wa.sg if d == 1 else wa.pl, suffix=wa.suffix, B=B_full))
     return Reasoning("difference", q, steps, concl, str(d), {"op": "difference", "a": v.spec(a), "b": v.spec(b)})
 
 
@@ -721,8 +740,8 @@ def _every_every(v: View, rng: random.Random) -> Reasoning | None:
 RATIO_WORDING = {
     "twice": ["{are_there} twice as many {A} as {B}?", "{q_are} there {q_be}exactly two {A} for every one of the {B}?",
               "Is the number of {A} double the number of {B}?"],
-    "more_than_half": ["{q_are} more than half of the {S} {q_be}{P}?", "{q_is} the majority of the {S} {q_be}{P}?"],
-    "at_least_half": ["{q_are} at least half of the {S} {q_be}{P}?", "{q_is} half or more of the {S} {q_be}{P}?"],
+    "more_than_half": ["{q_are} more than half of the {S} {q_be}{P}?", "{q_are} most of the {S} {q_be}{P}?"],
+    "at_least_half": ["{q_are} at least half of the {S} {q_be}{P}?", "{q_are} half or more of the {S} {q_be}{P}?"],
 }
 
 
@@ -738,8 +757,8 @@ def op_ratio(v: View, rng: random.Random) -> Reasoning | None:
         if both is None or not both[1]:
             return None
         ma, mb = both
-        A, B, _ = _pair_words(v, a, b, same, rng)
-        q = v.say(v.pick(rng, RATIO_WORDING[ask]), A=A, B=B)
+        wa, B, B_full = _pair_words(v, a, b, same, rng)
+        q = _ask_pair(v, v.pick(rng, RATIO_WORDING[ask]), wa.np, B, B_full)
         ok = len(ma) == 2 * len(mb)
         concl = (f"{'Yes' if ok else 'No'}, {_n(len(ma))} {'is' if ok else 'is not'} twice {_n(len(mb))}.")
         return Reasoning("ratio", q, f"{_pair_steps(v, a, b, same)} Twice {_n(len(mb))} is {_n(2 * len(mb))}.",
@@ -866,8 +885,12 @@ def op_distinct(v: View, rng: random.Random) -> Reasoning | None:
                   S=w.np)
         steps = f"{selection_steps(v, g)} Listing them: {join(groups_of(m))}."
         what = "different kind"
-    concl = v.say("So there {be} {n}: {x}.", be=v.be(len(values)), n=count_phrase(len(values), what),
-                  x=join([plural(x) if of == "kind" and sum(o.kind == x for o in m) > 1 else x for x in values]))
+    named = join([x if of == "colour" else plural(x) if sum(o.kind == x for o in m) > 1 else with_article(x)
+                  for x in values])
+    if len(values) == 1:
+        concl = v.say("So there {be} only one {what}: {x}.", be=v.be(1), what=what.split()[1], x=named)
+    else:
+        concl = v.say("So there {be} {n}: {x}.", be=v.be(len(values)), n=count_phrase(len(values), what), x=named)
     return Reasoning("distinct", q, steps, concl, str(len(values)), {"op": "distinct", "of": of, "group": v.spec(g)})
 
 
@@ -975,7 +998,7 @@ def op_symmetry(v: View, rng: random.Random) -> Reasoning | None:
         same = SYMMETRY[a.kind][0] == SYMMETRY[b.kind][0]
         steps = " ".join(f"The {R}{'' if R == o.kind else ' is ' + with_article(o.kind) + ', which'} has "
                          f"{_lines_phrase(o.kind)} of symmetry: {SYMMETRY[o.kind][1]}." for R, o in ((X, a), (Y, b)))
-        concl = f"{'Yes' if same else 'No'}, {_lines(a.kind)} {'and' if same else 'against'} {_lines(b.kind)}."
+        concl = (f"Yes, both have {_lines(a.kind)}." if same else f"No, {_lines(a.kind)} against {_lines(b.kind)}.")
         return Reasoning("symmetry", q, steps, concl, _yes(same),
                          {"op": "symmetry", "ask": "same", "a": v.at(a), "b": v.at(b)})
     o = rng.choice(known)
@@ -1059,7 +1082,8 @@ def _trait_steps(v: View, objs: list[Obj]) -> str:
         facts = ([o.colour] if o.colour else []) + [with_article(o.kind)]
         if o.kind in CORNERS:
             facts.append(f"{'no' if CORNERS[o.kind] == 0 else _n(CORNERS[o.kind])} corners")
-        facts.append(region_phrase(o.cx, o.cy))
+        halves = [HALF_STATE[h if t else OPPOSITE[h]] for h in ("left", "top") if (t := in_half(o, h)) is not None]
+        facts.append(" and ".join(halves) if halves else "near the middle")
         return f"{v.label(o)}: {', '.join(facts)}"
     return cap("; ".join(one(o) for o in objs)) + "."
 
@@ -1092,7 +1116,7 @@ def op_common(v: View, rng: random.Random) -> Reasoning | None:
                                    ("top", g.half in ("top", "bottom"))) if named}
         spec, them = {"op": "common", "objects": [v.at(o) for o in objs], "group": v.spec(g)}, "all"
     shared, compared = _traits(objs, skip)
-    if not compared:
+    if len(compared) < 2:  # too little to compare for an answer worth asking
         return None
     if shared:
         concl = f"So they are {them} {join(shared)}."
@@ -1118,16 +1142,23 @@ EDGES = {"left": ["far left", "left edge"], "right": ["far right", "right edge"]
          "bottom": ["very bottom", "bottom edge"]}
 
 
-def _then(clause: str, inner: Reasoning) -> str:
-    """"If the star were removed," + "How many ...?" -> "If the star were removed, how many ...?"."""
+def _then(v: View, rng: random.Random, clauses: list[str], inner: Reasoning, **fields) -> str:
+    """The change, then the question: "If the star were removed," + "How many ...?" -> "If the star were
+    removed, how many ...?"; a question that opens with a clause of its own ("Of the shapes, which ...")
+    follows a sentence instead ("Suppose the star were removed. Of the shapes, which ...")."""
     q = inner.question
+    if "," in q:
+        clauses = [c for c in clauses if c.endswith(".")]
+    clause = v.say(rng.choice(clauses), **fields)
     return f"{clause} {q[:1].lower() + q[1:]}" if clause.endswith(",") else f"{clause} {q}"
 
 
 def _ask_again(v: View, rng: random.Random, objs: list[Obj], inner_ops: tuple, change: str, about: list[Obj],
-               placed: bool = True, index: dict[int, int] | None = None, tries: int = 3) -> Reasoning | None:
-    """A question about `objs` (the changed scene) in the conditional: one that names the colour or kind of
-    something changed (`about`), or no colour or kind at all, where a few draws find one."""
+               gone: str | None = None, placed: bool = True, index: dict[int, int] | None = None, tries: int = 3
+               ) -> Reasoning | None:
+    """A question about `objs` (the changed scene) in the conditional, where a few draws find one that bears
+    on the change: it names the colour or kind of something changed (`about`), or no colour or kind at all;
+    after all of a colour or kind (`gone`) is removed, any question that does not ask about that one."""
     if not objs:
         return None
     nv = View(v.scene, objs, would=True, placed=placed, change=change, index=index or v.index)
@@ -1136,7 +1167,7 @@ def _ask_again(v: View, rng: random.Random, objs: list[Obj], inner_ops: tuple, c
         r = rng.choice(inner_ops)(nv, rng)
         if r is not None:
             named = v.scene.mentions(r.question)
-            if not named or named & touched:
+            if (gone not in named) if gone else (not named or named & touched):
                 return r
     return None
 
@@ -1154,27 +1185,28 @@ def op_remove(v: View, rng: random.Random) -> Reasoning | None:
     if way == "object":
         x = rng.choice(v.referable())
         gone, target = [x], {"object": v.at(x)}
-        clause = v.say(rng.choice(REMOVE_ONE), X=v.refer(x))
+        clauses, fields = REMOVE_ONE, {"X": v.refer(x)}
         change = f"Without {v.label(x)}, the image would show {{rest}}."
     elif way == "colour":
         c = rng.choice(colours)
         gone, target = [o for o in v.objs if o.colour == c], {"colour": c}
-        clause = v.say(rng.choice(REMOVE_COLOUR), c=c, n=v.noun, npl=v.npl)
+        clauses, fields = REMOVE_COLOUR, {"c": c, "n": v.noun, "npl": v.npl}
         change = (f"Right now there {'is' if len(v.objs) == 1 else 'are'} {count_phrase(len(v.objs), v.noun)}: "
                   f"{join(groups_of(v.objs))}. {cap(count_phrase(len(gone), f'{c} {v.noun}'))} would go "
                   f"({join(groups_of(gone))}), leaving {{rest}}.")
     else:
         k = rng.choice(kinds)
         gone, target = [o for o in v.objs if o.kind == k], {"kind": k}
-        clause = v.say(rng.choice(REMOVE_KIND), kpl=plural(k))
+        clauses, fields = REMOVE_KIND, {"kpl": plural(k)}
         change = f"Taking away the {count_phrase(len(gone), k)} would leave {{rest}}."
     rest = [o for o in v.objs if all(o is not g for g in gone)]
     inner = _ask_again(v, rng, rest, (op_count, op_exists, op_compare, op_difference, op_total, op_extreme,
-                                      op_distinct, op_corners, op_quantifier, op_ratio), "remove", gone)
+                                      op_distinct, op_corners, op_quantifier, op_ratio), "remove", gone,
+                       gone=target.get("colour") or target.get("kind"))
     if inner is None:
         return None
     steps = change.format(rest=join(groups_of(rest))) + " " + inner.steps
-    return Reasoning("remove", _then(clause, inner), steps, inner.conclusion, inner.answer,
+    return Reasoning("remove", _then(v, rng, clauses, inner, **fields), steps, inner.conclusion, inner.answer,
                      {"op": "remove", "target": target, "inner": inner.spec})
 
 
@@ -1187,14 +1219,13 @@ def op_add(v: View, rng: random.Random) -> Reasoning | None:
     new = [Obj(colour, kind, None) for _ in range(n)]
     name = new[0].name
     X = with_article(name) if n == 1 else count_phrase(n, name)
-    clause = v.say(rng.choice(ADD_WORDING), X=X)
     inner = _ask_again(v, rng, v.objs + new, (op_count, op_compare, op_difference, op_total, op_distinct,
                                               op_corners, op_ratio, op_quantifier), "add", new, placed=False)
     if inner is None:
         return None
     steps = (f"Right now the image shows {join(groups_of(v.objs))}. Adding {X} would give "
              f"{join(groups_of(v.objs + new))}. {inner.steps}")
-    return Reasoning("add", _then(clause, inner), steps, inner.conclusion, inner.answer,
+    return Reasoning("add", _then(v, rng, ADD_WORDING, inner, X=X), steps, inner.conclusion, inner.answer,
                      {"op": "add", "colour": colour, "kind": kind, "n": n, "inner": inner.spec})
 
 
@@ -1217,10 +1248,9 @@ def op_move(v: View, rng: random.Random) -> Reasoning | None:
     if inner is None:
         return None
     edge = rng.choice(EDGES[to])
-    clause = v.say(rng.choice(MOVE_WORDING), X=v.refer(x), edge=edge)
     steps = (f"{cap(v.label(x))} is now {region_phrase(x.cx, x.cy)}; against the {to} edge it would be "
              f"{region_phrase(moved.cx, moved.cy)}. {inner.steps}")
-    return Reasoning("move", _then(clause, inner), steps, inner.conclusion, inner.answer,
+    return Reasoning("move", _then(v, rng, MOVE_WORDING, inner, X=v.refer(x), edge=edge), steps, inner.conclusion, inner.answer,
                      {"op": "move", "object": v.at(x), "to": to, "inner": inner.spec})
 
 
