@@ -11,7 +11,8 @@ have one definite answer, and the two wordings those questions are asked in.
 - Wordings: `TEACHER_WORDING` is how the symbolic teacher asks each (family, form) in training data;
   `HELDOUT_WORDING` asks the same questions in templates the teacher never uses, so the benchmark
   (`bench.jsonl`) measures whether a model generalises beyond memorised templates. Both wordings of
-  a question have the same answer words.
+  a question have the same answer words. `uses_heldout_wording(question)` tells whether any question
+  (the teacher's reasoning questions too) borrows the held-out wording.
 
 Rules for a definite question: colour of a kind only when exactly one object has that kind; the kind
 of "the <colour> object" only when exactly one object has that colour; counts of every kind and

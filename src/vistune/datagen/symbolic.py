@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from vistune.data.annotations import ImageContext, make_record
 from vistune.data.world import (
