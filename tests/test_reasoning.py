@@ -12,7 +12,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -70,24 +70,21 @@ def scene(ctx: ImageContext) -> Scene:
 
 @dataclass
 class Thing:
-    """An object as this file sees it, straight from the context's label and box."""
+    """An object as this file sees it, straight from the context's label and box (None: added, no place)."""
 
     colour: str
     kind: str
     box: tuple | None
     idx: int | None
+    cx: float = field(init=False)
+    cy: float = field(init=False)
+    size: float = field(init=False)  # estimated shape area
 
-    @property
-    def cx(self) -> float:
-        return (self.box[0] + self.box[2]) / 2
-
-    @property
-    def cy(self) -> float:
-        return (self.box[1] + self.box[3]) / 2
-
-    @property
-    def size(self) -> float:
-        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1]) * R.FILL.get(self.kind, 1.0)
+    def __post_init__(self):
+        if self.box is not None:
+            x1, y1, x2, y2 = self.box
+            self.cx, self.cy = (x1 + x2) / 2, (y1 + y2) / 2
+            self.size = (x2 - x1) * (y2 - y1) * R.FILL.get(self.kind, 1.0)
 
 
 def things(ctx: ImageContext) -> list[Thing]:

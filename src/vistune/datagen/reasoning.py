@@ -494,12 +494,18 @@ def _pair_words(v: View, a: Group, b: Group, same: bool, rng: random.Random) -> 
     return wa, (f"ones {sb}" if same else full), full
 
 
-def pair_members(v: View, a: Group, b: Group) -> tuple[list[Obj], list[Obj]] | None:
-    """Both groups' members; None when either is too close to call or both are empty (nothing to compare)."""
+def counted_pair(v: View, rng: random.Random, modes: tuple[str, ...] = ("kinds", "colours", "halves", "relation")
+                 ) -> tuple[Group, Group, bool, list[Obj], list[Obj]] | None:
+    """`pick_pair`'s groups, the flag, and both groups' members; None when either group is too close to call
+    or both are empty (nothing to compare)."""
+    pair = pick_pair(v, rng, modes)
+    if pair is None:
+        return None
+    a, b, same = pair
     ma, mb = members(v, a), members(v, b)
     if ma is None or mb is None or not (ma or mb):
         return None
-    return ma, mb
+    return a, b, same, ma, mb
 
 
 def _ask_pair(v: View, template: str, A: str, B: str, B_full: str) -> str:
@@ -528,14 +534,10 @@ COMPARE_WORDING = {
 
 def op_compare(v: View, rng: random.Random) -> Reasoning | None:
     """Compare two groups' counts."""
-    pair = pick_pair(v, rng)
+    pair = counted_pair(v, rng)
     if pair is None:
         return None
-    a, b, same = pair
-    both = pair_members(v, a, b)
-    if both is None:
-        return None
-    ma, mb = both
+    a, b, same, ma, mb = pair
     na, nb = len(ma), len(mb)
     wa, B, B_full = _pair_words(v, a, b, same, rng)
     A = wa.np
@@ -560,7 +562,8 @@ def op_compare(v: View, rng: random.Random) -> Reasoning | None:
             concl = f"So {more} more {A if na > nb else B_full}: {_n(max(na, nb))} against {_n(min(na, nb))}."
     else:
         answer = cmp
-        concl = (f"So {more} {'as many' if cmp == 'same' else cmp} {A}: {_n(na)} against {_n(nb)}.")
+        concl = (f"So {more} as many {A} as {B_full}: {_n(na)} each." if cmp == "same" else
+                 f"So {more} {cmp} {A}: {_n(na)} against {_n(nb)}.")
     return Reasoning("compare", q, _pair_steps(v, a, b, same), concl, answer,
                      {"op": "compare", "ask": ask, "a": v.spec(a), "b": v.spec(b)})
 
@@ -572,14 +575,10 @@ DIFFERENCE_WORDING = ["How many more {A} than {B} {are_there}?", "By how many {d
 
 def op_difference(v: View, rng: random.Random) -> Reasoning | None:
     """How many more of one group than of another."""
-    pair = pick_pair(v, rng)
+    pair = counted_pair(v, rng)
     if pair is None:
         return None
-    a, b, same = pair
-    both = pair_members(v, a, b)
-    if both is None:
-        return None
-    ma, mb = both
+    a, b, same, ma, mb = pair
     if len(ma) < len(mb) or (same and len(ma) == len(mb) and rng.random() < 0.5):
         a, b, ma, mb = b, a, mb, ma
     d = len(ma) - len(mb)
@@ -601,14 +600,10 @@ TOTAL_WORDING = ["How many {A} and {B} {are_there} in total?", "What is the tota
 
 def op_total(v: View, rng: random.Random) -> Reasoning | None:
     """The number of objects in two disjoint groups together."""
-    pair = pick_pair(v, rng, ("kinds", "colours"))
+    pair = counted_pair(v, rng, ("kinds", "colours"))
     if pair is None:
         return None
-    a, b, _ = pair
-    both = pair_members(v, a, b)
-    if both is None:
-        return None
-    ma, mb = both
+    a, b, _, ma, mb = pair
     wa, wb = words(v, a, rng), words(v, b, rng)
     q = v.say(v.pick(rng, TOTAL_WORDING), A=wa.np, B=wb.np)
     t = len(ma) + len(mb)
@@ -712,11 +707,10 @@ def op_quantifier(v: View, rng: random.Random) -> Reasoning | None:
 
 
 def _every_every(v: View, rng: random.Random) -> Reasoning | None:
-    pair = pick_pair(v, rng, ("kinds", "colours"))
+    pair = counted_pair(v, rng, ("kinds", "colours"))
     if pair is None:
         return None
-    s, t, _ = pair
-    ms, mt = members(v, s), members(v, t)
+    s, t, _, ms, mt = pair
     if not ms or not mt or len(ms) + len(mt) < 3:
         return None
     rel = rng.choice(sorted(EVERY_RELATION))
@@ -749,14 +743,10 @@ def op_ratio(v: View, rng: random.Random) -> Reasoning | None:
     """Twice as many of one group as of another; more than / at least half of a group with a property."""
     ask = rng.choice(sorted(RATIO_WORDING))
     if ask == "twice":
-        pair = pick_pair(v, rng)
-        if pair is None:
+        pair = counted_pair(v, rng)
+        if pair is None or not pair[4]:
             return None
-        a, b, same = pair
-        both = pair_members(v, a, b)
-        if both is None or not both[1]:
-            return None
-        ma, mb = both
+        a, b, same, ma, mb = pair
         wa, B, B_full = _pair_words(v, a, b, same, rng)
         q = _ask_pair(v, v.pick(rng, RATIO_WORDING[ask]), wa.np, B, B_full)
         ok = len(ma) == 2 * len(mb)
