@@ -11,7 +11,8 @@ have one definite answer, and the two wordings those questions are asked in.
 - Wordings: `TEACHER_WORDING` is how the symbolic teacher asks each (family, form) in training data;
   `HELDOUT_WORDING` asks the same questions in templates the teacher never uses, so the benchmark
   (`bench.jsonl`) measures whether a model generalises beyond memorised templates. Both wordings of
-  a question have the same answer words.
+  a question have the same answer words. `uses_heldout_wording(question)` tells whether any question
+  (the teacher's reasoning questions too) borrows the held-out wording.
 
 Rules for a definite question: colour of a kind only when exactly one object has that kind; the kind
 of "the <colour> object" only when exactly one object has that colour; counts of every kind and
@@ -24,6 +25,7 @@ object is named only by a phrase that picks it out alone (`refer`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -351,3 +353,38 @@ def word_fact(fact: Fact, wording: str = "heldout") -> str:
 def with_instruction(question: str) -> str:
     """A short-answer question: the question, a newline, `SHORT_ANSWER_INSTRUCTION`."""
     return f"{question}\n{SHORT_ANSWER_INSTRUCTION}"
+
+
+def _fixed_runs(template: str) -> list[list[str]]:
+    """The words of a template between its slots: "Is {a} visible in this picture?" -> [["is"], ["visible", ...]]."""
+    return [re.findall(r"[a-z]+", piece.lower()) for piece in re.split(r"\{\w+\}", template)]
+
+
+def _phrases(templates: Sequence[str]) -> set[str]:
+    """Each template's distinctive fixed phrases: a run of exactly three words between slots, and every four
+    consecutive words of a longer run."""
+    out = set()
+    for t in templates:
+        for run in _fixed_runs(t):
+            n = 3 if len(run) == 3 else 4
+            out |= {" ".join(run[i:i + n]) for i in range(len(run) - n + 1)}
+    return out
+
+
+_HELDOUT_TEMPLATES = [t for ts in HELDOUT_WORDING.values() for t in ts]
+_TEACHER_TEXT = [f" {' '.join(w for run in _fixed_runs(t) for w in run)} " for ts in TEACHER_WORDING.values()
+                 for t in ts]
+#: Phrases of the held-out wording that the teacher's wording never uses ("in this picture", "would i find").
+HELDOUT_PHRASES = frozenset(p for p in _phrases(_HELDOUT_TEMPLATES) if not any(f" {p} " in t for t in _TEACHER_TEXT))
+_HELDOUT_PATTERNS = [re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)), re.IGNORECASE) for t in _HELDOUT_TEMPLATES]
+
+
+def uses_heldout_wording(question: str) -> bool:
+    """Whether `question` is asked in the benchmark's held-out wording: it is a held-out template filled in, or
+    it contains one of `HELDOUT_PHRASES`. Training questions must not be (the benchmark would no longer
+    measure wording it has not seen)."""
+    q = question.replace("<image>", "").replace(SHORT_ANSWER_INSTRUCTION, "").strip()
+    if any(p.fullmatch(q) for p in _HELDOUT_PATTERNS):
+        return True
+    text = f" {' '.join(re.findall(r'[a-z]+', q.lower()))} "
+    return any(f" {p} " in text for p in HELDOUT_PHRASES)

@@ -7,7 +7,10 @@ and writes the paper's three kinds of records:
   and relative positions, existence). About half of the turns are short-answer turns: the
   question ends with `SHORT_ANSWER_INSTRUCTION` and the answer is one word or number.
 - `detail`: a paragraph describing every object and the background.
-- `complex`: a question that needs a few reasoning steps; the answer shows them, then concludes.
+- `complex`: a question that needs a few reasoning steps, from the generated space of
+  `vistune.datagen.reasoning` (operations over filtered groups, hypotheticals, background knowledge);
+  the answer shows the steps, then concludes. A conversation ends with such a question now and then
+  (`reasoning_fraction`), as the paper's conversations include reasoning questions.
 
 Beyond the paper's three, `short` writes LLaVA-1.5-style short-answer VQA records: per image, one
 single-turn record per question family (colour, shape, count, existence, absolute and relative
@@ -24,11 +27,10 @@ world's rules (`vistune.data.world`), shared with the benchmark (which asks them
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from vistune.data.annotations import ImageContext, make_record
 from vistune.data.world import (
@@ -43,16 +45,16 @@ from vistune.data.world import (
     cap,
     count_phrase,
     join,
-    name_of,
     number_word,
     parse_label,
     plural,
     question_facts,
-    refer,
     region_phrase,
     size_word,
     with_article,
 )
+from vistune.datagen.reasoning import make_reasoning, order_answer
+from vistune.datagen.scene import Scene
 from vistune.errors import UserError
 from vistune.utils.io import atomic_write_json
 
@@ -63,83 +65,6 @@ TEACHER = "symbolic"
 
 # Short local names for the world's phrasing helpers, used throughout the generators below.
 _a, _join, _cap, _count_phrase = with_article, join, cap, count_phrase
-
-
-@dataclass
-class Obj:
-    colour: str | None
-    kind: str
-    box: tuple[float, float, float, float]
-
-    @property
-    def cx(self) -> float:
-        return (self.box[0] + self.box[2]) / 2
-
-    @property
-    def cy(self) -> float:
-        return (self.box[1] + self.box[3]) / 2
-
-    @property
-    def w(self) -> float:
-        return self.box[2] - self.box[0]
-
-    @property
-    def h(self) -> float:
-        return self.box[3] - self.box[1]
-
-    @property
-    def area(self) -> float:
-        return self.w * self.h
-
-    @property
-    def name(self) -> str:
-        return name_of(self)
-
-
-class Scene:
-    """One image's objects plus the referring and counting helpers every generator uses."""
-
-    def __init__(self, ctx: ImageContext, kinds_vocab: Sequence[str], colours_vocab: Sequence[str]):
-        self.ctx = ctx
-        self.objs = [Obj(*parse_label(i.category), tuple(i.bbox)) for i in ctx.instances]
-        self.kinds_vocab = list(kinds_vocab)
-        self.colours_vocab = list(colours_vocab)
-        self.noun = "shape" if self.objs and all(o.kind in SHAPES for o in self.objs) else "object"
-        self.coloured = bool(self.objs) and all(o.colour for o in self.objs)
-        self.background = _background_from_captions(ctx.captions)
-
-    def count_kind(self, kind: str) -> int:
-        return sum(o.kind == kind for o in self.objs)
-
-    def count_colour(self, colour: str) -> int:
-        return sum(o.colour == colour for o in self.objs)
-
-    def refer(self, o: Obj) -> str | None:
-        """A phrase that picks out `o` alone: its kind, else colour + kind, else None."""
-        return refer(self.objs, o)
-
-    def mentions(self, text: str) -> set[str]:
-        """The vocabulary's colours and kinds (singular or plural) that `text` names."""
-        words = set(re.findall(r"[a-z]+", text.lower()))
-        found = {c for c in self.colours_vocab if set(c.split()) <= words}
-        found |= {k for k in self.kinds_vocab if set(k.split()) <= words or set(plural(k).split()) <= words}
-        return found
-
-    def groups(self) -> list[str]:
-        """"two red stars", "a blue circle" ... in first-seen order."""
-        c: Counter = Counter(o.name for o in self.objs)
-        return [(_a(n) if k == 1 else _count_phrase(k, n)) for n, k in c.items()]
-
-
-_BG = re.compile(r"\bon (?:a|an) ([a-z][a-z -]*?) background\b", re.IGNORECASE)
-
-
-def _background_from_captions(captions: Iterable[str]) -> str | None:
-    for c in captions:
-        m = _BG.search(c)
-        if m:
-            return m.group(1).lower()
-    return None
 
 
 # ----------------------------------------------------------------------------- conversation items
@@ -234,14 +159,26 @@ def _choose(rng: random.Random, qas: list[QA], family: str) -> QA:
 AXIS = {"left": "x", "right": "x", "above": "y", "below": "y"}
 
 
+REASONING_FRACTION = 0.15
+"""The share of conversations whose last turn is a reasoning question (`vistune.datagen.reasoning`)."""
+
+
 def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5, min_turns: int = 2,
-                      max_turns: int = 5) -> list[dict] | None:
+                      max_turns: int = 5, reasoning_fraction: float = REASONING_FRACTION,
+                      answer_first: bool = False) -> list[dict] | None:
     """A multi-turn conversation in which no answer can be read off the turns before it: a colour or kind
     that an earlier turn named is never the answer, and a yes/no or count question names nothing named before
     ("What colour is the cross? orange" ... "Is there a yellow cross?" is never asked), a thing's region is not
     asked after any of its positions nor its side after its region, and a relative position is asked once per
     axis. Yes/no and count questions are asked only while more than one answer is still open, so answers stay
-    balanced."""
+    balanced.
+
+    With probability `reasoning_fraction` the last of the turns is a reasoning question instead, answered with
+    its steps and conclusion (conclusion first with `answer_first`); it comes last because its steps state
+    facts that later turns could be read off. With `reasoning_fraction=0` no random draw is spent on it."""
+    reasoning = None
+    if reasoning_fraction > 0 and rng.random() < reasoning_fraction:
+        reasoning = make_reasoning(s, random.Random(rng.random()))
     items = conversation_items(s, rng)
     named: set[str] = set()  # colours and kinds the conversation has named so far
     axes_asked: set[str] = set()
@@ -268,7 +205,7 @@ def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5,
             return []
         return pool
 
-    n_turns = rng.randint(min_turns, max_turns)
+    n_turns = rng.randint(min_turns, max_turns) - (reasoning is not None)
     turns: list[dict] = []
     asked: set[str] = set()
     used: list[str] = []
@@ -299,6 +236,10 @@ def make_conversation(s: Scene, rng: random.Random, short_fraction: float = 0.5,
         if not turns:
             q = "<image>\n" + q
         turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    if reasoning is not None:
+        q = reasoning.question if turns else "<image>\n" + reasoning.question
+        turns += [{"from": "human", "value": q},
+                  {"from": "gpt", "value": order_answer(reasoning.steps, reasoning.conclusion, answer_first)}]
     return turns or None
 
 
@@ -382,145 +323,15 @@ def make_detail(s: Scene, rng: random.Random) -> list[dict] | None:
 
 # ----------------------------------------------------------------------------- complex reasoning
 
-_CORNERS = {"top-left": (0.0, 0.0), "top-right": (1.0, 0.0), "bottom-left": (0.0, 1.0), "bottom-right": (1.0, 1.0)}
-
-
-def _pos(o: Obj) -> str:
-    return f"the {o.name} is {region_phrase(o.cx, o.cy)}"
-
-
-def _cx_remove_colour(s: Scene, rng: random.Random) -> tuple[str, str] | None:
-    if not s.coloured or len(s.objs) < 2:
-        return None
-    c = rng.choice(sorted({o.colour for o in s.objs}))
-    n, npl = s.noun, plural(s.noun)
-    total, m = len(s.objs), s.count_colour(c)
-    q = rng.choice([f"If you removed all the {c} {npl}, how many {npl} would remain?",
-                    f"Suppose every {c} {n} were taken away. How many {npl} would be left?"])
-    rest = [o for o in s.objs if o.colour != c]
-    steps = [f"First, count all the {npl}: there {'is' if total == 1 else 'are'} {number_word(total)} "
-             f"({_join(s.groups())}).",
-             f"Next, count the {c} ones: {number_word(m)}.",
-             f"Removing them leaves {number_word(total)} - {number_word(m)} = {number_word(total - m)}"
-             + (f" ({_join([_a(o.name) for o in rest])})." if rest else ".")]
-    return q, " ".join(steps), f"So {number_word(total - m)} {n if total - m == 1 else npl} would remain."
-
-
-def _cx_corner(s: Scene, rng: random.Random) -> tuple[str, str] | None:
-    if len(s.objs) < 2:
-        return None
-    name, (x, y) = rng.choice(sorted(_CORNERS.items()))
-    d = sorted(((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5 for o in s.objs)
-    best = min(s.objs, key=lambda o: ((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5)
-    r = s.refer(best)
-    if r is None or d[1] - d[0] < 0.08:
-        return None
-    q = rng.choice([f"Which {s.noun} is closest to the {name} corner of the image?",
-                    f"Of all the {plural(s.noun)}, which one lies nearest the {name} corner?"])
-    steps = ["Let me locate each one: " + "; ".join(_pos(o) for o in s.objs) + ".",
-             f"The {name} corner is where the {name.split('-')[0]} edge meets the {name.split('-')[1]} edge.",
-             "Measuring from the corner to the middle of each: "
-             + "; ".join(f"the {o.name} is about {((o.cx - x) ** 2 + (o.cy - y) ** 2) ** 0.5:.2f} image widths away"
-                         for o in s.objs) + ".",
-             f"The {best.name} has the smallest distance, with a clear gap to the next one."]
-    return q, " ".join(steps), f"So the answer is the {r}."
-
-
-def _cx_largest(s: Scene, rng: random.Random) -> tuple[str, str] | None:
-    if len(s.objs) < 2:
-        return None
-    objs = sorted(s.objs, key=lambda o: -o.area)
-    big = objs[0]
-    r = s.refer(big)
-    if r is None or objs[0].area < 1.3 * objs[1].area:
-        return None
-    q = rng.choice([f"Which {s.noun} is the largest?", f"Which is the biggest {s.noun} in the image?"])
-    steps = ["Comparing the sizes: " + "; ".join(f"the {o.name} is {size_word(o.w, o.h)}" for o in objs) + ".",
-             f"The {big.name} covers noticeably more of the image than any other {s.noun}."]
-    return q, " ".join(steps), f"So the largest is the {r}."
-
-
-def _cx_compare_colours(s: Scene, rng: random.Random) -> tuple[str, str] | None:
-    if not s.coloured or len(s.colours_vocab) < 2:
-        return None
-    c1 = rng.choice(sorted({o.colour for o in s.objs}))
-    c2 = rng.choice([c for c in s.colours_vocab if c != c1])
-    if rng.random() < 0.5:
-        c1, c2 = c2, c1
-    npl = plural(s.noun)
-    m1, m2 = s.count_colour(c1), s.count_colour(c2)
-    q = rng.choice([f"Are there more {c1} {npl} than {c2} {npl}?",
-                    f"Does the image have more {c1} {npl} than {c2} ones?"])
-    steps = f"There {'is' if m1 == 1 else 'are'} {number_word(m1)} {c1} and {number_word(m2)} {c2}."
-    if m1 > m2:
-        concl = f"Yes, {number_word(m1)} is more than {number_word(m2)}, so there are more {c1} {npl}."
-    elif m1 == m2:
-        concl = f"No, the numbers are equal ({number_word(m1)} each)."
-    else:
-        concl = f"No, {number_word(m1)} is fewer than {number_word(m2)}, so there are more {c2} {npl}."
-    return q, f"Counting by color: {steps}", concl
-
-
-def _cx_extreme(s: Scene, rng: random.Random) -> tuple[str, str] | None:
-    if len(s.objs) < 2:
-        return None
-    side = rng.choice(["left", "right", "top", "bottom"])
-    key = {"left": lambda o: o.cx, "right": lambda o: -o.cx, "top": lambda o: o.cy, "bottom": lambda o: -o.cy}[side]
-    objs = sorted(s.objs, key=key)
-    r = s.refer(objs[0])
-    if r is None or abs(key(objs[1]) - key(objs[0])) < 0.08:
-        return None
-    q = {"left": f"Which {s.noun} is furthest to the left?", "right": f"Which {s.noun} is furthest to the right?",
-         "top": f"Which {s.noun} is highest in the image?", "bottom": f"Which {s.noun} is lowest in the image?"}[side]
-    axis = "horizontal" if side in ("left", "right") else "vertical"
-    steps = (f"Looking at the {axis} position of each {s.noun}: " + "; ".join(_pos(o) for o in s.objs) + ". "
-             f"The {objs[0].name} is nearer the {side} edge than the {objs[1].name}, the next one.")
-    extra = f" It is {objs[0].colour}." if objs[0].colour and r == objs[0].kind else ""
-    return q, steps, f"So it is the {r}.{extra}"
-
-
-def _cx_distinct(s: Scene, rng: random.Random) -> tuple[str, str] | None:
-    if not s.objs:
-        return None
-    if s.coloured and rng.random() < 0.5:
-        cols = sorted({o.colour for o in s.objs}, key=[o.colour for o in s.objs].index)
-        q = "How many different colors appear among the shapes?" if s.noun == "shape" else \
-            "How many different colors do the objects have?"
-        steps = "Going through them: " + "; ".join(f"the {o.kind} is {o.colour}" for o in s.objs) + "."
-        return q, steps, f"The distinct colors are {_join(cols)}, so there {'is' if len(cols) == 1 else 'are'} " \
-                         f"{_count_phrase(len(cols), 'color')}."
-    kinds = sorted({o.kind for o in s.objs}, key=[o.kind for o in s.objs].index)
-    q = f"How many different kinds of {plural(s.noun)} are in the image?"
-    steps = "Listing them: " + _join(s.groups()) + "."
-    return q, steps, f"The distinct kinds are {_join([plural(k) if s.count_kind(k) > 1 else k for k in kinds])}, " \
-                     f"so there {'is' if len(kinds) == 1 else 'are'} {_count_phrase(len(kinds), 'kind')}."
-
-
-COMPLEX_GENERATORS: list[Callable[[Scene, random.Random], tuple[str, str, str] | None]] = [
-    _cx_remove_colour, _cx_corner, _cx_largest, _cx_compare_colours, _cx_extreme, _cx_distinct]
-"""Each returns (question, reasoning steps, conclusion) or None when the scene does not allow it."""
-
-
-def order_answer(steps: str, conclusion: str, answer_first: bool = False) -> str:
-    """A reasoning answer: the steps, then the conclusion (reasoning first, the default); or answer first:
-    the conclusion (without its leading "So"), then the steps that support it."""
-    if not answer_first:
-        return f"{steps} {conclusion}"
-    if conclusion.startswith("So "):
-        conclusion = _cap(conclusion[3:])
-    return f"{conclusion} {steps}"
-
 
 def make_complex(s: Scene, rng: random.Random, answer_first: bool = False) -> list[dict] | None:
-    gens = COMPLEX_GENERATORS[:]
-    rng.shuffle(gens)
-    for g in gens:
-        out = g(s, rng)
-        if out is not None:
-            q, steps, conclusion = out
-            return [{"from": "human", "value": "<image>\n" + q},
-                    {"from": "gpt", "value": order_answer(steps, conclusion, answer_first)}]
-    return None
+    """One reasoning question from the generated space (`vistune.datagen.reasoning`), answered with its steps
+    and conclusion (conclusion first with `answer_first`)."""
+    r = make_reasoning(s, rng)
+    if r is None:
+        return None
+    return [{"from": "human", "value": "<image>\n" + r.question},
+            {"from": "gpt", "value": order_answer(r.steps, r.conclusion, answer_first)}]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -534,9 +345,11 @@ def _stem(image: str) -> str:
 def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = PAPER_TYPES, seed: int = 0,
                       short_fraction: float = 0.5, min_turns: int = 2, max_turns: int = 5,
                       skips: Counter | None = None, kinds: Sequence[str] | None = None,
-                      colours: Sequence[str] | None = None, answer_first: bool = False) -> list[dict]:
-    """LLaVA records for `contexts`; `answer_first` writes the complex answers conclusion first (the
-    paper's answer-first ablation; the same questions and facts either way).
+                      colours: Sequence[str] | None = None, answer_first: bool = False,
+                      reasoning_fraction: float = REASONING_FRACTION) -> list[dict]:
+    """LLaVA records for `contexts`; `answer_first` writes the reasoning answers (complex records and the
+    conversations' reasoning turns) conclusion first (the paper's answer-first ablation; the same questions
+    and facts either way); `reasoning_fraction` of the conversations end with a reasoning question.
 
     Each (image, type) draws from its own generator seeded by (seed, type, image), so a record
     depends only on its image, the seed and the vocabulary: the object kinds and colours that
@@ -556,7 +369,10 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = P
     if colours is None:
         colours = list(COLOURS) if synthetic else [c for c in COLOURS if any(col == c for col, _ in labels)]
     skips = skips if skips is not None else Counter()
-    makers = {"conversation": lambda sc, r: make_conversation(sc, r, short_fraction, min_turns, max_turns),
+    if not 0 <= reasoning_fraction <= 1:
+        raise ValueError("need 0 <= reasoning_fraction <= 1")
+    makers = {"conversation": lambda sc, r: make_conversation(sc, r, short_fraction, min_turns, max_turns,
+                                                              reasoning_fraction, answer_first),
               "detail": make_detail, "complex": lambda sc, r: make_complex(sc, r, answer_first), "short": make_short}
     records, seen = [], Counter()
     for ctx in contexts:
