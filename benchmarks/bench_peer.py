@@ -34,11 +34,13 @@ The last line prints the stage-2 and stage-1 training ratios.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -220,6 +222,7 @@ def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]) -> t
     with PeakRSS() as mem:
         train(run, progress=False, resume=False)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(out)  # each round's final checkpoint holds the whole LLM: rounds x modes would fill the disk
     tokens = sum(r["tokens"] for r in records[1:])
     return tokens / (records[-1]["elapsed_s"] - records[0]["elapsed_s"]), mem.mib
 
@@ -315,6 +318,7 @@ def inference(model, peer, image_token_id: int, reps: int, new_tokens: int) -> d
     from matplotlib import cbook
     from PIL import Image
 
+    from vistune.inference.chat import ChatSession
     from vistune.inference.engine import Engine, Request
     from vistune.inference.generate import SamplingParams
 
@@ -343,7 +347,7 @@ def inference(model, peer, image_token_id: int, reps: int, new_tokens: int) -> d
                 gens[who] = gen
             n = min(len(gens["v"]), len(gens["p"]))
             same &= gens["v"][:n] == gens["p"][:n]
-            session = engine.session(image, SamplingParams(max_new_tokens=32))
+            session = ChatSession(engine, image, SamplingParams(max_new_tokens=32))
             for q in questions[:3]:
                 session.ask(q)
             history = list(session.history)
@@ -414,6 +418,7 @@ def main(argv=None) -> int:
 
     bf16 = resolve_precision(args.precision, torch.device("cpu"))
     root = Path(tempfile.mkdtemp(prefix="bench-peer-"))
+    atexit.register(shutil.rmtree, root, True)
     data = make_data(root / "data", args.samples)
     clip = small_clip(root / "clip")
     cfg = model_config(clip)
