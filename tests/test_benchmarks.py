@@ -37,3 +37,27 @@ def test_gpu_mfu_flop_count_matches_the_formula():
     n = model.num_image_tokens
     expected = 3 * (2 * (4 * d * d + 3 * d * F) * L * 100 + 2 * 100 * 100 * d * L + 2 * d * V * 30 + 2 * proj * n)
     assert gpu_mfu.step_flops(model, [100], [30]) == pytest.approx(expected)
+
+
+def test_bench_peer_inference_runs_both_sides_on_the_same_tiny_model(tmp_path):
+    """The peer is transformers' Llava holding vistune's weights: same loss, same greedy tokens, and every
+    inference figure (first token, decode, fourth-turn follow-up) is measured."""
+    import torch
+
+    from vistune.data.dataset import LlavaDataset
+    from vistune.model.tiny import tiny_vlm
+
+    bench = _module("bench_peer")
+    model = tiny_vlm("clip", "mlp2x_gelu")
+    data = bench.make_data(tmp_path / "data", 4)
+    dataset = LlavaDataset(data, data.parent / "images", model.renderer, model.image_processor, max_length=512)
+    image_token_id = bench.peer_image_token(model.tokenizer, dataset)
+    peer = bench.build_peer(model, image_token_id)
+    assert bench.check_same_model(model, peer, dataset, image_token_id) < 1e-4
+    with torch.no_grad():
+        result = bench.inference(model, peer, image_token_id, reps=1, new_tokens=4)
+    assert result["same_tokens"] is True
+    assert result["prompt_positions"] > model.num_image_tokens
+    for key in ("v_ttft", "p_ttft", "v_follow", "p_follow", "v_reprocess"):
+        assert 0 < result[key] < 60, key
+    assert result["v_decode"] > 0 and result["p_decode"] > 0
