@@ -470,6 +470,9 @@ def main(argv=None) -> int:
                       "model_flops_per_s": med * per_token, "fraction_of_peak": med * per_token / peak,
                       "ratio_vs_peer": med / statistics.median(rates["peer"])}
         results[f"stage{stage}"] = res
+    if not args.no_inference:  # the training rounds updated the peer's weights: compare against the same weights
+        del peer
+        peer = build_peer(model, image_token_id)
     inf = None if args.no_inference else inference(model, peer, image_token_id, args.reps, args.new_tokens)
 
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
