@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vistune.conversation import conversation_messages
+from vistune.data.dataset import BadRecord, record_images
 from vistune.data.image import ImageLoadError, load_image
 from vistune.errors import UserError
 from vistune.inference.engine import Engine, Request, RequestError
@@ -50,23 +51,15 @@ def read_questions(path: str | os.PathLike) -> list[dict]:
                 raise QuestionsError(f"{path}:{n}: expected an object with 'question_id' and 'text'")
             if q["question_id"] in seen:
                 raise QuestionsError(f"{path}:{n}: duplicate question_id {q['question_id']!r}")
-            image = q.get("image")
-            if image is not None and not isinstance(image, str) and not (
-                    isinstance(image, list) and all(isinstance(p, str) and p for p in image)):
-                raise QuestionsError(f"{path}:{n}: 'image' must be a path string or a list of path strings")
+            try:
+                record_images(q)
+            except BadRecord:
+                raise QuestionsError(f"{path}:{n}: 'image' must be a path string or a list of path strings") from None
             seen.add(q["question_id"])
             questions.append(q)
     except RecordError as e:
         raise QuestionsError(str(e)) from None
     return questions
-
-
-def question_images(question: dict) -> list[str]:
-    """A question's image paths, in order (none for a text-only question)."""
-    image = question.get("image")
-    if not image:
-        return []
-    return [image] if isinstance(image, str) else list(image)
 
 
 def answered_ids(path: str | os.PathLike) -> set:
@@ -100,7 +93,7 @@ def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.Path
             chunk, requests = [], []
             for q in todo[start:start + batch_size]:
                 try:
-                    images = [load_image(Path(image_folder) / p) for p in question_images(q)]
+                    images = [load_image(Path(image_folder) / p) for p in record_images(q)]
                     request = Request(conversation_messages(q["text"], image_turns=[0] * len(images)), images, params)
                     engine.render(request)
                 except (ImageLoadError, RequestError) as e:
