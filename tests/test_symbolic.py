@@ -259,6 +259,28 @@ def test_full_sentence_counts_and_colours_match(world):
     assert checked >= 5
 
 
+def test_detail_descriptions_say_leftmost_only_among_several_objects(world):
+    """A lone object on the right is not described as "on the far left"; the leftmost of several is the one
+    with the smallest centre x."""
+    world_dir, records = world
+    objs = _objects(world_dir)
+    lone = several = 0
+    for r in records:
+        if r["metadata"]["type"] != "detail":
+            continue
+        text = r["conversations"][1]["value"]
+        leftish = re.search(r"(Starting from the left|On the far left|The leftmost one is)", text)
+        if len(objs[r["image"]]) == 1:
+            assert not leftish, text
+            lone += 1
+        else:
+            assert leftish, text
+            first = min(objs[r["image"]], key=lambda o: (o["cx"], o["cy"]))
+            assert re.search(rf"{first['colour']} {first['shape']}", text[leftish.end():].split(".")[0]), text
+            several += 1
+    assert lone and several
+
+
 def test_complex_records_answer_what_the_boxes_say(world):
     """Each complex record is the reasoning space's question for its scene and seed, answered steps first, and
     its answer is what an independent evaluation of the rendered world's boxes gives (`test_reasoning.check`)."""

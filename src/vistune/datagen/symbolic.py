@@ -287,11 +287,13 @@ def make_detail(s: Scene, rng: random.Random) -> list[dict] | None:
         desc = f"{size_word(o.w, o.h)} {o.name}"
         where = region_phrase(o.cx, o.cy)
         if i == 0:
-            lead = rng.choice(["Starting from the left, ", "On the far left, ", "The leftmost one is "])
+            # "leftmost" only among several objects: a lone object may well sit on the right
+            lead = rng.choice(["Starting from the left, ", "On the far left, ", "The leftmost one is "]
+                              if total > 1 else ["", "Here ", "It is "])
             if lead.endswith("is "):
                 sents.append(f"{lead}{_a(desc)}, {where} of the image.")
             else:
-                sents.append(f"{lead}there is {_a(desc)} {where} of the image.")
+                sents.append(_cap(f"{lead}there is {_a(desc)} {where} of the image."))
         else:
             prev = objs[i - 1]
             rel = []
