@@ -138,3 +138,21 @@ def test_target_needs_25_points_over_both_controls_and_10_over_shuffled_on_every
     report = demo_report(variants, {}, "cpu")
     assert report.warnings[0].startswith("target not met") and "count" in report.warnings[0]
     assert any(r[0] == "full - shuffled_images, count" and r[-1] == "NO" for r in report.tables[-2].rows)
+
+
+def test_demo_precision_replaces_both_recipes_and_retrains(tmp_path):
+    from dataclasses import replace
+
+    from vistune.config import ConfigError
+    from vistune.demo import run_demo
+
+    fp32 = replace(FULL, precision="fp32")
+    assert [fp32.recipe(k)["train"]["precision"] for k in (1, 2)] == ["fp32", "fp32"]
+    assert [FULL.recipe(k)["train"]["precision"] for k in (1, 2)] == ["auto", "auto"]
+    # a stage's step params hold its recipe, so a run with another precision does not skip training
+    assert fp32.recipe(2) != FULL.recipe(2)
+    with pytest.raises(ConfigError, match="fp16"):
+        run_demo(tmp_path / "demo", precision="fp16")
+    assert not (tmp_path / "demo").exists()
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "demo"), "--precision", "fp16"])

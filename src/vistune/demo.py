@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -50,13 +50,19 @@ class DemoPlan:
     """Sample chats on held-out images, written to chats.md and scored there."""
     chats_shown: int = 3
     """How many of them the terminal prints."""
+    precision: str | None = None
+    """Replaces both recipes' `train.precision` (`fp32` runs a CPU with native bf16 the way a CPU without it
+    runs); None keeps the recipes' `auto`."""
 
     def recipe(self, stage: int) -> dict:
-        """The stage's run config as a mapping, read from `DEMO_CONFIGS`."""
+        """The stage's run config as a mapping, read from `DEMO_CONFIGS` (with `precision` applied)."""
         path = DEMO_CONFIGS / (self.stage1 if stage == 1 else self.stage2)
         if not path.is_file():
             raise FileNotFoundError(f"the demo's recipe {path} is missing; reinstall vistune")
-        return load_yaml(path)
+        recipe = load_yaml(path)
+        if self.precision is not None:
+            recipe.setdefault("train", {})["precision"] = self.precision
+        return recipe
 
 
 FULL = DemoPlan(name="full", train_images=1500, heldout_images=240, bench_questions=420,
@@ -471,6 +477,10 @@ def format_table(variants: dict) -> str:
     return "\n".join(rows)
 
 
-def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False) -> None:
-    """`vistune demo`: every step of the offline demo under `out` (finished steps are skipped unless `force`)."""
-    Demo(out, QUICK if quick else FULL, force=force).run()
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False,
+             precision: str | None = None) -> None:
+    """`vistune demo`: every step of the offline demo under `out` (finished steps are skipped unless `force`;
+    `precision` replaces the recipes' `train.precision`, and a changed one retrains)."""
+    if precision not in (None, "auto", "bf16", "fp32"):
+        raise ConfigError(f"precision={precision!r}: expected 'auto', 'bf16' or 'fp32'")
+    Demo(out, replace(QUICK if quick else FULL, precision=precision), force=force).run()
