@@ -76,8 +76,8 @@ NOTES = [
     "that the architecture stays the same; everything the projector learns starts from scratch",
     "sign reproduced: 'yes' when the difference to full and its whole 95 % interval are below zero, 'same sign, "
     "not significant' when the difference is below zero but the interval reaches zero, else 'no'",
-    "the features of the frozen tower are computed on the fly (vistune has no feature cache), so nothing of "
-    "that kind is shared",
+    "every variant reads the frozen tower's features from one feature cache under OUT (keyed by image and tower "
+    "settings, so last_layer's features are its own)",
 ]
 
 
