@@ -140,19 +140,25 @@ def test_target_needs_25_points_over_both_controls_and_10_over_shuffled_on_every
     assert any(r[0] == "full - shuffled_images, count" and r[-1] == "NO" for r in report.tables[-2].rows)
 
 
-def test_demo_precision_replaces_both_recipes_and_retrains(tmp_path):
+def test_demo_precision_and_seed_replace_both_recipes_and_retrain(tmp_path):
     from dataclasses import replace
 
     from vistune.config import ConfigError
     from vistune.demo import run_demo
 
-    fp32 = replace(FULL, precision="fp32")
-    assert [fp32.recipe(k)["train"]["precision"] for k in (1, 2)] == ["fp32", "fp32"]
-    assert [FULL.recipe(k)["train"]["precision"] for k in (1, 2)] == ["auto", "auto"]
-    # a stage's step params hold its recipe, so a run with another precision does not skip training
-    assert fp32.recipe(2) != FULL.recipe(2)
+    # the recipes train in fp32 (the same figures on every CPU) unless asked otherwise
+    assert [FULL.recipe(k)["train"]["precision"] for k in (1, 2)] == ["fp32", "fp32"]
+    auto = replace(FULL, precision="auto")
+    assert [auto.recipe(k)["train"]["precision"] for k in (1, 2)] == ["auto", "auto"]
+    seeded = replace(FULL, seed=2)
+    assert [seeded.recipe(k)["train"]["seed"] for k in (1, 2)] == [FULL.recipe(k)["train"]["seed"] + 2
+                                                                  for k in (1, 2)]
+    # a stage's step params hold its recipe, so a run with another precision or seed does not skip training
+    assert auto.recipe(2) != FULL.recipe(2) and seeded.recipe(1) != FULL.recipe(1)
     with pytest.raises(ConfigError, match="fp16"):
         run_demo(tmp_path / "demo", precision="fp16")
+    with pytest.raises(ConfigError, match="seed=-1"):
+        run_demo(tmp_path / "demo", seed=-1)
     assert not (tmp_path / "demo").exists()
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(tmp_path / "demo"), "--precision", "fp16"])

@@ -51,8 +51,10 @@ class DemoPlan:
     chats_shown: int = 3
     """How many of them the terminal prints."""
     precision: str | None = None
-    """Replaces both recipes' `train.precision` (`fp32` runs a CPU with native bf16 the way a CPU without it
-    runs); None keeps the recipes' `auto`."""
+    """Replaces both recipes' `train.precision` (`bf16` or `auto`: bf16 autocast, faster where the CPU has
+    native bf16, figures within its noise); None keeps the recipes' `fp32`, the same on every CPU."""
+    seed: int = 0
+    """Added to both recipes' `train.seed` (data order, initialisations): seed k of a several-seed report."""
 
     def recipe(self, stage: int) -> dict:
         """The stage's run config as a mapping, read from `DEMO_CONFIGS` (with `precision` applied)."""
@@ -60,8 +62,10 @@ class DemoPlan:
         if not path.is_file():
             raise FileNotFoundError(f"the demo's recipe {path} is missing; reinstall vistune")
         recipe = load_yaml(path)
+        train = recipe.setdefault("train", {})
         if self.precision is not None:
-            recipe.setdefault("train", {})["precision"] = self.precision
+            train["precision"] = self.precision
+        train["seed"] = train.get("seed", 0) + self.seed
         return recipe
 
 
@@ -478,9 +482,12 @@ def format_table(variants: dict) -> str:
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False,
-             precision: str | None = None) -> None:
+             precision: str | None = None, seed: int = 0) -> None:
     """`vistune demo`: every step of the offline demo under `out` (finished steps are skipped unless `force`;
-    `precision` replaces the recipes' `train.precision`, and a changed one retrains)."""
+    `precision` replaces the recipes' `train.precision` and `seed` is added to their `train.seed`; a changed
+    one retrains)."""
     if precision not in (None, "auto", "bf16", "fp32"):
         raise ConfigError(f"precision={precision!r}: expected 'auto', 'bf16' or 'fp32'")
-    Demo(out, replace(QUICK if quick else FULL, precision=precision), force=force).run()
+    if seed < 0:
+        raise ConfigError(f"seed={seed}: expected 0 or more")
+    Demo(out, replace(QUICK if quick else FULL, precision=precision, seed=seed), force=force).run()

@@ -13,9 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--quick", action="store_true", help="a small run (minutes) for smoke tests")
     demo.add_argument("--force", action="store_true", help="redo finished steps")
     demo.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
-                      help="training precision for both stages, replacing the recipes' `auto` (bf16 autocast "
-                           "where the CPU has native bf16, else fp32); `fp32` reproduces a CPU without native "
-                           "bf16; a changed precision retrains")
+                      help="training precision for both stages instead of the recipes' fp32 (the same figures "
+                           "on every CPU); `auto` trains in bf16 autocast where the CPU has native bf16 (faster, "
+                           "figures within bf16's noise); a changed precision retrains")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="added to both stages' train.seed (data order, initialisations); a changed seed "
+                           "retrains")
     demo.set_defaults(func=demo_command)
     _register_ablate(sub)
 
@@ -39,7 +42,7 @@ def _register_ablate(sub: argparse._SubParsersAction) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     from vistune.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, force=args.force, precision=args.precision)
+    run_demo(args.out, quick=args.quick, force=args.force, precision=args.precision, seed=args.seed)
     return 0
 
 
