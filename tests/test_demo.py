@@ -162,3 +162,42 @@ def test_demo_precision_and_seed_replace_both_recipes_and_retrain(tmp_path):
     assert not (tmp_path / "demo").exists()
     with pytest.raises(SystemExit):
         main(["demo", "--out", str(tmp_path / "demo"), "--precision", "fp16"])
+
+
+def test_seeds_report_gives_mean_and_std_per_variant_type_and_margin(tmp_path):
+    from vistune.demo import seed_dir, seeds_report
+
+    def one(full: float, shuffled: float, prior: float) -> dict:
+        by = lambda x: {"colour": x, "count": x - 10.0}  # noqa: E731
+        return {"variants": {"full": {"overall": full, "by_type": by(full)},
+                             "shuffled_images": {"overall": shuffled, "by_type": by(shuffled)},
+                             "answer_prior": {"overall": prior, "by_type": by(prior)}},
+                "cpu": "Test CPU", "stopped_early": False}
+
+    report = seeds_report([one(60.0, 30.0, 25.0), one(64.0, 32.0, 25.0), one(68.0, 40.0, 25.0)])
+    full = report.data["variants"]["full"]
+    assert full["overall"]["mean"] == pytest.approx(64.0) and full["overall"]["std"] == pytest.approx(4.0)
+    assert full["count"]["mean"] == pytest.approx(54.0)
+    over_shuffled = report.data["margins"]["shuffled_images"]["overall"]
+    assert over_shuffled["mean"] == pytest.approx(30.0)  # margins 30, 32, 28
+    assert over_shuffled["std"] == pytest.approx(2.0)
+    # the target is checked on the means: +30 over shuffled but +39 over the prior and +30 per type: met
+    assert report.data["target"]["met"] is True
+    assert report.data["per_seed"][2]["full"] == 68.0
+    paths = write_report(report, tmp_path, json_name="seeds.json", md_name="seeds.md", png_name="seeds.png")
+    md = paths["md"].read_text()
+    assert "64.0 ± 4.0" in md and "30.0 ± 2.0" in md and paths["png"].read_bytes()[:4] == b"\x89PNG"
+    low = seeds_report([one(50.0, 45.0, 25.0), one(52.0, 45.0, 25.0)])
+    assert low.data["target"]["met"] is False
+    assert seed_dir(tmp_path, 0) == tmp_path and seed_dir(tmp_path, 2) == tmp_path / "seeds" / "seed-2"
+
+
+def test_demo_refuses_a_seed_together_with_seeds(tmp_path):
+    from vistune.config import ConfigError
+    from vistune.demo import run_demo
+
+    with pytest.raises(ConfigError, match="not both"):
+        run_demo(tmp_path / "demo", seed=1, seeds=3)
+    with pytest.raises(ConfigError, match="at least 1 seed"):
+        run_demo(tmp_path / "demo", seeds=0)
+    assert not (tmp_path / "demo").exists()

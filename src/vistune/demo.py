@@ -19,7 +19,7 @@ from typing import Callable
 from vistune.config import ConfigError, RunConfig, apply_overrides, from_dict, load_yaml
 from vistune.conversation import IMAGE_PLACEHOLDER
 from vistune.data.synth import BENCH_FILE, BENCH_IN_DISTRIBUTION_FILE, render_world
-from vistune.eval.report import Report, Table
+from vistune.eval.report import Chart, Report, Table, mean_std
 from vistune.eval.report import write_report as write_any_report
 from vistune.eval.scoring import CONTROLS, count_is_right, names_every_object, variants_report
 from vistune.utils.io import atomic_write_json, atomic_write_text, read_json_or_jsonl
@@ -481,13 +481,85 @@ def format_table(variants: dict) -> str:
     return "\n".join(rows)
 
 
+def seed_dir(out: str | Path, seed: int) -> Path:
+    """Where `vistune demo --seeds N` runs seed k: OUT itself for seed 0 (the plain demo), else OUT/seeds/seed-k."""
+    return Path(out) if seed == 0 else Path(out) / "seeds" / f"seed-{seed}"
+
+
+def seeds_report(reports: list[dict]) -> Report:
+    """Several seeds' demo reports (`report.json` data, the same plan) as one: per variant and type the mean ±
+    sample standard deviation, the margins over the controls likewise, and the target checked on the means."""
+    if not reports:
+        raise ValueError("no demo reports to combine")
+    names = list(reports[0]["variants"])
+    types = list(reports[0]["variants"]["full"]["by_type"])
+    rows_of = types + ["overall"]
+
+    def value(r: dict, v: str, t: str) -> float:
+        return r["variants"][v]["overall"] if t == "overall" else r["variants"][v]["by_type"][t]
+
+    def spread(fn: Callable[[dict], float]) -> dict:
+        m, sd = mean_std([fn(r) for r in reports])
+        return {"mean": m, "std": sd}
+
+    stats = {v: {t: spread(lambda r, v=v, t=t: value(r, v, t)) for t in rows_of} for v in names}
+    margins = {c: {t: spread(lambda r, c=c, t=t: value(r, "full", t) - value(r, c, t)) for t in rows_of}
+               for c in CONTROLS if c in names}
+    means = {v: {"overall": stats[v]["overall"]["mean"], "by_type": {t: stats[v][t]["mean"] for t in types}}
+             for v in names}
+    target = target_check(means)
+
+    def cell(d: dict) -> str:
+        return f"{d['mean']:.1f} ± {d['std']:.1f}"
+
+    table = Table(["type"] + names + [f"full - {c}" for c in margins],
+                  [[t] + [cell(stats[v][t]) for v in names] + [cell(margins[c][t]) for c in margins]
+                   for t in rows_of],
+                  caption=f"Accuracy (%), mean ± sample standard deviation over {len(reports)} seeds.")
+    stopped = [k for k, r in enumerate(reports) if r.get("stopped_early")]
+    report = Report(
+        title=f"Shapes benchmark: {len(reports)} seeds",
+        data={"seeds": len(reports), "variants": stats, "margins": margins, "target": target,
+              "stopped_early": bool(stopped), "cpu": reports[0].get("cpu"),
+              "per_seed": [{v: r["variants"][v]["overall"] for v in names} for r in reports]},
+        tables=[table],
+        notes=[f"target ({'met' if target['met'] else 'NOT met'} on the means): full at least {TARGET_OVERALL:g} "
+               f"points above both controls overall and at least {TARGET_BY_TYPE:g} above shuffled_images on "
+               "every type", "seed k adds k to both stages' train.seed; worlds, data and questions are the same"],
+        chart=Chart(rows_of, {v: [stats[v][t]["mean"] for t in rows_of] for v in names},
+                    title=f"accuracy by question type, mean of {len(reports)} seeds (bars: ± one std)",
+                    ylabel="accuracy (%)",
+                    intervals={v: [(stats[v][t]["mean"] - stats[v][t]["std"], stats[v][t]["mean"] + stats[v][t]["std"])
+                                   for t in rows_of] for v in names}))
+    if stopped:
+        report.warnings.append(f"{STOPPED_EARLY}: seed(s) {', '.join(map(str, stopped))}")
+    return report
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False,
-             precision: str | None = None, seed: int = 0) -> None:
+             precision: str | None = None, seed: int = 0, seeds: int = 1) -> None:
     """`vistune demo`: every step of the offline demo under `out` (finished steps are skipped unless `force`;
     `precision` replaces the recipes' `train.precision` and `seed` is added to their `train.seed`; a changed
-    one retrains)."""
+    one retrains). With `seeds` N > 1: seeds 0..N-1, each in `seed_dir(out, k)`, then `out/seeds.{json,md,png}`
+    with the mean ± standard deviation over them."""
     if precision not in (None, "auto", "bf16", "fp32"):
         raise ConfigError(f"precision={precision!r}: expected 'auto', 'bf16' or 'fp32'")
-    if seed < 0:
-        raise ConfigError(f"seed={seed}: expected 0 or more")
-    Demo(out, replace(QUICK if quick else FULL, precision=precision, seed=seed), force=force).run()
+    if seed < 0 or seeds < 1:
+        raise ConfigError(f"seed={seed}, seeds={seeds}: expected a seed of 0 or more and at least 1 seed")
+    if seeds > 1 and seed:
+        raise ConfigError("give either --seed (one run) or --seeds (seeds 0..N-1), not both")
+    plan = replace(QUICK if quick else FULL, precision=precision)
+    if seeds == 1:
+        Demo(out, replace(plan, seed=seed), force=force).run()
+        return
+    reports = []
+    for k in range(seeds):
+        reports.append(Demo(seed_dir(out, k), replace(plan, seed=k), force=force).run())
+    report = seeds_report(reports)
+    paths = write_any_report(report, out, json_name="seeds.json", md_name="seeds.md", png_name="seeds.png")
+    table = report.tables[0]
+    shown = [table.header.index(h) for h in ("full", "full - shuffled_images") if h in table.header]
+    print(table.caption)
+    for row in [table.header] + table.rows:
+        print(f"{row[0]:<18}" + "".join(f"{row[i]:>26}" for i in shown))
+    print(f"seeds report: {paths['md']}")

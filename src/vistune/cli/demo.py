@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0,
                       help="added to both stages' train.seed (data order, initialisations); a changed seed "
                            "retrains")
+    demo.add_argument("--seeds", type=int, default=1,
+                      help="run seeds 0..N-1 (seed 0 in --out, seed k in OUT/seeds/seed-k) and write "
+                           "OUT/seeds.md, seeds.json and seeds.png with the mean ± standard deviation")
     demo.set_defaults(func=demo_command)
     _register_ablate(sub)
 
@@ -42,7 +45,8 @@ def _register_ablate(sub: argparse._SubParsersAction) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     from vistune.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, force=args.force, precision=args.precision, seed=args.seed)
+    run_demo(args.out, quick=args.quick, force=args.force, precision=args.precision, seed=args.seed,
+             seeds=args.seeds)
     return 0
 
 
