@@ -168,7 +168,9 @@ def test_seeds_report_gives_mean_and_std_per_variant_type_and_margin(tmp_path):
     from vistune.demo import seed_dir, seeds_report
 
     def one(full: float, shuffled: float, prior: float) -> dict:
-        by = lambda x: {"colour": x, "count": x - 10.0}  # noqa: E731
+        def by(x: float) -> dict:
+            return {"colour": x, "count": x - 10.0}
+
         return {"variants": {"full": {"overall": full, "by_type": by(full)},
                              "shuffled_images": {"overall": shuffled, "by_type": by(shuffled)},
                              "answer_prior": {"overall": prior, "by_type": by(prior)}},

@@ -523,9 +523,9 @@ def seeds_report(reports: list[dict]) -> Report:
               "stopped_early": bool(stopped), "cpu": reports[0].get("cpu"),
               "per_seed": [{v: r["variants"][v]["overall"] for v in names} for r in reports]},
         tables=[table],
-        notes=[f"target ({'met' if target['met'] else 'NOT met'} on the means): full at least {TARGET_OVERALL:g} "
-               f"points above both controls overall and at least {TARGET_BY_TYPE:g} above shuffled_images on "
-               "every type", "seed k adds k to both stages' train.seed; worlds, data and questions are the same"],
+        notes=[(f"target ({'met' if target['met'] else 'NOT met'} on the means): full at least {TARGET_OVERALL:g} "
+                f"points above both controls overall and at least {TARGET_BY_TYPE:g} above shuffled_images on "
+                "every type"), "seed k adds k to both stages' train.seed; worlds, data and questions are the same"],
         chart=Chart(rows_of, {v: [stats[v][t]["mean"] for t in rows_of] for v in names},
                     title=f"accuracy by question type, mean of {len(reports)} seeds (bars: ± one std)",
                     ylabel="accuracy (%)",
