@@ -84,7 +84,7 @@ def test_demo_runs_its_shipped_recipes(tmp_path):
             expected = load_run_config(ROOT / "demo" / name, paths, read_init_from=False)
             assert to_dict(demo._run_config(stage)) == to_dict(expected)
     full2 = load_run_config(ROOT / "demo" / "stage2.yaml", read_init_from=False)
-    assert (full2.train.max_steps, full2.train.lr, full2.train.global_batch_size) == (200, 5e-5, 16)
+    assert (full2.train.max_steps, full2.train.lr, full2.train.global_batch_size) == (90, 5e-5, 16)
 
 
 def test_recipes_follow_the_papers():

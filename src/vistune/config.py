@@ -309,6 +309,10 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+"""The values of `train.precision`."""
+
+
 @dataclass
 class TrainConfig:
     stage: int = 1
@@ -428,7 +432,7 @@ class TrainConfig:
         self.check_batch(1)
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"train.max_grad_norm must be positive or null, got {self.max_grad_norm}")
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision={self.precision!r}: expected 'auto', 'bf16' or 'fp32'")
         if self.lora and self.stage != 2:
             raise ConfigError("train.lora=true needs train.stage=2 (stage 1 trains only the projector)")

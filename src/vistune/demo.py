@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from vistune.config import ConfigError, RunConfig, apply_overrides, from_dict, load_yaml
+from vistune.config import PRECISIONS, ConfigError, RunConfig, apply_overrides, from_dict, load_yaml
 from vistune.conversation import IMAGE_PLACEHOLDER
 from vistune.data.synth import BENCH_FILE, BENCH_IN_DISTRIBUTION_FILE, render_world
 from vistune.eval.report import Chart, Report, Table, mean_std
@@ -57,7 +57,7 @@ class DemoPlan:
     """Added to both recipes' `train.seed` (data order, initialisations): seed k of a several-seed report."""
 
     def recipe(self, stage: int) -> dict:
-        """The stage's run config as a mapping, read from `DEMO_CONFIGS` (with `precision` applied)."""
+        """The stage's run config as a mapping, read from `DEMO_CONFIGS` (with `precision` and `seed` applied)."""
         path = DEMO_CONFIGS / (self.stage1 if stage == 1 else self.stage2)
         if not path.is_file():
             raise FileNotFoundError(f"the demo's recipe {path} is missing; reinstall vistune")
@@ -542,7 +542,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = F
     `precision` replaces the recipes' `train.precision` and `seed` is added to their `train.seed`; a changed
     one retrains). With `seeds` N > 1: seeds 0..N-1, each in `seed_dir(out, k)`, then `out/seeds.{json,md,png}`
     with the mean ± standard deviation over them."""
-    if precision not in (None, "auto", "bf16", "fp32"):
+    if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r}: expected 'auto', 'bf16' or 'fp32'")
     if seed < 0 or seeds < 1:
         raise ConfigError(f"seed={seed}, seeds={seeds}: expected a seed of 0 or more and at least 1 seed")

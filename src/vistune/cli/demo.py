@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vistune.cli.common import add_command
+from vistune.config import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="runs/demo", help="run directory")
     demo.add_argument("--quick", action="store_true", help="a small run (minutes) for smoke tests")
     demo.add_argument("--force", action="store_true", help="redo finished steps")
-    demo.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+    demo.add_argument("--precision", choices=PRECISIONS, default=None,
                       help="training precision for both stages instead of the recipes' fp32 (the same figures "
                            "on every CPU); `auto` trains in bf16 autocast where the CPU has native bf16 (faster, "
                            "figures within bf16's noise); a changed precision retrains")
