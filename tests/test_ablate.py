@@ -104,7 +104,7 @@ def test_quick_study_end_to_end_and_a_second_run_skips_every_step(tmp_path, caps
     assert lo <= ablated["difference_to_full"] <= hi
     assert (out / "ablations.md").read_text().count("no_instruction_tuning") >= 2
     assert (out / "ablations.png").stat().st_size > 0
-    assert (out / "runs" / "seed0" / "full" / "final" / "config.json").exists()
+    assert (out / "stage2" / "final" / "config.json").exists()  # seed 0 of the full recipe is the demo in OUT
     assert not (out / "runs" / "seed0" / "last_layer").exists()  # only what was asked
     capsys.readouterr()
     assert main(["ablate", "--out", str(out), "--quick", "--seeds", "1", "--only", "no_instruction_tuning"]) == 0

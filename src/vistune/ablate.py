@@ -1,11 +1,12 @@
 """`vistune ablate`: the paper's ablations on the synthetic world, each against the full recipe (the demo's),
 with the same steps and seeds, scored on the demo's held-out benchmark.
 
-Every variant trains with the demo's recipes (`configs/demo/`); only what the ablation names changes. Seed k
-sets `train.seed` of both stages to the recipe's seed + k. Shared between variants where identical: the worlds,
-the stage-1 data and each seed's stage 1 (full, no_instruction_tuning, conversation_only, answer_first and,
-for its feature statistics, no_pretraining). Every step is a demo step (`vistune.demo.Demo.step`): written
-atomically, skipped when done with the same params, a killed training resumed from its last checkpoint.
+Every variant trains with the demo's recipes (`configs/demo/`); only what the ablation names changes. Seed k's
+full recipe is the demo's seed k (`vistune demo --seeds`: OUT for seed 0, OUT/seeds/seed-k else), so a study and a
+demo with the same OUT train it once. Shared between variants where identical: the worlds, the data and each
+seed's stage 1 (full, no_instruction_tuning, conversation_only, answer_first and, for its feature statistics,
+no_pretraining); one feature cache, OUT/feature-cache. Every step is a demo step (`vistune.demo.Demo.step`):
+written atomically, skipped when done with the same params, a killed training resumed from its last checkpoint.
 
 Writes `ablations.json`, `ablations.md` and `ablations.png` under OUT: per variant and seed the overall and
 by-type accuracy; per variant the mean ± standard deviation over seeds, the difference to the full recipe
@@ -24,7 +25,7 @@ import numpy as np
 
 from vistune.config import to_dict
 from vistune.data.world import QUESTION_TYPES
-from vistune.demo import FULL, QUICK, STAGE2_MIX, Demo, stage1_engine, train_stage
+from vistune.demo import FULL, QUICK, STAGE2_MIX, Demo, seed_demo, stage1_engine, train_stage
 from vistune.errors import UserError
 from vistune.eval.report import Chart, Report, Table, bootstrap_ci, mean_std, write_report
 from vistune.eval.scoring import is_correct
@@ -116,107 +117,107 @@ def sign_reproduced(diff: float, ci: tuple[float, float] | None) -> str:
 
 
 class Study:
+    """The ablation study under `out`. Seed k's full recipe is the demo's seed k (`vistune.demo.seed_demo`: `out`
+    itself for seed 0, `out/seeds/seed-k` else), so a study and `vistune demo [--seeds N]` with the same `--out`
+    share the worlds, the data, both stages of the full recipe and the feature cache."""
+
     def __init__(self, out: str | Path, seeds: int, names: list[str], quick: bool, force: bool = False,
                  progress: bool = True, log: Callable[[str], None] = print) -> None:
         self.out = Path(out)
         self.seeds = seeds
         self.names = names
-        self.demo = Demo(self.out, QUICK if quick else FULL, force=force, progress=progress, log=log)
+        self.plan = QUICK if quick else FULL
+        self.force = force
         self.progress = progress
         self.log = log
 
-    def step(self, name: str, fn: Callable[[], dict | None], params: dict) -> dict:
-        return self.demo.step(name, fn, params)
+    def demo(self, k: int) -> Demo:
+        return seed_demo(self.out, self.plan, k, force=self.force, progress=self.progress, log=self.log)
 
     # ---------------------------------------------------------------------------------------------
 
     def run(self) -> dict:
         start = time.time()
-        demo = self.demo
-        world = demo.prepare_world()
-        data = {"world": world}
-        data_steps = {"full": ("stage2.json", STAGE2_MIX, False),
-                      "conversation_only": ("stage2_conversation_only.json", {**STAGE2_MIX, "detail_complex_ratio": 0},
-                                            False),
-                      "answer_first": ("stage2_answer_first.json", STAGE2_MIX, True)}
-        for variant, (file, mix, answer_first) in data_steps.items():
-            if variant == "full" or variant in self.names:
-                params = {"world": world, "mix": mix, "answer_first": answer_first}
-                self.step(f"data-{variant}", lambda f=file, m=mix, a=answer_first: demo._stage2_data(m, f, a), params)
-                data[variant] = params
-        bench = demo.bench()
         evals: dict[str, dict[int, dict]] = {}
         for k in range(self.seeds):
-            for variant, result in self._seed(k, data).items():
+            for variant, result in self._seed(k).items():
                 evals.setdefault(variant, {})[k] = result
-        summary = summarise(evals, bench, demo.plan.name)
+        summary = summarise(evals, self.demo(0).bench(), self.plan.name)
         write_report(ablation_report(summary), self.out, json_name="ablations.json", md_name="ablations.md",
                      png_name="ablations.png")
         self.log(format_summary(summary))
         self.log(f"ablations finished in {(time.time() - start) / 60:.1f} min; report: {self.out / 'ablations.md'}")
         return summary
 
-    def _seed(self, k: int, data: dict) -> dict[str, dict]:
+    def _seed(self, k: int) -> dict[str, dict]:
         """Train and evaluate every variant for seed k; {variant: evaluation result}."""
-        demo, runs = self.demo, self.out / "runs"
+        demo, runs = self.demo(k), self.out / "runs" / f"seed{k}"
+        full = demo.train()  # the demo's seed k: its worlds, data and both stages
+        data = {"full": {"world": full.world, "mix": STAGE2_MIX}}
+        for variant, (mix, answer_first) in DATA_VARIANTS.items():
+            if variant in self.names:
+                params = {"world": full.world, "mix": mix, "answer_first": answer_first}
+                demo.step(f"data-{variant}", lambda m=mix, v=variant, a=answer_first:
+                          demo._stage2_data(m, _data_file(v), a), params)
+                data[variant] = params
         results = {}
 
         def stage(name: str, n: int, changes: dict, params: dict) -> tuple[str, dict]:
             run = demo._run_config(n, changes)
             p = {**params, "run": to_dict(run)}
-            result = self.step(name, lambda: train_stage(run, progress=self.progress, redo=demo.redo), p)
+            result = demo.step(name, lambda: train_stage(run, progress=self.progress, redo=demo.redo), p)
             return result["model"], p
 
         def evaluate(variant: str, model_fn: Callable, params: dict) -> None:
-            results[variant] = self.step(f"seed{k}-{variant}-eval", lambda: self._evaluate(variant, k, model_fn()),
+            results[variant] = demo.step(f"ablate-{variant}-eval", lambda: self._evaluate(demo, variant, k, model_fn()),
                                          {"model": params, "bench_questions": demo.plan.bench_questions})
-
-        seed = {"train.seed": demo.plan.recipe(1)["train"].get("seed", 0) + k}
-        seed2 = {"train.seed": demo.plan.recipe(2)["train"].get("seed", 0) + k}
-        s1, s1p = stage(f"seed{k}-stage1", 1, {**seed, "output_dir": str(runs / f"seed{k}" / "stage1")}, data["world"])
 
         def stage2(variant: str, init_from: str, init_params: dict, data_variant: str = "full",
                    extra: dict | None = None) -> tuple[str, dict]:
-            changes = {**seed2, "init_from": init_from, "output_dir": str(runs / f"seed{k}" / variant),
+            changes = {"init_from": init_from, "output_dir": str(runs / variant),
                        "data.path": str(demo.data / _data_file(data_variant)), **(extra or {})}
-            return stage(f"seed{k}-{variant}", 2, changes, {"start": init_params, "data": data[data_variant]})
+            return stage(f"ablate-{variant}", 2, changes, {"start": init_params, "data": data[data_variant]})
 
-        full, fullp = stage2("full", s1, s1p)
-        evaluate("full", lambda: full, fullp)
+        evaluate("full", lambda: full.stage2, full.stage2_params)
         if "no_instruction_tuning" in self.names:
-            evaluate("no_instruction_tuning", lambda: stage1_engine(s1, full), {"stage1": s1p, "asked_as": fullp})
+            evaluate("no_instruction_tuning", lambda: stage1_engine(full.stage1, full.stage2),
+                     {"stage1": full.stage1_params, "asked_as": full.stage2_params})
         if "no_pretraining" in self.names:
-            start_dir = runs / f"seed{k}" / "no_pretraining_start"
-            startp = {"from": s1p, "reset_seed": seed2["train.seed"]}
-            self.step(f"seed{k}-no_pretraining-start",
-                      lambda: untrained_projector(s1, start_dir, seed2["train.seed"]), startp)
+            start_dir = runs / "no_pretraining_start"
+            seed2 = demo.plan.recipe(2)["train"]["seed"]
+            startp = {"from": full.stage1_params, "reset_seed": seed2}
+            demo.step("ablate-no_pretraining-start", lambda: untrained_projector(full.stage1, start_dir, seed2), startp)
             model, p = stage2("no_pretraining", str(start_dir), startp)
             evaluate("no_pretraining", lambda: model, p)
         if "last_layer" in self.names:
             last = {"model.vision_layer": -1}
-            l1, l1p = stage(f"seed{k}-last_layer-stage1", 1,
-                            {**seed, **last, "output_dir": str(runs / f"seed{k}" / "last_layer_stage1")},
-                            data["world"])
+            l1, l1p = stage("ablate-last_layer-stage1", 1, {**last, "output_dir": str(runs / "last_layer_stage1")},
+                            full.world)
             model, p = stage2("last_layer", l1, l1p, extra=last)
             evaluate("last_layer", lambda: model, p)
-        for variant in ("conversation_only", "answer_first"):
+        for variant in DATA_VARIANTS:
             if variant in self.names:
-                model, p = stage2(variant, s1, s1p, data_variant=variant)
+                model, p = stage2(variant, full.stage1, full.stage1_params, data_variant=variant)
                 evaluate(variant, lambda m=model: m, p)
         return results
 
-    def _evaluate(self, variant: str, k: int, model) -> dict:
+    def _evaluate(self, demo: Demo, variant: str, k: int, model) -> dict:
         """Score a model (a checkpoint path or an engine) on the bench; keeps each question's correctness."""
         from vistune.eval.shapes import evaluate
         from vistune.inference.engine import Engine
 
         engine = Engine.from_checkpoint(model) if isinstance(model, str) else model
-        bench = self.demo.bench()
+        bench = demo.bench()
         out = self.out / "eval" / f"seed{k}" / variant
-        report = evaluate(engine, bench, self.demo.world / "heldout" / "images", out, progress=self.progress)
+        report = evaluate(engine, bench, demo.world / "heldout" / "images", out, progress=self.progress)
         answers = {a["id"]: a["prediction"] for a in read_json_or_jsonl(out / "answers.jsonl")}
         return {"overall": report["overall"], "by_type": report["by_type"], "n": report["n"],
                 "correct": [int(is_correct(answers.get(q["id"]), q["answer"])) for q in bench]}
+
+
+DATA_VARIANTS = {"conversation_only": ({**STAGE2_MIX, "detail_complex_ratio": 0}, False),
+                 "answer_first": (STAGE2_MIX, True)}
+"""The ablations that change only the stage-2 data: (the mix, reasoning answers conclusion first)."""
 
 
 def _data_file(variant: str) -> str:

@@ -93,9 +93,22 @@ TARGET_BY_TYPE = 10.0
 STOPPED_EARLY = "stopped early: figures not comparable"
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A demo's trained recipe: both stages' models and the step params that identify them."""
+
+    world: dict
+    stage1_params: dict
+    stage1: str
+    """The stage-1 model (a checkpoint directory)."""
+    stage2_params: dict
+    stage2: str
+    """The stage-2 model: the full recipe's assistant."""
+
+
 class Demo:
     def __init__(self, out: str | Path, plan: DemoPlan, force: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, feature_cache: str | Path | None = None) -> None:
         self.out = Path(out)
         self.plan = plan
         self.force = force
@@ -103,6 +116,9 @@ class Demo:
         self.log = log
         self.world = self.out / "world"
         self.data = self.out / "data"
+        self.feature_cache = Path(feature_cache) if feature_cache is not None else self.out / "feature-cache"
+        """The tower's features, both stages (keyed by image content and tower settings, so runs whose worlds
+        are rendered alike, such as the seeds of `vistune demo --seeds`, can share one)."""
         self.redo = force
 
     # ---------------------------------------------------------------------------------------------
@@ -145,8 +161,8 @@ class Demo:
         self.step("stage1_data", self._stage1_data, world)
         return world
 
-    def run(self) -> dict:
-        start = time.time()
+    def train(self) -> Trained:
+        """The worlds, the data and both stages of the recipe (each skipped when done)."""
         p = self.plan
         world = self.prepare_world()
         s1 = {"world": world, "recipe": p.recipe(1)}
@@ -154,9 +170,15 @@ class Demo:
         self.step("stage2_data", self._stage2_data, {"world": world, "mix": STAGE2_MIX})
         s2 = {"stage1": s1, "mix": STAGE2_MIX, "recipe": p.recipe(2)}
         stage2 = self.step("stage2", lambda: self._train(2), s2)
-        report = self.step("benchmark", lambda: self._benchmark(stage1["model"], stage2["model"]),
-                           {"bench_questions": p.bench_questions, "stage2": s2, "bench": BENCH_LAYOUT})
-        self._chats(stage2["model"])
+        return Trained(world, s1, stage1["model"], s2, stage2["model"])
+
+    def run(self) -> dict:
+        start = time.time()
+        t = self.train()
+        report = self.step("benchmark", lambda: self._benchmark(t.stage1, t.stage2),
+                           {"bench_questions": self.plan.bench_questions, "stage2": t.stage2_params,
+                            "bench": BENCH_LAYOUT})
+        self._chats(t.stage2)
         self.log(format_table(report["variants"]))
         for line in summary_lines(report):
             self.log(line)
@@ -206,7 +228,7 @@ class Demo:
             "data.path": str(self.data / f"stage{stage}.json"),
             "data.image_folder": str(self.world / "train" / "images"),
             "output_dir": str(self.out / f"stage{stage}"),
-            "train.feature_cache_dir": str(self.out / "feature-cache"),  # both stages read the tower once per image
+            "train.feature_cache_dir": str(self.feature_cache),  # both stages read the tower once per image
         }
         if data.get("train", {}).get("projector_init_captions") is not None:
             # the ridge warm start reads all of an image's captions, stage 1 trains on one per image
@@ -486,6 +508,14 @@ def seed_dir(out: str | Path, seed: int) -> Path:
     return Path(out) if seed == 0 else Path(out) / "seeds" / f"seed-{seed}"
 
 
+def seed_demo(out: str | Path, plan: DemoPlan, seed: int, force: bool = False, progress: bool = True,
+              log: Callable[[str], None] = print) -> Demo:
+    """Seed k of a several-seed run under `out` (in `seed_dir(out, k)`); every seed reads the tower's features
+    from `out/feature-cache` (the seeds' worlds are rendered alike, so the cache is shared)."""
+    return Demo(seed_dir(out, seed), replace(plan, seed=seed), force=force, progress=progress, log=log,
+                feature_cache=Path(out) / "feature-cache")
+
+
 def seeds_report(reports: list[dict]) -> Report:
     """Several seeds' demo reports (`report.json` data, the same plan) as one: per variant and type the mean ±
     sample standard deviation, the margins over the controls likewise, and the target checked on the means."""
@@ -552,9 +582,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = F
     if seeds == 1:
         Demo(out, replace(plan, seed=seed), force=force).run()
         return
-    reports = []
-    for k in range(seeds):
-        reports.append(Demo(seed_dir(out, k), replace(plan, seed=k), force=force).run())
+    reports = [seed_demo(out, plan, k, force=force).run() for k in range(seeds)]
     report = seeds_report(reports)
     paths = write_any_report(report, out, json_name="seeds.json", md_name="seeds.md", png_name="seeds.png")
     table = report.tables[0]
