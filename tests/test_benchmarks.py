@@ -61,3 +61,11 @@ def test_bench_peer_inference_runs_both_sides_on_the_same_tiny_model(tmp_path):
     for key in ("v_ttft", "p_ttft", "v_follow", "p_follow", "v_reprocess"):
         assert 0 < result[key] < 60, key
     assert result["v_decode"] > 0 and result["p_decode"] > 0
+
+
+def test_bench_prefix_answers_the_same_both_ways_on_a_tiny_model(capsys):
+    """The kept prompt start covers the system turn and changes no answer (the script exits if answers differ)."""
+    result = _module("bench_prefix").main(["--tiny", "--questions", "8", "--rounds", "1"])
+    assert 8 <= result["shared_positions"] < result["prompt_positions"]
+    assert set(result["rate"]) == {"whole prompt", "kept prompt start"} and all(v > 0 for v in result["rate"].values())
+    assert "answers identical" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from vistune.cli import main
 from vistune.conversation import conversation_messages
 from vistune.inference.assistant import Assistant
 from vistune.inference.chat import ChatSession
-from vistune.inference.engine import Engine, Request, RequestError
+from vistune.inference.engine import PREFIX_MIN, Engine, Request, RequestError
 from vistune.inference.generate import SamplingError, SamplingParams, TextStream
 from vistune.model.checkpoint import save_checkpoint
 from vistune.model.tiny import tiny_vlm
@@ -337,3 +337,31 @@ def test_infer_reads_image_lists_and_answers_with_every_image(checkpoint, engine
     (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "text": "q"}\n{oops\n')
     with pytest.raises(QuestionsError, match="bad.jsonl:2: invalid JSON"):
         read_questions(tmp_path / "bad.jsonl")
+
+
+def test_the_shared_prompt_start_runs_once_and_changes_no_answer():
+    model = chatty_tiny_vlm()
+    plain, reuse = Engine(model, prefix_reuse=False), Engine(model)
+    requests = mixed_requests()
+    ids = [reuse.render(r) for r in requests]
+    n = reuse._prefix_length(ids)
+    assert n >= PREFIX_MIN and all(x[:n] == ids[0][:n] for x in ids)  # the template's system turn
+    assert plain._prefix_length(ids) == 0
+    reference = plain.generate(requests, batch_size=8)
+    answers = reuse.generate(requests, batch_size=8)
+    assert [c.token_ids for c in answers] == [c.token_ids for c in reference]
+    assert [c.prompt_tokens for c in answers] == [c.prompt_tokens for c in reference]
+    kept_ids, kept = reuse._prefix
+    assert kept_ids == tuple(ids[0][:n]) and kept.get_seq_length() == n  # decoding extended copies, not it
+    # a later batch continues the kept prefix; its next-token logits equal a whole prefill's
+    first = reuse.decoder(reuse.prepare(requests[:3]))
+    assert reuse._prefix[1] is kept
+    assert first.cache.get_seq_length() == max(len(x) for x in ids[:3])
+    torch.testing.assert_close(first.logits, plain.decoder(plain.prepare(requests[:3])).logits, atol=1e-4, rtol=1e-4)
+    # one request alone (what the stream and the server's first batch run) reuses it too
+    assert "".join(reuse.stream(requests[2])) == reference[2].text
+    # another system prompt is another prefix: it replaces the kept one (the engine keeps one)
+    other = Request.of("Hi", None, params=SamplingParams(max_new_tokens=6), history=[("Who are you?", "A model.")],
+                       system="You are terse and precise at all times.")
+    assert reuse.generate([other])[0].token_ids == plain.generate([other])[0].token_ids
+    assert reuse._prefix[0] != kept_ids

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vistune.conversation import IMAGE_TOKEN_ID, conversation_messages
 from vistune.inference.engine import Engine, Request
-from vistune.inference.generate import BatchDecoder, SamplingParams
+from vistune.inference.generate import BatchDecoder, SamplingParams, shared_prefix
 
 
 class ChatSession:
@@ -80,7 +80,7 @@ class ChatSession:
         new_images = self.images[len(self._features):]
         if new_images:
             self._features += list(engine.encode_images(new_images))
-        keep = min(_shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
+        keep = min(shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
         n_image = model.num_image_tokens
         while ids[:keep].count(IMAGE_TOKEN_ID) % n_image:
             keep -= 1  # never split an image span: its features are spliced in whole
@@ -116,11 +116,3 @@ class ChatSession:
 
     def ask(self, question: str, params: SamplingParams | None = None) -> str:
         return "".join(self.ask_stream(question, params))
-
-
-def _shared_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

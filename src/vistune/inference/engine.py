@@ -9,6 +9,12 @@ Requests are rendered with the model's template, images are encoded in one tower
 prompts of similar length are batched together (left-padded; answers do not depend on the batching).
 `EngineWorker` owns the engine in one thread and batches requests submitted concurrently (the server):
 new requests join the running batch between tokens.
+
+The text every prompt of a batch starts with (the template's system turn, up to the first image or the first
+word that differs) runs through the LLM once and is kept: later batches with the same start continue its
+key/values instead of recomputing them (`prefix_reuse`). One such prefix is kept, so the engine's state does
+not grow with the requests; it assumes the model's weights stay as they are (after changing them, call
+`clear_prefix`).
 """
 
 from __future__ import annotations
@@ -22,11 +28,23 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from vistune.conversation import Message, RenderError, conversation_messages
-from vistune.inference.generate import BatchDecoder, FinishReason, SamplingParams, StepEvent
+from vistune.conversation import IMAGE_TOKEN_ID, Message, RenderError, conversation_messages
+from vistune.inference.generate import (
+    BatchDecoder,
+    FinishReason,
+    SamplingParams,
+    StepEvent,
+    cache_argument,
+    plain_cache,
+    repeat_cache,
+    shared_prefix,
+)
 from vistune.model.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
+
+PREFIX_MIN = 8
+"""The shortest shared prompt start worth keeping (in ids)."""
 
 
 class RequestError(ValueError):
@@ -79,10 +97,14 @@ class Prepared:
 class Engine:
     """Generation for one VisionLanguageModel (inference mode, no gradients)."""
 
-    def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None, set_eval: bool = True) -> None:
-        """`set_eval`: switch the model to eval mode (off for a quick answer from a model that is training)."""
+    def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None, set_eval: bool = True,
+                 prefix_reuse: bool = True) -> None:
+        """`set_eval`: switch the model to eval mode (off for a quick answer from a model that is training).
+        `prefix_reuse`: keep the key/values of the text every prompt starts with (see the module's notes)."""
         self.model = model.eval() if set_eval else model
         self.max_batch_size = max_batch_size
+        self.prefix_reuse = prefix_reuse
+        self._prefix: tuple[tuple[int, ...], object] | None = None  # (ids, their one-row cache)
         cfg = model.llm.config
         limit = getattr(cfg, "max_position_embeddings", None)
         self.max_length = max_length or limit or 4096
@@ -156,9 +178,51 @@ class Engine:
         return SamplingParams(room, params.temperature, params.top_p, params.seed, params.stop)
 
     def decoder(self, prepared: Sequence[Prepared], indices: Sequence[int] | None = None, past=None) -> BatchDecoder:
-        return BatchDecoder(self.model.llm, self.tokenizer, [p.embeds for p in prepared],
-                            [p.params for p in prepared], self.end_of_turn_ids, self.stop_strings, past=past,
-                            indices=indices)
+        """A decoder for `prepared`; without `past`, the prompts' shared start comes from the kept prefix."""
+        prompts = [p.embeds for p in prepared]  # (T_i, D) each
+        if past is None:
+            n = self._prefix_length([p.input_ids for p in prepared])
+            cache = self._prefix_cache(tuple(prepared[0].input_ids[:n])) if n else None
+            if cache is not None:
+                past = repeat_cache(cache, len(prepared), self.model.llm.config)
+                prompts = [e[n:] for e in prompts]
+        return BatchDecoder(self.model.llm, self.tokenizer, prompts, [p.params for p in prepared],
+                            self.end_of_turn_ids, self.stop_strings, past=past, indices=indices)
+
+    def _prefix_length(self, ids: Sequence[Sequence[int]]) -> int:
+        """How many leading ids every prompt shares, before any image and leaving each prompt at least one id
+        to run; 0 when shorter than `PREFIX_MIN` or reuse is off."""
+        if not self.prefix_reuse:
+            return 0
+        first = ids[0]
+        n = min(len(x) for x in ids) - 1
+        for x in ids[1:]:
+            n = min(n, shared_prefix(first, x))
+        if IMAGE_TOKEN_ID in first[:n]:
+            n = first.index(IMAGE_TOKEN_ID)
+        return n if n >= PREFIX_MIN else 0
+
+    @torch.no_grad()
+    def _prefix_cache(self, ids: tuple[int, ...]):
+        """The one-row cache of text `ids` (kept for the next batch), or None where the LLM's cache is not a plain
+        one (sliding windows and the like: those batches run whole)."""
+        from transformers import DynamicCache
+
+        if self._prefix is not None and self._prefix[0] == ids:
+            return self._prefix[1]
+        llm = self.model.llm
+        cache = DynamicCache(config=llm.config)
+        embeds = self.model.embed(torch.tensor([ids], device=self.model.device), None)  # (1, P, D)
+        llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_argument(llm): cache})
+        if not plain_cache(cache):
+            self.prefix_reuse = False
+            return None
+        self._prefix = (ids, cache)
+        return cache
+
+    def clear_prefix(self) -> None:
+        """Forget the kept prefix (after changing the model's weights)."""
+        self._prefix = None
 
     # ---------------------------------------------------------------------------------------------
     # generating

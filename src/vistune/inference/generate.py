@@ -3,8 +3,9 @@
 `BatchDecoder` runs one batch of prompts (given as embeddings, so image features are already spliced in)
 left-padded to a common length. The attention mask hides the padding and `position_ids` count only real
 tokens, so each row computes exactly what it would compute alone: greedy answers do not depend on what
-they were batched with. Finished or cancelled rows leave the batch (their cache rows are dropped). A single
-row may continue an existing cache (`past`), which is how a chat session reuses earlier turns.
+they were batched with. Finished or cancelled rows leave the batch (their cache rows are dropped). Rows may
+continue an existing cache (`past`, one row per prompt): a chat session reuses its earlier turns that way, and
+the engine a prompt prefix every row shares (`repeat_cache`).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class BatchDecoder:
     """Generates for a batch of prompt embeddings, one token per row per `step()`.
 
     prompts: per row a tensor (T_i, D) of input embeddings (image features spliced in).
-    past: an existing cache to continue (single row only), covering `past_length` earlier positions.
+    past: an existing cache to continue, one row per prompt, covering the same earlier positions of every row.
     """
 
     def __init__(self, llm, tokenizer, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams],
@@ -214,13 +215,13 @@ class BatchDecoder:
 
         if not prompts:
             raise ValueError("no prompts to decode")
-        if past is not None and len(prompts) != 1:
-            raise ValueError("continuing a cache works for a single row only")
+        if past is not None and cache_rows(past) != len(prompts):
+            raise ValueError(f"the cache to continue has {cache_rows(past)} rows for {len(prompts)} prompts")
         self.llm = llm
         self.tokenizer = tokenizer
         self.eot = set(end_of_turn_ids)
         self.stop_strings = tuple(stop_strings)
-        self._cache_kw = _cache_argument(llm)
+        self._cache_kw = cache_argument(llm)
         self.first_token_time: float | None = None
         """`time.perf_counter()` when the first tokens were sampled (for time-to-first-token figures)."""
         self.finished: list[Row] = []
@@ -253,11 +254,7 @@ class BatchDecoder:
     @property
     def can_add(self) -> bool:
         """Whether `add` can join new prompts to this batch (plain per-layer key/value tensors only)."""
-        from transformers import DynamicLayer
-
-        layers = getattr(self.cache, "layers", None)
-        return bool(self.rows) and layers is not None and all(
-            type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None for layer in layers)
+        return bool(self.rows) and plain_cache(self.cache)
 
     @torch.no_grad()
     def add(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams], indices: Sequence[int]) -> None:
@@ -371,7 +368,44 @@ class BatchDecoder:
         return finished
 
 
-def _cache_argument(llm) -> str:
+def plain_cache(cache) -> bool:
+    """Whether `cache` holds plain per-layer key/value tensors (no sliding window, quantisation or offloading):
+    the caches whose rows this module joins and repeats."""
+    from transformers import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None
+                                for layer in layers)
+
+
+def cache_rows(cache) -> int:
+    """The batch rows of a cache (1 for an empty one)."""
+    layers = getattr(cache, "layers", None) or []
+    keys = getattr(layers[0], "keys", None) if layers else None
+    return 1 if keys is None or keys.dim() != 4 else keys.shape[0]
+
+
+def repeat_cache(cache, rows: int, config):
+    """A new cache holding `rows` copies of the single row of a plain cache (`plain_cache`); `cache` is unchanged
+    (the new rows are separate tensors, so decoding extends them, not it)."""
+    from transformers import DynamicCache
+
+    out = DynamicCache(config=config)
+    for i, layer in enumerate(cache.layers):  # keys/values (1, H, L, d) -> (rows, H, L, d)
+        out.update(layer.keys.expand(rows, -1, -1, -1).clone(), layer.values.expand(rows, -1, -1, -1).clone(), i)
+    return out
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def cache_argument(llm) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` before
     (a peft wrapper passes either through to the model it wraps)."""
     import inspect
