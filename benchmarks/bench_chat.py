@@ -44,11 +44,11 @@ def main() -> None:
     from vistune.model.vlm import VisionLanguageModel
 
     if args.model:
-        engine = Engine.from_checkpoint(args.model)
+        engine = Engine.from_checkpoint(args.model, prefix_reuse=False)  # the baseline re-processes everything
         name = args.model
     else:
         torch.manual_seed(0)
-        engine = Engine(VisionLanguageModel.build(ModelConfig()))
+        engine = Engine(VisionLanguageModel.build(ModelConfig()), prefix_reuse=False)
         name = "default parts: EfficientNet-Lite0 + SmolLM2-135M-Instruct (fp32, untrained projector)"
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         image = Image.open(f).convert("RGB")

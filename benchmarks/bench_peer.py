@@ -326,7 +326,7 @@ def inference(model, peer, image_token_id: int, reps: int, new_tokens: int) -> d
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         image = Image.open(f).convert("RGB")
-    engine = Engine(model)
+    engine = Engine(model, prefix_reuse=False)  # every request runs whole, as the peer's do (kept starts: bench_prefix.py)
     peer.eval()
     def pixels_of(im):
         return model.image_processor.batch([im])

@@ -13,10 +13,16 @@ import torch
 from PIL import Image
 
 from vistune.cli import main
-from vistune.conversation import conversation_messages
+from vistune.conversation import IMAGE_TOKEN_ID, conversation_messages
 from vistune.inference.assistant import Assistant
 from vistune.inference.chat import ChatSession
-from vistune.inference.engine import PREFIX_MIN, Engine, Request, RequestError
+from vistune.inference.engine import (
+    PREFIX_MIN,
+    Engine,
+    Request,
+    RequestError,
+    image_digest,
+)
 from vistune.inference.generate import SamplingError, SamplingParams, TextStream
 from vistune.model.checkpoint import save_checkpoint
 from vistune.model.tiny import tiny_vlm
@@ -339,29 +345,47 @@ def test_infer_reads_image_lists_and_answers_with_every_image(checkpoint, engine
         read_questions(tmp_path / "bad.jsonl")
 
 
-def test_the_shared_prompt_start_runs_once_and_changes_no_answer():
+def test_kept_prompt_starts_change_no_answer_and_run_once():
     model = chatty_tiny_vlm()
     plain, reuse = Engine(model, prefix_reuse=False), Engine(model)
+    # a mixed batch (text-only and image prompts): the text every prompt shares, the template's system turn
     requests = mixed_requests()
     ids = [reuse.render(r) for r in requests]
-    n = reuse._prefix_length(ids)
-    assert n >= PREFIX_MIN and all(x[:n] == ids[0][:n] for x in ids)  # the template's system turn
-    assert plain._prefix_length(ids) == 0
+    n = len(reuse.opening())  # the template's system turn and the opening of the user's turn
+    assert n >= PREFIX_MIN and all(x[:n] == reuse.opening() for x in ids)
+    assert IMAGE_TOKEN_ID not in ids[0][:n] and ids[0][n] == IMAGE_TOKEN_ID  # LLaVA's layout: the image next
     reference = plain.generate(requests, batch_size=8)
     answers = reuse.generate(requests, batch_size=8)
     assert [c.token_ids for c in answers] == [c.token_ids for c in reference]
     assert [c.prompt_tokens for c in answers] == [c.prompt_tokens for c in reference]
-    kept_ids, kept = reuse._prefix
-    assert kept_ids == tuple(ids[0][:n]) and kept.get_seq_length() == n  # decoding extended copies, not it
-    # a later batch continues the kept prefix; its next-token logits equal a whole prefill's
-    first = reuse.decoder(reuse.prepare(requests[:3]))
-    assert reuse._prefix[1] is kept
-    assert first.cache.get_seq_length() == max(len(x) for x in ids[:3])
+    (kept_key, kept), = reuse._kept.items()
+    assert kept_key == (tuple(ids[0][:n]), None) and kept[0][0].shape[2] == n  # decoding extended copies, not it
+    first = reuse.decoder(reuse.prepare(requests[:3]))  # a later batch: its next-token logits equal a whole prefill's
+    assert reuse._kept[kept_key] is kept and first.cache.get_seq_length() == max(len(x) for x in ids[:3])
     torch.testing.assert_close(first.logits, plain.decoder(plain.prepare(requests[:3])).logits, atol=1e-4, rtol=1e-4)
-    # one request alone (what the stream and the server's first batch run) reuses it too
-    assert "".join(reuse.stream(requests[2])) == reference[2].text
-    # another system prompt is another prefix: it replaces the kept one (the engine keeps one)
-    other = Request.of("Hi", None, params=SamplingParams(max_new_tokens=6), history=[("Who are you?", "A model.")],
-                       system="You are terse and precise at all times.")
-    assert reuse.generate([other])[0].token_ids == plain.generate([other])[0].token_ids
-    assert reuse._prefix[0] != kept_ids
+    assert "".join(reuse.stream(requests[2])) == reference[2].text  # one request alone reuses it too
+
+    # every prompt opens with text, then an image: the start is kept per image, so a second question about an
+    # image runs only the question
+    p = SamplingParams(max_new_tokens=8)
+    images = [random_image(10 + k) for k in range(3)]
+    first_round = [Request.of("What is in the picture?", im, params=p) for im in images]
+    second_round = [Request.of(q, im, params=p) for q, im in zip(["Which colour?", "Is it big?", "Where?"], images)]
+    reuse.clear_prefix()
+    for k, batch in enumerate((first_round, second_round, first_round[:1] + second_round[1:])):
+        assert [c.token_ids for c in reuse.generate(batch)] == [c.token_ids for c in plain.generate(batch)]
+        if k == 0:
+            starts = dict(reuse._kept)
+        # one start per image, kept from the first round on, and the text before the images they continue
+        assert sorted(d is None for _, d in starts) == [False, False, False, True]
+        assert all(reuse._kept[key] is start for key, start in starts.items()) and len(reuse._kept) == 4
+    decoder = reuse.decoder(reuse.prepare(second_round))
+    image_end = reuse.prepare(second_round[:1])[0].image_end
+    assert image_end == reuse.render(second_round[0]).index(IMAGE_TOKEN_ID) + model.num_image_tokens
+    assert decoder.rows[0].prompt_tokens == len(reuse.render(second_round[0])) - image_end  # only the question ran
+    # the kept starts are bounded in bytes: the least recently used go first
+    per_start = max(sum(k.nbytes + v.nbytes for k, v in start) for start in starts.values())
+    small = Engine(model, prefix_cache_mb=1.5 * per_start / 2**20)
+    assert [c.token_ids for c in small.generate(first_round)] == [c.token_ids for c in plain.generate(first_round)]
+    assert len(small._kept) == 1 and small._kept_bytes == per_start
+    assert next(iter(small._kept))[1] == image_digest(images[2])  # the last one kept

@@ -10,25 +10,30 @@ prompts of similar length are batched together (left-padded; answers do not depe
 `EngineWorker` owns the engine in one thread and batches requests submitted concurrently (the server):
 new requests join the running batch between tokens.
 
-The text every prompt of a batch starts with (the template's system turn, up to the first image or the first
-word that differs) runs through the LLM once and is kept: later batches with the same start continue its
-key/values instead of recomputing them (`prefix_reuse`). One such prefix is kept, so the engine's state does
-not grow with the requests; it assumes the model's weights stay as they are (after changing them, call
-`clear_prefix`).
+Prompt starts run through the LLM once and are kept (`prefix_reuse`): a later batch that starts the same way
+continues their key/values instead of recomputing them. Where every prompt of a batch opens with text and then
+an image at the same positions (the template's system turn, the user's turn, the image: LLaVA's layout), the
+start is that text and image, kept per image (by its pixels), so a second question about an image runs only
+the question; otherwise it is the template's opening (`Engine.opening`: the system turn and the start of the
+user's turn) where every prompt starts with it. The kept starts are bounded in
+bytes (`prefix_cache_mb`, least recently used dropped first), so the engine's state does not grow with the
+requests. The engine assumes the model's weights stay as they are (after changing them, call `clear_prefix`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
-from vistune.conversation import IMAGE_TOKEN_ID, Message, RenderError, conversation_messages
+from vistune.conversation import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, Message, RenderError, conversation_messages
 from vistune.inference.generate import (
     BatchDecoder,
     FinishReason,
@@ -36,8 +41,7 @@ from vistune.inference.generate import (
     StepEvent,
     cache_argument,
     plain_cache,
-    repeat_cache,
-    shared_prefix,
+    stack_cache,
 )
 from vistune.model.checkpoint import load_checkpoint
 
@@ -92,19 +96,26 @@ class Prepared:
     input_ids: list[int]
     embeds: torch.Tensor  # (T, D)
     params: SamplingParams
+    image_end: int | None = None
+    """Where the first image's positions end, when the prompt goes on after it (else None)."""
+    image_digest: str | None = None
+    """The first image's pixels, hashed: with `input_ids[:image_end]` the key of a kept prompt start."""
 
 
 class Engine:
     """Generation for one VisionLanguageModel (inference mode, no gradients)."""
 
     def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None, set_eval: bool = True,
-                 prefix_reuse: bool = True) -> None:
+                 prefix_reuse: bool = True, prefix_cache_mb: float = 256.0) -> None:
         """`set_eval`: switch the model to eval mode (off for a quick answer from a model that is training).
-        `prefix_reuse`: keep the key/values of the text every prompt starts with (see the module's notes)."""
+        `prefix_reuse`: keep the key/values of prompt starts (see the module's notes), at most `prefix_cache_mb`
+        MiB of them (the least recently used go first)."""
         self.model = model.eval() if set_eval else model
         self.max_batch_size = max_batch_size
         self.prefix_reuse = prefix_reuse
-        self._prefix: tuple[tuple[int, ...], object] | None = None  # (ids, their one-row cache)
+        self.prefix_cache_mb = prefix_cache_mb
+        self._kept: OrderedDict[tuple, list] = OrderedDict()  # (ids, image digest) -> per layer (keys, values)
+        self._kept_bytes = 0
         cfg = model.llm.config
         limit = getattr(cfg, "max_position_embeddings", None)
         self.max_length = max_length or limit or 4096
@@ -168,7 +179,12 @@ class Engine:
             feats = features[k:k + n] if n else None
             k += n
             embeds = self.model.embed(torch.tensor([input_ids], device=self.model.device), feats)[0]  # (T, D)
-            out.append(Prepared(input_ids, embeds, self._clamp(r.params, len(input_ids))))
+            p = Prepared(input_ids, embeds, self._clamp(r.params, len(input_ids)))
+            if n and self.prefix_reuse:
+                end = input_ids.index(IMAGE_TOKEN_ID) + self.model.num_image_tokens
+                if end < len(input_ids):
+                    p.image_end, p.image_digest = end, image_digest(r.images[0])
+            out.append(p)
         return out
 
     def _clamp(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
@@ -178,51 +194,92 @@ class Engine:
         return SamplingParams(room, params.temperature, params.top_p, params.seed, params.stop)
 
     def decoder(self, prepared: Sequence[Prepared], indices: Sequence[int] | None = None, past=None) -> BatchDecoder:
-        """A decoder for `prepared`; without `past`, the prompts' shared start comes from the kept prefix."""
+        """A decoder for `prepared`; without `past`, the prompts' start comes from the kept prefixes."""
         prompts = [p.embeds for p in prepared]  # (T_i, D) each
-        if past is None:
-            n = self._prefix_length([p.input_ids for p in prepared])
-            cache = self._prefix_cache(tuple(prepared[0].input_ids[:n])) if n else None
-            if cache is not None:
-                past = repeat_cache(cache, len(prepared), self.model.llm.config)
+        if past is None and self.prefix_reuse:
+            n, past = self._kept_start(prepared)
+            if past is not None:
                 prompts = [e[n:] for e in prompts]
         return BatchDecoder(self.model.llm, self.tokenizer, prompts, [p.params for p in prepared],
                             self.end_of_turn_ids, self.stop_strings, past=past, indices=indices)
 
-    def _prefix_length(self, ids: Sequence[Sequence[int]]) -> int:
-        """How many leading ids every prompt shares, before any image and leaving each prompt at least one id
-        to run; 0 when shorter than `PREFIX_MIN` or reuse is off."""
-        if not self.prefix_reuse:
-            return 0
-        first = ids[0]
-        n = min(len(x) for x in ids) - 1
-        for x in ids[1:]:
-            n = min(n, shared_prefix(first, x))
-        if IMAGE_TOKEN_ID in first[:n]:
-            n = first.index(IMAGE_TOKEN_ID)
-        return n if n >= PREFIX_MIN else 0
+    def _kept_start(self, prepared: Sequence[Prepared]) -> tuple[int, object | None]:
+        """(n, a cache of the first n positions of every row), from the kept prefixes (computing and keeping the
+        missing ones); (0, None) where nothing is worth keeping or the LLM's cache is not a plain one."""
+        ends = {p.image_end for p in prepared}
+        if len(ends) == 1 and None not in ends:  # every row: text, then its first image, at the same positions
+            n = ends.pop()
+            keys = [(tuple(p.input_ids[:n]), p.image_digest) for p in prepared]
+            return n, self._row_caches(keys, lambda rows: self._run_start([prepared[i] for i in rows], n))
+        n = self._opening_length(prepared)
+        if not n:
+            return 0, None
+        key = (tuple(prepared[0].input_ids[:n]), None)
+        return n, self._row_caches([key] * len(prepared), lambda rows: self._run_start(prepared[:1], n))
 
-    @torch.no_grad()
-    def _prefix_cache(self, ids: tuple[int, ...]):
-        """The one-row cache of text `ids` (kept for the next batch), or None where the LLM's cache is not a plain
-        one (sliding windows and the like: those batches run whole)."""
+    def _run_start(self, prepared: Sequence[Prepared], n: int):
+        """A cache of the first n positions of `prepared` (rows without padding: n positions each); a start with an
+        image continues the kept opening before it."""
         from transformers import DynamicCache
 
-        if self._prefix is not None and self._prefix[0] == ids:
-            return self._prefix[1]
         llm = self.model.llm
-        cache = DynamicCache(config=llm.config)
-        embeds = self.model.embed(torch.tensor([ids], device=self.model.device), None)  # (1, P, D)
+        t = self._opening_length(prepared) if IMAGE_TOKEN_ID in prepared[0].input_ids[:n] else 0  # < n
+        cache = (self._row_caches([(tuple(prepared[0].input_ids[:t]), None)] * len(prepared),
+                                  lambda rows: self._run_start(prepared[:1], t)) if t else None)
+        if cache is None:
+            t, cache = 0, DynamicCache(config=llm.config)
+        embeds = torch.stack([p.embeds[t:n] for p in prepared])  # (B, n - t, D)
         llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_argument(llm): cache})
-        if not plain_cache(cache):
-            self.prefix_reuse = False
-            return None
-        self._prefix = (ids, cache)
         return cache
 
+    def opening(self) -> list[int]:
+        """The ids a prompt with the model's own system prompt starts with, before its first message's content:
+        the template's system turn and the opening of the user's turn (where LLaVA's layout puts the image)."""
+        ids = self.model.renderer.render([Message("user", IMAGE_PLACEHOLDER)], num_images=1,
+                                         add_generation_prompt=True).input_ids
+        return ids[:ids.index(IMAGE_TOKEN_ID)]
+
+    def _opening_length(self, prepared: Sequence[Prepared]) -> int:
+        """The length of `opening()` when every prompt starts with it and goes on after it; 0 when they do not or
+        it is shorter than `PREFIX_MIN`."""
+        opening = self.opening()
+        n = len(opening)
+        if n < PREFIX_MIN or any(len(p.input_ids) <= n or p.input_ids[:n] != opening for p in prepared):
+            return 0
+        return n
+
+    @torch.no_grad()
+    def _row_caches(self, keys: Sequence[tuple], run: Callable[[list[int]], object]):
+        """A cache with one row per key (all keys cover the same number of positions): kept rows are reused, the
+        missing ones computed by `run(rows)` (a cache for those rows, in one LLM call) and kept. None where the
+        LLM's cache is not a plain one (reuse is then switched off)."""
+        found = {}
+        for key in dict.fromkeys(keys):
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                found[key] = self._kept[key]
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing:
+            cache = run([keys.index(k) for k in missing])
+            if cache is None or not plain_cache(cache):
+                self.prefix_reuse = False
+                return None
+            for j, key in enumerate(missing):  # keys/values (B, H, n, d) -> one row each
+                found[key] = [(layer.keys[j:j + 1].clone(), layer.values[j:j + 1].clone()) for layer in cache.layers]
+                self._keep(key, found[key])
+        return stack_cache([found[k] for k in keys], self.model.llm.config)
+
+    def _keep(self, key: tuple, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._kept[key] = layers
+        self._kept_bytes += _nbytes(layers)
+        while self._kept_bytes > self.prefix_cache_mb * 2**20 and len(self._kept) > 1:
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= _nbytes(dropped)
+
     def clear_prefix(self) -> None:
-        """Forget the kept prefix (after changing the model's weights)."""
-        self._prefix = None
+        """Forget the kept prefixes (after changing the model's weights)."""
+        self._kept.clear()
+        self._kept_bytes = 0
 
     # ---------------------------------------------------------------------------------------------
     # generating
@@ -440,6 +497,17 @@ class EngineWorker:
                 _safe_call(job.on_event, "error", e)
         finally:
             self.running = 0
+
+
+def image_digest(image: Image.Image) -> str:
+    """A hash of an image's mode, size and pixels."""
+    h = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _nbytes(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.nbytes + v.nbytes for k, v in layers)
 
 
 def _safe_call(fn, *args) -> None:

@@ -5,7 +5,7 @@ left-padded to a common length. The attention mask hides the padding and `positi
 tokens, so each row computes exactly what it would compute alone: greedy answers do not depend on what
 they were batched with. Finished or cancelled rows leave the batch (their cache rows are dropped). Rows may
 continue an existing cache (`past`, one row per prompt): a chat session reuses its earlier turns that way, and
-the engine a prompt prefix every row shares (`repeat_cache`).
+the engine its kept prompt starts (`stack_cache`).
 """
 
 from __future__ import annotations
@@ -385,14 +385,14 @@ def cache_rows(cache) -> int:
     return 1 if keys is None or keys.dim() != 4 else keys.shape[0]
 
 
-def repeat_cache(cache, rows: int, config):
-    """A new cache holding `rows` copies of the single row of a plain cache (`plain_cache`); `cache` is unchanged
-    (the new rows are separate tensors, so decoding extends them, not it)."""
+def stack_cache(rows: Sequence[list[tuple[torch.Tensor, torch.Tensor]]], config):
+    """A new cache whose batch rows are `rows` (each: per layer (keys, values) of one row, (1, H, L, d), all of
+    the same length); the rows' tensors are copied, so decoding extends the new cache only."""
     from transformers import DynamicCache
 
     out = DynamicCache(config=config)
-    for i, layer in enumerate(cache.layers):  # keys/values (1, H, L, d) -> (rows, H, L, d)
-        out.update(layer.keys.expand(rows, -1, -1, -1).clone(), layer.values.expand(rows, -1, -1, -1).clone(), i)
+    for i in range(len(rows[0])):  # -> (B, H, L, d)
+        out.update(torch.cat([r[i][0] for r in rows]), torch.cat([r[i][1] for r in rows]), i)
     return out
 
 
