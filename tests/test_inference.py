@@ -91,6 +91,14 @@ def test_prompts_joining_a_running_batch_get_their_one_at_a_time_answers(engine)
     assert len(decoder.rows) == 5
     rows = decoder.run()
     assert [rows[i].token_ids for i in range(5)] == single
+    # the server's way: joiners start from the kept prompt starts (only what follows them runs)
+    decoder = engine.decoder(prepared[:2], indices=[0, 1])
+    decoder.step()
+    engine.join(decoder, prepared[2:], [2, 3, 4])
+    assert [r.prompt_tokens for r in decoder.rows[2:]] == [len(p.input_ids) - len(engine.opening())
+                                                          for p in prepared[2:]]
+    rows = decoder.run()
+    assert [rows[i].token_ids for i in range(5)] == single
 
 
 def test_followup_with_cache_reuse_equals_reprocessing(engine):

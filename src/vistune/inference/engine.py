@@ -195,13 +195,23 @@ class Engine:
 
     def decoder(self, prepared: Sequence[Prepared], indices: Sequence[int] | None = None, past=None) -> BatchDecoder:
         """A decoder for `prepared`; without `past`, the prompts' start comes from the kept prefixes."""
-        prompts = [p.embeds for p in prepared]  # (T_i, D) each
-        if past is None and self.prefix_reuse:
-            n, past = self._kept_start(prepared)
-            if past is not None:
-                prompts = [e[n:] for e in prompts]
+        prompts, past = self._with_kept_start(prepared) if past is None else ([p.embeds for p in prepared], past)
         return BatchDecoder(self.model.llm, self.tokenizer, prompts, [p.params for p in prepared],
                             self.end_of_turn_ids, self.stop_strings, past=past, indices=indices)
+
+    def join(self, decoder: BatchDecoder, prepared: Sequence[Prepared], indices: Sequence[int]) -> None:
+        """Add `prepared` to a running `decoder` (`decoder.can_add`), their start from the kept prefixes."""
+        prompts, past = self._with_kept_start(prepared)
+        decoder.add(prompts, [p.params for p in prepared], indices, past=past)
+
+    def _with_kept_start(self, prepared: Sequence[Prepared]) -> tuple[list[torch.Tensor], object | None]:
+        """(what of each prompt remains to run (T_i - n, D), a cache of the first n positions or None)."""
+        prompts = [p.embeds for p in prepared]  # (T_i, D) each
+        if self.prefix_reuse:
+            n, past = self._kept_start(prepared)
+            if past is not None:
+                return [e[n:] for e in prompts], past
+        return prompts, None
 
     def _kept_start(self, prepared: Sequence[Prepared]) -> tuple[int, object | None]:
         """(n, a cache of the first n positions of every row), from the kept prefixes (computing and keeping the
@@ -466,7 +476,7 @@ class EngineWorker:
                         if decoder is None or decoder.done:
                             decoder = self.engine.decoder(prepared, indices=ids)
                         else:
-                            decoder.add([p.embeds for p in prepared], [p.params for p in prepared], ids)
+                            self.engine.join(decoder, prepared, ids)
                         self.stats.batches += 1
                         self.stats.max_rows = max(self.stats.max_rows, len(decoder.rows))
                 if decoder is None or decoder.done:

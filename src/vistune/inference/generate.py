@@ -257,15 +257,20 @@ class BatchDecoder:
         return bool(self.rows) and plain_cache(self.cache)
 
     @torch.no_grad()
-    def add(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams], indices: Sequence[int]) -> None:
-        """Join new prompts to the running batch: they are prefilled alone, then their cache rows and the
-        running ones are left-padded to a common length (the padding is masked) and stacked."""
+    def add(self, prompts: Sequence[torch.Tensor], params: Sequence[SamplingParams], indices: Sequence[int],
+            past=None) -> None:
+        """Join new prompts to the running batch: they are prefilled alone (continuing `past`, one row per prompt,
+        if given), then their cache rows and the running ones are left-padded to a common length (the padding is
+        masked) and stacked."""
         from transformers import DynamicCache
 
         if not self.can_add:
             raise RuntimeError("this batch cannot take new prompts")
-        cache = DynamicCache(config=self.llm.config)
-        mask, next_pos, logits = self._prefill(prompts, 0, cache)
+        if past is not None and cache_rows(past) != len(prompts):
+            raise ValueError(f"the cache to continue has {cache_rows(past)} rows for {len(prompts)} prompts")
+        cache = past if past is not None else DynamicCache(config=self.llm.config)
+        past_len = cache.get_seq_length() if past is not None else 0
+        mask, next_pos, logits = self._prefill(prompts, past_len, cache)
         length = max(mask.shape[1], self.mask.shape[1])
 
         def pad(x: torch.Tensor, dim: int) -> torch.Tensor:  # left-pad dimension `dim` to `length` with zeros
