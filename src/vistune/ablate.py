@@ -316,7 +316,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_ablations(out: str | Path = "runs/ablate", seeds: int = 3, only: Sequence[str] | None = None,
+def run_ablations(out: str | Path = "runs/demo", seeds: int = 3, only: Sequence[str] | None = None,
                   quick: bool = False, force: bool = False, progress: bool = True) -> dict:
     """`vistune ablate`: the full recipe and each ablation in `only` (default: all of `ABLATIONS`) for `seeds`
     seeds under `out`; returns ablations.json's content. Finished steps are skipped unless `force`."""

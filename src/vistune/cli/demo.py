@@ -34,7 +34,8 @@ ABLATION_NAMES = ("no_instruction_tuning", "no_pretraining", "last_layer", "conv
 def _register_ablate(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "ablate", "the paper's ablations on the demo's synthetic world, each against the full "
                                    "recipe with the same steps and seeds")
-    p.add_argument("--out", default="runs/ablate", help="study directory")
+    p.add_argument("--out", default="runs/demo", help="study directory; seed k's full recipe is `vistune demo "
+                   "--seeds`'s seed k there, so the demo's directory (the default) shares its trained runs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (at least 1)")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these ablations (and the full recipe): "
                    f"{', '.join(ABLATION_NAMES)} (default: all)")
