@@ -397,3 +397,6 @@ def test_kept_prompt_starts_change_no_answer_and_run_once():
     assert [c.token_ids for c in small.generate(first_round)] == [c.token_ids for c in plain.generate(first_round)]
     assert len(small._kept) == 1 and small._kept_bytes == per_start
     assert next(iter(small._kept))[1] == image_digest(images[2])  # the last one kept
+    tiny = Engine(model, prefix_cache_mb=0.5 * per_start / 2**20)  # a start larger than the bound is not kept
+    assert [c.token_ids for c in tiny.generate(first_round)] == [c.token_ids for c in plain.generate(first_round)]
+    assert not tiny._kept and tiny._kept_bytes == 0

@@ -280,9 +280,14 @@ class Engine:
         return stack_cache([found[k] for k in keys], self.model.llm.config)
 
     def _keep(self, key: tuple, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep a start, dropping the least recently used ones to stay within `prefix_cache_mb` (a start larger
+        than the whole bound is not kept)."""
+        limit = self.prefix_cache_mb * 2**20
+        if _nbytes(layers) > limit:
+            return
         self._kept[key] = layers
         self._kept_bytes += _nbytes(layers)
-        while self._kept_bytes > self.prefix_cache_mb * 2**20 and len(self._kept) > 1:
+        while self._kept_bytes > limit:
             _, dropped = self._kept.popitem(last=False)
             self._kept_bytes -= _nbytes(dropped)
 
