@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from test_inference import chatty_tiny_vlm
@@ -36,6 +36,8 @@ TEXTS = st.text(alphabet=st.sampled_from(list("ab c\n.,!é漢字🙂ß ñü—#"
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXTS, stop=st.sampled_from([(), ("###",), ("\n\n", "字🙂")]))
+@example(text="éa—c 字🙂", stop=("\n\n", "字🙂"))  # the space before a held-back stop prefix was shown, then cut
+@example(text="漢ü,\n 字🙂b#", stop=("\n\n", "字🙂"))
 def test_streamed_pieces_join_to_the_whole_decode(tokenizer, text, stop):
     ids = tokenizer.encode(text, add_special_tokens=False)
     stream = TextStream(tokenizer, stop)

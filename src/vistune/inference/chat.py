@@ -13,14 +13,14 @@ everything before that question, and its cache, stays as it was. Each image is e
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
 
 from vistune.conversation import IMAGE_TOKEN_ID, conversation_messages
 from vistune.inference.engine import Engine, Request
-from vistune.inference.generate import BatchDecoder, SamplingParams, shared_prefix
+from vistune.inference.generate import BatchDecoder, SamplingParams
 
 
 class ChatSession:
@@ -80,7 +80,7 @@ class ChatSession:
         new_images = self.images[len(self._features):]
         if new_images:
             self._features += list(engine.encode_images(new_images))
-        keep = min(shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
+        keep = min(_shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
         n_image = model.num_image_tokens
         while ids[:keep].count(IMAGE_TOKEN_ID) % n_image:
             keep -= 1  # never split an image span: its features are spliced in whole
@@ -116,3 +116,12 @@ class ChatSession:
 
     def ask(self, question: str, params: SamplingParams | None = None) -> str:
         return "".join(self.ask_stream(question, params))
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

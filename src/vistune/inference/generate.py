@@ -147,13 +147,14 @@ class TextStream:
     def _safe_end(self) -> int:
         text = self._text
         safe = len(text)
-        while safe > self.emitted and text[safe - 1].isspace():
-            safe -= 1
         for s in self.stop_strings:  # hold back a tail that could grow into a stop string
             for k in range(min(len(s) - 1, len(text)), 0, -1):
                 if text.endswith(s[:k]):
                     safe = min(safe, len(text) - k)
                     break
+        # Whitespace before the held-back tail too: a stop string there would cut it from the answer.
+        while safe > self.emitted and text[safe - 1].isspace():
+            safe -= 1
         return safe
 
     def finish(self) -> str:
@@ -201,6 +202,11 @@ class StepEvent:
     """Set on the row's last event."""
 
 
+def _check_past(past, prompts: Sequence[torch.Tensor]) -> None:
+    if past is not None and cache_rows(past) != len(prompts):
+        raise ValueError(f"the cache to continue has {cache_rows(past)} rows for {len(prompts)} prompts")
+
+
 class BatchDecoder:
     """Generates for a batch of prompt embeddings, one token per row per `step()`.
 
@@ -215,8 +221,7 @@ class BatchDecoder:
 
         if not prompts:
             raise ValueError("no prompts to decode")
-        if past is not None and cache_rows(past) != len(prompts):
-            raise ValueError(f"the cache to continue has {cache_rows(past)} rows for {len(prompts)} prompts")
+        _check_past(past, prompts)
         self.llm = llm
         self.tokenizer = tokenizer
         self.eot = set(end_of_turn_ids)
@@ -266,8 +271,7 @@ class BatchDecoder:
 
         if not self.can_add:
             raise RuntimeError("this batch cannot take new prompts")
-        if past is not None and cache_rows(past) != len(prompts):
-            raise ValueError(f"the cache to continue has {cache_rows(past)} rows for {len(prompts)} prompts")
+        _check_past(past, prompts)
         cache = past if past is not None else DynamicCache(config=self.llm.config)
         past_len = cache.get_seq_length() if past is not None else 0
         mask, next_pos, logits = self._prefill(prompts, past_len, cache)
@@ -399,15 +403,6 @@ def stack_cache(rows: Sequence[list[tuple[torch.Tensor, torch.Tensor]]], config)
     for i in range(len(rows[0])):  # -> (B, H, L, d)
         out.update(torch.cat([r[i][0] for r in rows]), torch.cat([r[i][1] for r in rows]), i)
     return out
-
-
-def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the longest common prefix of two id sequences."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def cache_argument(llm) -> str:
