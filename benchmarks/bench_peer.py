@@ -1,7 +1,7 @@
 """vistune against transformers' Llava trained and run as a user would: same model, same data, one process.
 
     .venv/bin/python benchmarks/bench_peer.py [--rounds 3] [--samples 16] [--batch 4] [--levers] [--no-inference]
-        [--precision auto|fp32|bf16] [--json out.json]
+        [--precision auto|fp32|bf16] [--with compile] [--stages 2,1] [--json out.json]
 
 The model: a small random CLIP tower at 224 px / patch 32 (49 image tokens, features of its second-to-last
 layer), a two-layer GELU projector and the real SmolLM2-135M-Instruct. vistune holds it as a
@@ -17,7 +17,8 @@ precision `train.precision` picks (auto: bf16 autocast where the CPU has native 
   `torch.optim.AdamW` defaults, the tower run on every step.
 Each round is one whole epoch; modes alternate round by round. A mode's figure is real (non-padding) tokens/s
 over the steps after the first, median over rounds; the ratio is of medians. With `--levers`, every lever is
-also measured switched off on its own (vistune minus that lever). Each figure comes with model FLOP/s as a
+also measured switched off on its own (vistune minus that lever); `--with compile` also measures vistune with
+`train.compile: true` (mode `with_compile`; its first step, which compiles, is not timed). Each figure comes with model FLOP/s as a
 fraction of this machine's matmul peak (`matmul_peak.py`, in the same precision): forward and backward of
 every LLM/projector matmul and attention product a step needs (stage 1: input gradients only through the
 frozen LLM), the LM head at supervised positions only, the frozen tower not counted. Peak memory is the
@@ -60,6 +61,9 @@ LEVERS = {
     "packing": ["train.packing=false"],
     "feature_cache": ["train.feature_cache=false"],
     "length_grouping": ["data.group_by_length=false"],
+}
+OPTIONS = {  # settings off by default, measured switched on with `--with NAME`
+    "compile": ["train.compile=true"],
 }
 WORDS = ("red blue green yellow circle square triangle small large top left right bottom corner centre shape colour "
          "light dark near far above below next to the a of and with in on").split()
@@ -212,8 +216,9 @@ class PeakRSS:
         self.mib = (self.peak - self.start) / 2**20
 
 
-def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]) -> tuple[float, float]:
-    """(real tokens/s after the first step, peak memory growth MiB) of one epoch of `vistune train`."""
+def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]) -> tuple[float, float, float]:
+    """(real tokens/s after the first step, peak memory growth MiB, seconds of the first step) of one epoch of
+    `vistune train`."""
     from vistune.config import load_run_config
     from vistune.train.loop import train
 
@@ -224,7 +229,7 @@ def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]) -> t
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(out)  # each round's final checkpoint holds the whole LLM: rounds x modes would fill the disk
     tokens = sum(r["tokens"] for r in records[1:])
-    return tokens / (records[-1]["elapsed_s"] - records[0]["elapsed_s"]), mem.mib
+    return tokens / (records[-1]["elapsed_s"] - records[0]["elapsed_s"]), mem.mib, records[0]["elapsed_s"]
 
 
 def peer_round(peer, dataset, stage: int, batch: int, lr: float, bf16: bool, image_token_id: int, pad_id: int
@@ -396,6 +401,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="samples per step")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--levers", action="store_true", help="also measure vistune with each lever switched off")
+    ap.add_argument("--with", dest="with_options", action="append", default=[], choices=sorted(OPTIONS),
+                    help="also measure vistune with this setting switched on (repeatable)")
     ap.add_argument("--stages", default="2,1", help="stages to train, in order")
     ap.add_argument("--no-malloc-tuning", action="store_true",
                     help="train.malloc_tuning=false in every vistune round (the setting is process-wide: once a "
@@ -452,25 +459,30 @@ def main(argv=None) -> int:
         lr = 1e-3 if stage == 1 else 5e-5
         flops, tokens = epoch_flops(model, dataset, stage)
         per_token = flops / tokens
-        modes = ["vistune", "peer"] + [f"no_{k}" for k in levers]
+        modes = ["vistune", "peer"] + [f"no_{k}" for k in levers] + [f"with_{k}" for k in args.with_options]
+        settings = {f"no_{k}": v for k, v in levers.items()} | {f"with_{k}": OPTIONS[k] for k in args.with_options}
         rates: dict[str, list[float]] = {m: [] for m in modes}
         mems: dict[str, list[float]] = {m: [] for m in modes}
+        firsts: dict[str, list[float | None]] = {m: [] for m in modes}
         for r in range(args.rounds):
             for m in (modes if r % 2 == 0 else modes[::-1]):
                 if m == "peer":
                     rate, mem = peer_round(peer, dataset, stage, args.batch, lr, bf16, image_token_id,
                                            model.tokenizer.pad_token_id)
+                    first = None
                 else:
-                    extra = [f"train.lr={lr}"] + (levers[m[3:]] if m != "vistune" else [])
-                    rate, mem = vistune_round(base, stage, root / f"run-{stage}-{m}-{r}", extra)
+                    extra = [f"train.lr={lr}"] + settings.get(m, [])
+                    rate, mem, first = vistune_round(base, stage, root / f"run-{stage}-{m}-{r}", extra)
                 rates[m].append(rate)
                 mems[m].append(mem)
+                firsts[m].append(first)
             print(f"stage {stage} round {r + 1}: " + ", ".join(f"{m} {rates[m][-1]:.0f}" for m in modes)
                   + " tok/s", flush=True)
         res = {}
         for m in modes:
             med = statistics.median(rates[m])
             res[m] = {"tokens_per_s": med, "rounds": rates[m], "peak_mem_mib": max(mems[m]),
+                      "first_step_s": None if m == "peer" else statistics.median(firsts[m]),
                       "model_flops_per_s": med * per_token, "fraction_of_peak": med * per_token / peak,
                       "ratio_vs_peer": med / statistics.median(rates["peer"])}
         results[f"stage{stage}"] = res
@@ -486,7 +498,8 @@ def main(argv=None) -> int:
     for stage, res in results.items():
         for m, r in res.items():
             print(f"{stage} {m:20s} {r['tokens_per_s']:7.0f} tok/s  {r['ratio_vs_peer']:5.2f}x peer  "
-                  f"{r['fraction_of_peak'] * 100:5.1f}% of matmul peak  peak mem +{r['peak_mem_mib']:.0f} MiB")
+                  f"{r['fraction_of_peak'] * 100:5.1f}% of matmul peak  peak mem +{r['peak_mem_mib']:.0f} MiB"
+                  + (f"  first step {r['first_step_s']:.1f} s" if r["first_step_s"] is not None else ""))
     if inf is not None:
         print(f"inference (fp32): TTFT vistune {inf['v_ttft'] * 1e3:.0f} ms vs peer {inf['p_ttft'] * 1e3:.0f} ms "
               f"({inf['ttft_ratio']:.2f}x); decode {inf['v_decode']:.1f} vs {inf['p_decode']:.1f} tok/s "

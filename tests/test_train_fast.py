@@ -1,4 +1,5 @@
-"""The training fast paths change no result: packing, the tower-feature cache, the allocator setting."""
+"""The training fast paths change no result: packing, the tower-feature cache, the allocator setting, compiled
+decoder layers."""
 
 from __future__ import annotations
 
@@ -174,6 +175,26 @@ def test_training_with_and_without_the_fast_paths_gives_the_same_losses(tmp_path
     assert losses["fast"] == pytest.approx(losses["plain"], rel=1e-4)
     assert list((tmp_path / "fc").rglob("*.safetensors"))  # the cache was written (2 images)
     assert len(list((tmp_path / "fc").rglob("*.safetensors"))) == 2
+
+
+def test_compiled_decoder_layers_give_the_same_losses_and_checkpoint_names(tmp_path):
+    from safetensors import safe_open
+
+    from vistune.train.loop import train
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", projector="mlp2x_gelu")
+    data = write_tiny_data(tmp_path / "data", n=12)
+    losses, names = {}, {}
+    for name, overrides in {"eager": [], "compiled": ["train.compile=true"]}.items():
+        run = tiny_run_config(ckpt, data, tmp_path / name, overrides, stage=2, max_steps=3, lr=1e-3)
+        final = train(run, progress=False, resume=False)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records]
+        with safe_open(str(next((final / "llm").glob("*.safetensors"))), "pt") as f:
+            names[name] = set(f.keys())
+    assert len(losses["compiled"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)  # float tolerance: fused kernels
+    assert names["compiled"] == names["eager"]  # no `_orig_mod.` prefixes: the checkpoint loads anywhere
 
 
 # -------------------------------------------------------------------------------------------------

@@ -371,6 +371,10 @@ class TrainConfig:
     feature_cache_dir: str | None = None
     """Where the feature cache lives; None: `output_dir/feature_cache`. Point both stages at one directory to
     share it."""
+    compile: bool = False
+    """Compile each of the LLM's decoder layers with `torch.compile` (in place: parameter names and checkpoints
+    are unchanged). The first step pays the compilation (on CPU it needs a C++ compiler); on 2 CPU cores it gave
+    stage 1 about 1.1x and stage 2 nothing beyond the noise (`benchmarks/bench_peer.py --with compile`)."""
     malloc_tuning: bool = True
     """On glibc, keep freed memory in the process (no mmap for large blocks, no trimming) so that every step does
     not fault the same pages in again; costs some resident memory."""

@@ -81,3 +81,14 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     path = resolve_llm_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def compile_decoder_layers(llm) -> int:
+    """Compile a transformers LLM's decoder layers in place (`nn.Module.compile`, dynamic shapes: sequence
+    lengths vary per step); the whole decoder where it has no `layers` list. Returns the modules compiled."""
+    decoder = llm.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    targets = list(layers) if isinstance(layers, torch.nn.ModuleList) else [decoder]
+    for module in targets:
+        module.compile(dynamic=True)
+    return len(targets)

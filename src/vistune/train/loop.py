@@ -37,7 +37,7 @@ from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.data.feature_cache import FeatureCache
 from vistune.model.checkpoint import write_checkpoint_files
-from vistune.model.llm import is_peft_model
+from vistune.model.llm import compile_decoder_layers, is_peft_model
 from vistune.model.packed_attention import use_segment_attention
 from vistune.train import distributed as D
 from vistune.train import state as S
@@ -177,6 +177,9 @@ class _Trainer:
 
         self.skeleton = D.meta_skeleton(model) if world.distributed and cfg.strategy == "fsdp" else None
         self.pack_length = self._pack_length(model)
+        if cfg.compile:
+            log.info("compiling %d decoder module(s) of the LLM (the first steps are slower)",
+                     compile_decoder_layers(model.llm))
         self.wrapped = D.wrap(D.TrainStep(model), world, cfg.strategy, bf16)
         self.optimizer = build_optimizer(model, cfg)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
