@@ -177,7 +177,9 @@ def test_training_with_and_without_the_fast_paths_gives_the_same_losses(tmp_path
     assert len(list((tmp_path / "fc").rglob("*.safetensors"))) == 2
 
 
-def test_compiled_decoder_layers_give_the_same_losses_and_checkpoint_names(tmp_path):
+def test_compiled_decoder_layers_give_the_same_losses_and_checkpoint_names(tmp_path, caplog):
+    import logging
+
     from safetensors import safe_open
 
     from vistune.train.loop import train
@@ -185,13 +187,19 @@ def test_compiled_decoder_layers_give_the_same_losses_and_checkpoint_names(tmp_p
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", projector="mlp2x_gelu")
     data = write_tiny_data(tmp_path / "data", n=12)
     losses, names = {}, {}
+    compiled_runs = []
     for name, overrides in {"eager": [], "compiled": ["train.compile=true"]}.items():
         run = tiny_run_config(ckpt, data, tmp_path / name, overrides, stage=2, max_steps=3, lr=1e-3)
-        final = train(run, progress=False, resume=False)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vistune.train.loop"):
+            final = train(run, progress=False, resume=False)
+        if any("compiling 2 decoder module(s)" in r.getMessage() for r in caplog.records):  # the tiny LLM's 2 layers
+            compiled_runs.append(name)
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [r["loss"] for r in records]
         with safe_open(str(next((final / "llm").glob("*.safetensors"))), "pt") as f:
             names[name] = set(f.keys())
+    assert compiled_runs == ["compiled"]
     assert len(losses["compiled"]) == 3
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)  # float tolerance: fused kernels
     assert names["compiled"] == names["eager"]  # no `_orig_mod.` prefixes: the checkpoint loads anywhere
