@@ -1,6 +1,6 @@
 """Model-FLOPs utilisation of a stage-2 training step at LLaVA-1.5-7B shapes (random weights).
 
-    python benchmarks/gpu_mfu.py [--steps 8] [--seq-len 4096] [--rows 2] [--no-checkpointing] [--attn sdpa]
+    python benchmarks/gpu_mfu.py [--steps 8] [--seq-len 4096] [--rows 2] [--no-checkpointing] [--attn segment]
     torchrun --nproc-per-node 8 benchmarks/gpu_mfu.py          # FSDP2 (fully_shard per decoder layer)
     python benchmarks/gpu_mfu.py --toy                          # tiny shapes on CPU (what the test runs)
 
@@ -8,8 +8,9 @@ The model is vistune's `VisionLanguageModel`: a CLIP ViT-L/14 tower at 336 px (5
 two-layer GELU projector and a Llama-shaped 7B LLM (4096 wide, 32 layers, 11008 MLP, 32000 words), all random,
 bf16 weights, fused AdamW on the projector and the LLM. Samples (576 image tokens + 40-600 text tokens, half
 of the text supervised) are packed into rows of `--seq-len` tokens (`collate(pack=...)`: positions restart per
-sample, so the LLM's packed-sequence attention keeps them apart; with flash-attention the rows go to the
-variable-length kernel). The tower's features are computed once before timing, as the feature cache does.
+sample, so the LLM's packed-sequence attention keeps them apart: with flash-attention the rows go to the
+variable-length kernel; without it, to vistune's span-wise attention, causal SDPA per sample, what
+`vistune train` uses). The model is built on the device in bf16 (no 7B initialisation on the host). The tower's features are computed once before timing, as the feature cache does.
 
 MFU = model FLOPs per second / the device's dense bf16 peak. Model FLOPs per step: 6 x (linear-layer
 parameters) x tokens + 6 x 2 x T^2 x d x layers per sample for causal attention + 6 x d x V per supervised
@@ -29,6 +30,8 @@ import time
 
 import torch
 
+from vistune.model.llm import enable_checkpointing
+
 DATASHEET_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "GH200": 989e12}
 
 
@@ -44,7 +47,8 @@ def shapes(toy: bool) -> dict:
                         num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)}
 
 
-def build(toy: bool, dtype: torch.dtype, attn: str):
+def build(toy: bool, dtype: torch.dtype, attn: str, device: torch.device | str = "cpu",
+          tokenizer: str = "smollm2-135m-instruct"):
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     from vistune.config import ModelConfig
@@ -52,13 +56,25 @@ def build(toy: bool, dtype: torch.dtype, attn: str):
     from vistune.model.vision import HFVisionTower
     from vistune.model.vlm import VisionLanguageModel
 
+    from vistune.model.packed_attention import use_segment_attention
+
     s = shapes(toy)
-    tokenizer = load_tokenizer("smollm2-135m-instruct")  # only its pad id and template are used
-    tower = HFVisionTower(CLIPVisionModel(CLIPVisionConfig(**s["vision"])).to(dtype), layer=-2, select="patch")
-    llm = LlamaForCausalLM(LlamaConfig(**s["llm"], tie_word_embeddings=False, attn_implementation=attn,
-                                       pad_token_id=0)).to(dtype)
-    cfg = ModelConfig(vision_tower="clip-vit-l-336-shapes", projector="mlp2x_gelu", llm="llama-7b-shapes")
-    return VisionLanguageModel.from_parts(cfg, tower, llm, tokenizer).to(dtype)
+    tokenizer = load_tokenizer(tokenizer)  # a name or a directory: only its pad id and template are used
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            tower = HFVisionTower(CLIPVisionModel(CLIPVisionConfig(**s["vision"])), layer=-2, select="patch")
+            llm = LlamaForCausalLM(LlamaConfig(**s["llm"], tie_word_embeddings=False,
+                                               attn_implementation="sdpa" if attn == "segment" else attn,
+                                               pad_token_id=0))
+            cfg = ModelConfig(vision_tower="clip-vit-l-336-shapes", projector="mlp2x_gelu", llm="llama-7b-shapes")
+            model = VisionLanguageModel.from_parts(cfg, tower, llm, tokenizer)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    if attn == "segment":
+        use_segment_attention(model.llm)
+    return model.to(device=device, dtype=dtype)
 
 
 def make_rows(model, n_samples: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
@@ -123,8 +139,11 @@ def run(argv=None) -> dict:
     ap.add_argument("--seq-len", type=int, default=4096, help="tokens per packed row")
     ap.add_argument("--rows", type=int, default=2, help="packed rows per micro-batch (per process)")
     ap.add_argument("--no-checkpointing", action="store_true", help="keep activations (needs more memory)")
-    ap.add_argument("--attn", default=None, help="sdpa | flash_attention_2 | flex_attention (default: flash if "
-                                                  "installed, else sdpa)")
+    ap.add_argument("--attn", default=None,
+                    help="segment (causal SDPA per packed sample) | sdpa (one block-diagonal mask per row) | "
+                         "flash_attention_2 | flex_attention (default: flash if installed, else segment)")
+    ap.add_argument("--tokenizer", default="smollm2-135m-instruct",
+                    help="tokenizer name or directory (only its pad id and template are used)")
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
@@ -140,13 +159,13 @@ def run(argv=None) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    attn = args.attn or ("flash_attention_2" if device.type == "cuda" and _has_flash() else "sdpa")
+    attn = args.attn or ("flash_attention_2" if device.type == "cuda" and _has_flash() else "segment")
     seq_len = min(args.seq_len, 128) if args.toy else args.seq_len
     torch.manual_seed(rank)
-    model = build(args.toy, dtype, attn).to(device)
+    model = build(args.toy, dtype, attn, device, args.tokenizer)
     model.vision_tower.requires_grad_(False)
     if not args.no_checkpointing:
-        model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model.llm)
     if args.compile:
         for layer in model.llm.model.layers:
             layer.compile()

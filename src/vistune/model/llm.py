@@ -83,6 +83,16 @@ def load_llm(name: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def enable_checkpointing(llm) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant), in place."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.x
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    llm.config.use_cache = False
+
+
 def compile_decoder_layers(llm) -> int:
     """Compile a transformers LLM's decoder layers in place (`nn.Module.compile`, dynamic shapes: sequence
     lengths vary per step); the whole decoder where it has no `layers` list. Returns the modules compiled."""

@@ -37,7 +37,7 @@ from vistune.conversation import IGNORE_INDEX
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.data.feature_cache import FeatureCache
 from vistune.model.checkpoint import write_checkpoint_files
-from vistune.model.llm import compile_decoder_layers, is_peft_model
+from vistune.model.llm import compile_decoder_layers, enable_checkpointing, is_peft_model
 from vistune.model.packed_attention import use_segment_attention
 from vistune.train import distributed as D
 from vistune.train import state as S
@@ -102,11 +102,7 @@ def build_model(run: RunConfig, resume_from: Path | None):
         add_lora(model, cfg)
     set_trainable(model, cfg.stage, lora)
     if cfg.gradient_checkpointing:
-        if hasattr(model.llm, "activation_checkpointing_enable"):  # transformers >= 5
-            model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.llm.config.use_cache = False
+        enable_checkpointing(model.llm)
     return model
 
 
