@@ -145,6 +145,8 @@ def run(argv=None) -> dict:
     ap.add_argument("--tokenizer", default="smollm2-135m-instruct",
                     help="tokenizer name or directory (only its pad id and template are used)")
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
+    ap.add_argument("--profile", help="after the timed steps, profile one more step and write the operators "
+                                      "sorted by device time to this file")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -187,25 +189,37 @@ def run(argv=None) -> dict:
     with torch.no_grad():
         features = model.vision_tower(pixels)  # (1, N, D_v): the cached features of every image
     times, flops, tokens, losses = [], 0.0, 0, []
-    for step in range(args.steps + 2):
-        batch = make_rows(model, per_batch, seq_len, model.llm.config.vocab_size, seed=step * 1000 + rank)
-        n_images = len(batch["image_features"])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def train_step(batch: dict) -> float:
         out = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
                     position_ids=batch["position_ids"].to(device),
-                    image_features=features.expand(n_images, -1, -1))
+                    image_features=features.expand(len(batch["image_features"]), -1, -1))
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        losses.append(float(out.loss.detach()))
+        return float(out.loss.detach())
+
+    for step in range(args.steps + 2):
+        batch = make_rows(model, per_batch, seq_len, model.llm.config.vocab_size, seed=step * 1000 + rank)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        losses.append(train_step(batch))
         if step >= 2:
             times.append(time.perf_counter() - t0)
             flops += step_flops(model, batch["lengths"], batch["supervised"])
             tokens += int(batch["attention_mask"].sum())
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            train_step(batch)
+        sort = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+        with open(args.profile, "w", encoding="utf-8") as f:
+            f.write(prof.key_averages().table(sort_by=sort, row_limit=40))
     seconds = sum(times)
     peak, peak_name = peak_flops(device)
     result = {"device": peak_name, "world_size": world, "attn": attn, "checkpointing": not args.no_checkpointing,

@@ -49,11 +49,14 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
                                       **kwargs)
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for r, row in enumerate(spans):
-        parts = [F.scaled_dot_product_attention(query[r:r + 1, :, s:e], key[r:r + 1, :, s:e], value[r:r + 1, :, s:e],
-                                                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
-                 for s, e in row]  # each (1, H, T_s, Dh)
-        rows.append(torch.cat(parts, dim=2))
+    # One split per row and tensor: its backward concatenates the spans' gradients once, where slicing each span
+    # on its own would make a zero-filled gradient of the whole tensor per span (and per span a kernel launch).
+    for q, k, v, row in zip(query.split(1), key.split(1), value.split(1), spans):
+        lengths = [e - s for s, e in row]
+        parts = [F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout, is_causal=True, scale=scaling,
+                                                enable_gqa=gqa)
+                 for qs, ks, vs in zip(q.split(lengths, dim=2), k.split(lengths, dim=2), v.split(lengths, dim=2))]
+        rows.append(torch.cat(parts, dim=2))  # (1, H, L, Dh)
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
