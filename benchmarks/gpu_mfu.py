@@ -225,7 +225,7 @@ def run(argv=None) -> dict:
     result = {"device": peak_name, "world_size": world, "attn": attn, "checkpointing": not args.no_checkpointing,
               "seq_len": seq_len, "rows_per_step": int(batch["input_ids"].shape[0]), "samples_per_step": per_batch,
               "tokens_per_s": tokens / seconds * world, "model_flops_per_s": flops / seconds * world,
-              "mfu": flops / seconds / peak, "step_s": seconds / len(times), "loss": losses[-1],
+              "mfu": flops / seconds / peak, "step_s": seconds / len(times), "step_times_s": times, "loss": losses[-1],
               "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     if rank == 0:
         print(f"{peak_name}; {world} process(es); attention {attn}; checkpointing {result['checkpointing']}; "

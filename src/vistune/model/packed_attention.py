@@ -12,8 +12,11 @@ generates exactly as before. On CUDA the flash-attention implementation does the
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -48,6 +51,15 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     gqa = query.shape[1] != key.shape[1]
+    # On CUDA, cuDNN's attention (PyTorch's first choice on Hopper) builds an execution plan for every new span
+    # length, and training rows bring new lengths at every step: use the flash and memory-efficient kernels.
+    backends = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]) \
+        if query.is_cuda else contextlib.nullcontext()
+    with backends:
+        return _spans_attention(query, key, value, spans, dropout, scaling, gqa), None
+
+
+def _spans_attention(query, key, value, spans, dropout, scaling, gqa) -> torch.Tensor:
     rows = []
     # One split per row and tensor: its backward concatenates the spans' gradients once, where slicing each span
     # on its own would make a zero-filled gradient of the whole tensor per span (and per span a kernel launch).
@@ -57,7 +69,7 @@ def segment_sdpa_forward(module, query, key, value, attention_mask, dropout: flo
                                                 enable_gqa=gqa)
                  for qs, ks, vs in zip(q.split(lengths, dim=2), k.split(lengths, dim=2), v.split(lengths, dim=2))]
         rows.append(torch.cat(parts, dim=2))  # (1, H, L, Dh)
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous()
 
 
 AttentionInterface.register(SEGMENT_ATTENTION, segment_sdpa_forward)
