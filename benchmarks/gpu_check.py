@@ -42,6 +42,8 @@ def run(argv=None) -> dict:
     ap.add_argument("--rel", type=float, default=5e-3, help="relative tolerance of CUDA fp32 against the CPU")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cpu: every setting on the CPU (checks this script where there is no GPU)")
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help="comma-separated subset of the settings (cpu_fp32, the reference, is always run)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -54,7 +56,13 @@ def run(argv=None) -> dict:
     ckpt = save_tiny_checkpoint(tmp / "ckpt", projector="mlp2x_gelu")
     data = write_tiny_data(tmp / "data", n=24, two_images_every=3)
     results: dict[str, dict] = {}
+    chosen = {"cpu_fp32", *args.settings.split(",")}
+    unknown = chosen - set(SETTINGS)
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {sorted(unknown)}; choose from {list(SETTINGS)}")
     for name, (stage, overrides) in SETTINGS.items():
+        if name not in chosen:
+            continue
         overrides = [o.replace("=cuda", "=" + args.device) for o in overrides]
         out = tmp / name
         extra = [f"train.feature_cache_dir={tmp / 'fc' / name}"] if "feature_cache=false" not in overrides else []

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from vistune.model.llm import enable_checkpointing
+from vistune.model.llm import compile_decoder_layers, enable_checkpointing
 
 DATASHEET_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "GH200": 989e12}
 
@@ -144,7 +144,7 @@ def run(argv=None) -> dict:
                          "flash_attention_2 | flex_attention (default: flash if installed, else segment)")
     ap.add_argument("--tokenizer", default="smollm2-135m-instruct",
                     help="tokenizer name or directory (only its pad id and template are used)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (as train.compile)")
     ap.add_argument("--profile", help="after the timed steps, profile one more step and write the operators "
                                       "sorted by device time to this file")
     ap.add_argument("--json", help="also write the figures here")
@@ -169,8 +169,7 @@ def run(argv=None) -> dict:
     if not args.no_checkpointing:
         enable_checkpointing(model.llm)
     if args.compile:
-        for layer in model.llm.model.layers:
-            layer.compile()
+        compile_decoder_layers(model.llm)  # what `train.compile` does: dynamic shapes, so span lengths reuse graphs
     if world > 1:
         from torch.distributed.fsdp import fully_shard
 

@@ -69,3 +69,25 @@ def test_bench_prefix_answers_the_same_both_ways_on_a_tiny_model(capsys):
     assert 8 <= result["shared_positions"] < result["prompt_positions"]
     assert set(result["rate"]) == {"whole prompt", "kept prompt start"} and all(v > 0 for v in result["rate"].values())
     assert "answers identical" in capsys.readouterr().out
+
+
+def test_gpu_check_compares_every_setting_with_the_cpu(tmp_path, capsys):
+    gpu_check = _module("gpu_check")
+    summary = gpu_check.run(["--device", "cpu", "--steps", "2", "--settings", "cuda_fp32,cuda_fp32_plain,cuda_stage1",
+                             "--json", str(tmp_path / "check.json")])
+    assert set(summary["results"]) == {"cpu_fp32", "cuda_fp32", "cuda_fp32_plain", "cuda_stage1"}
+    assert summary["failures"] == []
+    assert summary["results"]["cuda_fp32_plain"]["max_rel_diff_to_cpu"] <= 1e-4
+    assert all(len(r["losses"]) == 2 for r in summary["results"].values())
+    assert "all CUDA settings agree" in capsys.readouterr().out
+
+
+def test_gpu_check_fails_when_a_setting_differs_from_the_cpu(tmp_path, monkeypatch):
+    gpu_check = _module("gpu_check")
+    # a learning rate ten times the reference's changes the second step's loss: the check must report it
+    monkeypatch.setitem(gpu_check.SETTINGS, "cuda_fp32", (2, ["train.device=cuda", "train.lr=0.01"]))
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.run(["--device", "cpu", "--steps", "2", "--settings", "cuda_fp32"])
+    assert stop.value.code == 1
+    with pytest.raises(SystemExit, match="unknown setting"):
+        gpu_check.run(["--device", "cpu", "--settings", "cuda_fp64"])
