@@ -36,6 +36,26 @@ def losses_of(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def train_settings(tmp: Path, names: list[str], device: str, steps: int) -> dict[str, dict]:
+    """Each named setting trained `steps` steps from one tiny checkpoint on the same data: losses and seconds."""
+    from vistune.train.loop import train
+    from vistune.train.tiny import save_tiny_checkpoint, tiny_run_config, write_tiny_data
+
+    ckpt = save_tiny_checkpoint(tmp / "ckpt", projector="mlp2x_gelu")
+    data = write_tiny_data(tmp / "data", n=24, two_images_every=3)
+    results = {}
+    for name in names:
+        stage, overrides = SETTINGS[name]
+        overrides = [o.replace("=cuda", "=" + device) for o in overrides]
+        if "train.feature_cache=false" not in overrides:
+            overrides.append(f"train.feature_cache_dir={tmp / 'fc' / name}")
+        cfg = tiny_run_config(ckpt, data, tmp / name, overrides, stage=stage, max_steps=steps, lr=1e-3)
+        t0 = time.perf_counter()
+        train(cfg, progress=False, resume=False)
+        results[name] = {"losses": losses_of(tmp / name), "seconds": time.perf_counter() - t0}
+    return results
+
+
 def run(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
@@ -49,27 +69,12 @@ def run(argv=None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check.py needs a CUDA GPU (--device cpu runs every setting on the CPU)")
 
-    from vistune.train.loop import train
-    from vistune.train.tiny import save_tiny_checkpoint, tiny_run_config, write_tiny_data
-
-    tmp = Path(tempfile.mkdtemp(prefix="vistune-gpu-check-"))
-    ckpt = save_tiny_checkpoint(tmp / "ckpt", projector="mlp2x_gelu")
-    data = write_tiny_data(tmp / "data", n=24, two_images_every=3)
-    results: dict[str, dict] = {}
     chosen = {"cpu_fp32", *args.settings.split(",")}
     unknown = chosen - set(SETTINGS)
     if unknown:
         raise SystemExit(f"unknown setting(s) {sorted(unknown)}; choose from {list(SETTINGS)}")
-    for name, (stage, overrides) in SETTINGS.items():
-        if name not in chosen:
-            continue
-        overrides = [o.replace("=cuda", "=" + args.device) for o in overrides]
-        out = tmp / name
-        extra = [f"train.feature_cache_dir={tmp / 'fc' / name}"] if "feature_cache=false" not in overrides else []
-        cfg = tiny_run_config(ckpt, data, out, [*overrides, *extra], stage=stage, max_steps=args.steps, lr=1e-3)
-        t0 = time.perf_counter()
-        train(cfg, progress=False, resume=False)
-        results[name] = {"losses": losses_of(out), "seconds": time.perf_counter() - t0}
+    with tempfile.TemporaryDirectory(prefix="vistune-gpu-check-") as tmp:
+        results = train_settings(Path(tmp), [n for n in SETTINGS if n in chosen], args.device, args.steps)
 
     ref = results["cpu_fp32"]["losses"]
     failures = []
@@ -81,10 +86,11 @@ def run(argv=None) -> dict:
         r["max_rel_diff_to_cpu"] = worst
         if len(r["losses"]) != len(ref) or not worst <= tol:
             failures.append(f"{name}: losses differ from the CPU's by {worst:.2e} (tolerance {tol:g})")
-    if not all(math.isfinite(x) for x in results.get("cuda_stage1", {"losses": []})["losses"]):
-        failures.append("cuda_stage1: non-finite loss")
-    summary = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__, "results": results,
-               "failures": failures}
+    stage1 = results.get("cuda_stage1")
+    if stage1 is not None and not (len(stage1["losses"]) == args.steps and all(map(math.isfinite, stage1["losses"]))):
+        failures.append(f"cuda_stage1: losses {stage1['losses']} (expected {args.steps} finite values)")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    summary = {"device": device, "torch": torch.__version__, "results": results, "failures": failures}
     for name, r in results.items():
         diff = r.get("max_rel_diff_to_cpu")
         print(f"{name:16s} losses {' '.join(f'{x:.4f}' for x in r['losses'])}"

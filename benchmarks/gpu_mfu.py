@@ -10,7 +10,8 @@ bf16 weights, fused AdamW on the projector and the LLM. Samples (576 image token
 of the text supervised) are packed into rows of `--seq-len` tokens (`collate(pack=...)`: positions restart per
 sample, so the LLM's packed-sequence attention keeps them apart: with flash-attention the rows go to the
 variable-length kernel; without it, to vistune's span-wise attention, causal SDPA per sample, what
-`vistune train` uses). The model is built on the device in bf16 (no 7B initialisation on the host). The tower's features are computed once before timing, as the feature cache does.
+`vistune train` uses). The model is built on the device in bf16 (no 7B initialisation on the host). The
+tower's features are computed once before timing, as the feature cache does.
 
 MFU = model FLOPs per second / the device's dense bf16 peak. Model FLOPs per step: 6 x (linear-layer
 parameters) x tokens + 6 x 2 x T^2 x d x layers per sample for causal attention + 6 x d x V per supervised
