@@ -68,11 +68,11 @@ def test_every_config_loads_and_builds_from_tiny_stand_ins(path):
 def test_demo_runs_its_shipped_recipes(tmp_path):
     """The demo's training runs are the YAML files under configs/demo with the demo's paths, nothing else."""
     from vistune.config import to_dict
-    from vistune.demo import DEMO_CONFIGS, FULL, QUICK, Demo
+    from vistune.demo import DEMO_CONFIGS, FULL, LONG, QUICK, Demo
 
     assert (ROOT / "demo").resolve() == DEMO_CONFIGS  # one copy: configs/demo is the package's folder
     stage1_final = tmp_path / "stage1" / "final"
-    for plan in (FULL, QUICK):
+    for plan in (FULL, QUICK, LONG):
         demo = Demo(tmp_path, plan)
         demo._final = lambda stage: stage1_final
         for stage, name in ((1, plan.stage1), (2, plan.stage2)):
@@ -85,6 +85,16 @@ def test_demo_runs_its_shipped_recipes(tmp_path):
             assert to_dict(demo._run_config(stage)) == to_dict(expected)
     full2 = load_run_config(ROOT / "demo" / "stage2.yaml", read_init_from=False)
     assert (full2.train.max_steps, full2.train.lr, full2.train.global_batch_size) == (90, 5e-5, 16)
+    # --long: the same recipe with four times the stage-2 steps (and a safety stop to match), the same stage 1
+    assert LONG.recipe(1) == FULL.recipe(1)
+    long2, short2 = LONG.recipe(2), FULL.recipe(2)
+    assert (long2["train"].pop("max_steps"), short2["train"].pop("max_steps")) == (360, 90)
+    assert long2["train"].pop("max_minutes") > short2["train"].pop("max_minutes")
+    long2["train"].pop("feature_cache_dir"), short2["train"].pop("feature_cache_dir")  # paths
+    paths = ("data", "init_from", "output_dir")
+    assert {k: v for k, v in long2.items() if k not in paths} == {k: v for k, v in short2.items() if k not in paths}
+    assert {k: v for k, v in long2["data"].items() if k not in ("path", "image_folder")} == \
+        {k: v for k, v in short2["data"].items() if k not in ("path", "image_folder")}
 
 
 def test_recipes_follow_the_papers():

@@ -157,6 +157,8 @@ def test_demo_precision_and_seed_replace_both_recipes_and_retrain(tmp_path):
     assert auto.recipe(2) != FULL.recipe(2) and seeded.recipe(1) != FULL.recipe(1)
     with pytest.raises(ConfigError, match="fp16"):
         run_demo(tmp_path / "demo", precision="fp16")
+    with pytest.raises(ConfigError, match="--quick or --long"):
+        run_demo(tmp_path / "demo", quick=True, long=True)
     with pytest.raises(ConfigError, match="seed=-1"):
         run_demo(tmp_path / "demo", seed=-1)
     assert not (tmp_path / "demo").exists()
