@@ -54,10 +54,9 @@ def build(toy: bool, dtype: torch.dtype, attn: str, device: torch.device | str =
 
     from vistune.config import ModelConfig
     from vistune.model.llm import load_tokenizer
+    from vistune.model.packed_attention import use_segment_attention
     from vistune.model.vision import HFVisionTower
     from vistune.model.vlm import VisionLanguageModel
-
-    from vistune.model.packed_attention import use_segment_attention
 
     s = shapes(toy)
     tokenizer = load_tokenizer(tokenizer)  # a name or a directory: only its pad id and template are used
