@@ -52,7 +52,7 @@ class DemoPlan:
     """How many of them the terminal prints."""
     precision: str | None = None
     """Replaces both recipes' `train.precision` (`bf16` or `auto`: bf16 autocast, faster where the CPU has
-    native bf16, figures within its noise); None keeps the recipes' `fp32`, the same on every CPU."""
+    native bf16, figures within its noise); None keeps the recipes' `fp32` (every CPU; the same figures up to its matmul kernels' rounding)."""
     seed: int = 0
     """Added to both recipes' `train.seed` (data order, initialisations): seed k of a several-seed report."""
     stage2_steps: int | None = None
@@ -448,7 +448,8 @@ def demo_report(variants: dict, stages: dict[str, dict], cpu: str) -> Report:
         report.title += f" ({STOPPED_EARLY.upper()})"
         report.chart.title = f"{STOPPED_EARLY.upper()}\n{report.chart.title}"
     report.notes += [
-        "precision: the recipes train in fp32, so a seed gives the same figures on every CPU; with `--precision "
+        "precision: the recipes train in fp32 on every CPU, so a seed gives the same figures up to the rounding of "
+        "the CPU's matmul kernels (a few answers); with `--precision "
         "auto` training runs in bf16 autocast where the CPU has native bf16 (avx512_bf16 or amx_bf16), figures "
         "within the noise of bf16 vs fp32; evaluation always in fp32",
         f"target: full at least {TARGET_OVERALL:g} points above both controls overall and at least "
