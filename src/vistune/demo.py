@@ -52,7 +52,8 @@ class DemoPlan:
     """How many of them the terminal prints."""
     precision: str | None = None
     """Replaces both recipes' `train.precision` (`bf16` or `auto`: bf16 autocast, faster where the CPU has
-    native bf16, figures within its noise); None keeps the recipes' `fp32` (every CPU; the same figures up to its matmul kernels' rounding)."""
+    native bf16, figures within its noise); None keeps the recipes' `fp32` (every CPU; the same figures up to its
+    matmul kernels' rounding)."""
     seed: int = 0
     """Added to both recipes' `train.seed` (data order, initialisations): seed k of a several-seed report."""
     stage2_steps: int | None = None
@@ -84,8 +85,8 @@ FULL = DemoPlan(name="full", train_images=1500, heldout_images=240, bench_questi
 "stopped early: figures not comparable"."""
 LONG = replace(FULL, name="long", stage2_steps=360)
 """`vistune demo --long`: the full plan with four times the stage-2 steps (360, the same recipe otherwise): about
-45 minutes on 2 cores, past the demo's 20-minute goal, and past the accuracy the 90 steps reach (README: 'A longer
-run')."""
+46 minutes on 2 AVX-512 cores (2.2-2.6x that on an older AVX2-only CPU), past the demo's 20-minute goal, and past
+the accuracy the 90 steps reach (README: 'A longer run')."""
 QUICK = DemoPlan(name="quick", train_images=64, heldout_images=24, bench_questions=36, chats=2, chats_shown=1,
                  stage1="stage1_quick.yaml", stage2="stage2_quick.yaml")
 """A smoke run of every step; it checks the pipeline, not the accuracy targets."""

@@ -13,13 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="runs/demo", help="run directory")
     demo.add_argument("--quick", action="store_true", help="a small run (minutes) for smoke tests")
     demo.add_argument("--long", action="store_true",
-                      help="stage 2 trains 360 steps instead of 90 (about 45 min on 2 cores instead of 19): the "
-                           "accuracy the 20-minute recipe does not reach; use its own --out (runs/demo-long)")
+                      help="stage 2 trains 360 steps instead of 90 (about 46 min instead of 19 on 2 AVX-512 cores, "
+                           "2.2-2.6x that on an older AVX2-only CPU): the accuracy the 20-minute recipe does not "
+                           "reach; use its own --out (runs/demo-long)")
     demo.add_argument("--force", action="store_true", help="redo finished steps")
     demo.add_argument("--precision", choices=PRECISIONS, default=None,
-                      help="training precision for both stages instead of the recipes' fp32 (the same figures "
-                           "on every CPU); `auto` trains in bf16 autocast where the CPU has native bf16 (faster, "
-                           "figures within bf16's noise); a changed precision retrains")
+                      help="training precision for both stages instead of the recipes' fp32 (on every CPU: the same "
+                           "figures up to the matmul kernels' rounding); `auto` trains in bf16 autocast where the "
+                           "CPU has native bf16 (faster, figures within bf16's noise); a changed precision retrains")
     demo.add_argument("--seed", type=int, default=0,
                       help="added to both stages' train.seed (data order, initialisations); a changed seed "
                            "retrains")
