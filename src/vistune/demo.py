@@ -450,9 +450,9 @@ def demo_report(variants: dict, stages: dict[str, dict], cpu: str) -> Report:
         report.chart.title = f"{STOPPED_EARLY.upper()}\n{report.chart.title}"
     report.notes += [
         "precision: the recipes train in fp32 on every CPU, so a seed gives the same figures up to the rounding of "
-        "the CPU's matmul kernels (a few answers); with `--precision "
-        "auto` training runs in bf16 autocast where the CPU has native bf16 (avx512_bf16 or amx_bf16), figures "
-        "within the noise of bf16 vs fp32; evaluation always in fp32",
+        "the CPU's matmul kernels (a few answers); with `--precision auto` training runs in bf16 autocast where the "
+        "CPU has native bf16 (avx512_bf16 or amx_bf16), figures within the noise of bf16 vs fp32; evaluation always "
+        "in fp32",
         f"target: full at least {TARGET_OVERALL:g} points above both controls overall and at least "
         f"{TARGET_BY_TYPE:g} points above shuffled_images on every type",
         "each stage runs the steps its recipe plans (train.max_steps); train.max_minutes is only a safety stop"]
