@@ -26,11 +26,13 @@ def _register_shapes(esub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--batch-size", type=int, default=16, help="questions per batch")
     shapes.add_argument("--limit", type=int, default=None, help="score at most N questions")
     shapes.add_argument("--shuffle-images", action="store_true",
-                        help="control: ask each question about a different image")
+                        help="score only the shuffled control: ask each question about a different image")
+    _add_controls_flags(shapes)
     add_generation_flags(shapes, max_new_tokens=8)
     shapes.set_defaults(func=shapes_command)
     _register_llava_bench(esub)
     _register_scienceqa(esub)
+    _register_benchmarks(esub)
 
 
 # ----------------------------------------------------------------------------- shared flags
@@ -55,6 +57,23 @@ def _add_judge_flags(p: argparse.ArgumentParser, prefix: str, what: str) -> None
     p.add_argument("--price-in", type=float, default=None, help="price per million prompt tokens (cost line)")
     p.add_argument("--price-out", type=float, default=None, help="price per million completion tokens")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_controls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controls", default=None,
+                   help="image-reliance controls, comma-separated: shuffled (another image of the set), blank (a "
+                        "blank image), noimage (the text only); each scored beside the real answers")
+    p.add_argument("--control-seed", type=int, default=0,
+                   help="seed of the shuffled control's derangement (0: each image -> the next in sorted order)")
+
+
+def _controls(args: argparse.Namespace) -> tuple[str, ...]:
+    from vistune.eval.controls import ControlsError, parse_controls
+
+    try:
+        return parse_controls(args.controls)
+    except ControlsError as e:
+        raise UsageError(str(e)) from None
 
 
 def _judge_options(args: argparse.Namespace, prefix: str):
@@ -194,17 +213,101 @@ def _scienceqa(args: argparse.Namespace) -> int:
 
 
 def shapes_command(args: argparse.Namespace) -> int:
+    return _run(_shapes, args)
+
+
+def _shapes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vistune.eval.shapes import evaluate, load_bench
+    from vistune.eval.controls import reliance_sentence
+    from vistune.eval.shapes import evaluate, evaluate_controls, load_bench
 
     params = sampling_params(args)
+    controls = _controls(args)
+    if controls and args.shuffle_images:
+        raise UsageError("give either --shuffle-images (the shuffled control alone) or --controls, not both")
     bench = load_bench(args.bench, args.limit)
     engine = load_engine(args)
-    report = evaluate(engine, bench, args.images, args.out, shuffle=args.shuffle_images, batch_size=args.batch_size,
-                      params=params)
+    if controls:
+        report = evaluate_controls(engine, bench, args.images, args.out, controls, seed=args.control_seed,
+                                   batch_size=args.batch_size, params=params)
+    else:
+        report = evaluate(engine, bench, args.images, args.out, control="shuffled" if args.shuffle_images else None,
+                          seed=args.control_seed, batch_size=args.batch_size, params=params)
     print(f"overall {report['overall']:.1f}% on {report['n']} questions")
     for t, v in report["by_type"].items():
         print(f"  {t:<18} {v:5.1f}%")
+    if "controls" in report:
+        print(reliance_sentence(report["controls"], "accuracy"))
     print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- LLaVA-1.5's benchmarks
+
+BENCHMARKS = {
+    "pope": ("POPE yes/no object existence: accuracy, precision, recall, F1, yes-ratio per split",
+             "POPE question file(s) {question_id, image, text, label} (one file, or a folder of coco_pope_*.json)"),
+    "vqa": ("VQA accuracy (TextVQA, VQAv2, VizWiz) with the official answer normalisation",
+            "TextVQA JSON, VQAv2 questions JSON, VizWiz JSON, or JSONL {question_id, image, text, answers}"),
+    "gqa": ("GQA exact match, per question type", "GQA questions JSON (e.g. testdev_balanced_questions.json) "
+                                                  "or JSONL {question_id, image, text, answer}"),
+    "mme": ("MME perception and cognition (acc + acc+ per subtask)", "MME_Benchmark_release_version folder"),
+    "mmbench": ("MMBench multiple choice, circular evaluation", "MMBench TSV (images inside)"),
+    "seed": ("SEED-Bench multiple-choice accuracy per dimension (image questions)", "SEED-Bench.json"),
+}
+
+
+def _register_benchmarks(esub: argparse._SubParsersAction) -> None:
+    for name, (what, questions) in BENCHMARKS.items():
+        p = add_command(esub, name, what)
+        p.add_argument("--questions", required=True, help=questions)
+        p.add_argument("--images", help="image folder (with --model)" + (
+            "; default: the --questions folder" if name == "mme" else ""))
+        p.add_argument("--model", help="vistune checkpoint that answers every question")
+        p.add_argument("--answers", help="answers JSONL {question_id, text} written elsewhere (instead of --model)")
+        p.add_argument("--out", required=True, help="output directory (answers*.jsonl, summary.json/.md/.png)")
+        p.add_argument("--limit", type=int, default=None, help="ask and score only the first N questions")
+        if name == "vqa":
+            p.add_argument("--format", required=True, choices=["textvqa", "vqav2", "vizwiz"], help="the benchmark")
+            p.add_argument("--annotations", help="VQAv2: the annotations JSON with the human answers")
+            p.add_argument("--ocr", action="store_true", help="TextVQA: add the reference OCR tokens to the prompt")
+        _add_controls_flags(p)
+        _add_model_flags(p, 16)
+        if name == "mmbench":
+            _add_judge_flags(p, "judge", "judge reading a letter where the rule finds none (optional)")
+        else:
+            p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.set_defaults(func=benchmark_command, benchmark=name)
+
+
+def benchmark_command(args: argparse.Namespace) -> int:
+    return _run(_benchmark, args)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vistune.eval.benchmark import BenchmarkOptions, run_benchmark
+    from vistune.eval.benchmarks import BENCHMARKS as CLASSES
+    from vistune.eval.controls import reliance_sentence
+
+    bench = CLASSES[args.benchmark]()
+    options = BenchmarkOptions(
+        questions=args.questions, out=args.out, images=args.images, model=args.model, answers=args.answers,
+        annotations=getattr(args, "annotations", None), format=getattr(args, "format", None),
+        ocr=getattr(args, "ocr", False), controls=_controls(args), control_seed=args.control_seed, limit=args.limit,
+        answering=_answering(args) if args.model else None,
+        judge=_judge_options(args, "judge") if args.benchmark == "mmbench" else None,
+        progress=not args.no_progress)
+    result = run_benchmark(bench, options)
+    for key, value in result.figures.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            print(f"{key:<16} {value:.1f}" if isinstance(value, float) else f"{key:<16} {value}")
+    if result.controls:
+        print(reliance_sentence(result.controls, result.controls.get("metric", "score")))
+    if result.failed:
+        print(f"{len(result.failed)} questions could not be answered (counted wrong); a re-run asks them again",
+              file=sys.stderr)
+    print(f"report: {Path(args.out) / 'summary.md'}")
     return 0

@@ -153,7 +153,7 @@ def _chance_overall(report: dict) -> float | None:
     return sum(chance[t] * nbt.get(t, 0) for t in chance) / n if n else None
 
 
-def _single_report(report: dict, variant: str | None, notes: Sequence[str]) -> Report:
+def single_report(report: dict, variant: str | None, notes: Sequence[str]) -> Report:
     types = list(report.get("by_type", {}))
     chance, nbt = report.get("chance_by_type") or {}, report.get("n_by_type", {})
     rows = [[t, report["by_type"][t], chance.get(t), nbt.get(t, "")] for t in types]
@@ -181,7 +181,7 @@ def _single_report(report: dict, variant: str | None, notes: Sequence[str]) -> R
 def write_report(report: dict, out_dir: str | os.PathLike, variant: str | None = None,
                  notes: Sequence[str] = ()) -> None:
     """report.json (the `score` dict unchanged), report.md (table by type with chance) and report.png."""
-    write_any(_single_report(report, variant, notes), out_dir)
+    write_any(single_report(report, variant, notes), out_dir)
 
 
 def beaten_controls(variants: Mapping[str, dict], full: str = "full") -> dict[str, list[str]]:

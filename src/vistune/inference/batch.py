@@ -125,12 +125,20 @@ class Answering:
     dtype: str = "auto"
     """Weights dtype for the checkpoint."""
 
+    def load(self, model: str) -> Engine:
+        """The engine for `model` on this device and dtype."""
+        return Engine.load(model, self.device, self.dtype, max_batch_size=self.batch_size)
+
     def answer(self, model: str, questions: Sequence[dict], image_folder: str | os.PathLike | None,
                out_path: str | os.PathLike, seeds: Sequence[int | None] = (None,)) -> dict[int | None, InferSummary]:
         """Load `model` once and answer `questions` into `out_path` per seed (None: `sampling`'s own seed; a
         `{seed}` in `out_path` names each seed's file). Resumable like `infer`."""
-        engine = Engine.load(model, self.device, self.dtype, max_batch_size=self.batch_size)
-        model_id = Path(model).resolve().name
+        return self.answer_with(self.load(model), Path(model).resolve().name, questions, image_folder, out_path, seeds)
+
+    def answer_with(self, engine: Engine, model_id: str, questions: Sequence[dict],
+                    image_folder: str | os.PathLike | None, out_path: str | os.PathLike,
+                    seeds: Sequence[int | None] = (None,)) -> dict[int | None, InferSummary]:
+        """`answer` with an engine already loaded (several answer files from one model)."""
         summaries = {}
         for seed in seeds:
             params = self.sampling if seed is None else replace(self.sampling, seed=seed)
