@@ -281,7 +281,7 @@ class Demo:
         variants["full"] = evaluate(full, bench, images, evals / "full", progress=self.progress)
         variants["full_in_distribution"] = evaluate(full, in_distribution, images, evals / "full_in_distribution",
                                                     progress=self.progress)
-        variants["shuffled_images"] = evaluate(full, bench, images, evals / "shuffled_images", shuffle=True,
+        variants["shuffled_images"] = evaluate(full, bench, images, evals / "shuffled_images", control="shuffled",
                                                progress=self.progress)
         prior = answer_prior(load_bench(self.world / "train" / "bench.jsonl"))
         variants["answer_prior"] = score(prior_predictions(prior, bench), bench)
