@@ -140,17 +140,14 @@ class Benchmark:
         return {}
 
 
-def read_answers(path: str | Path, bench: Benchmark, known: set[str] | None = None) -> dict[str, str]:
-    """question key -> answer text from `{"question_id", "text"}` lines; answers to unknown questions are
-    refused (with `known`), a line without them names its line."""
+def read_answers(path: str | Path, bench: Benchmark) -> dict[str, str]:
+    """question key -> answer text from `{"question_id", "text"}` lines; a line without them is refused, naming
+    the line."""
     answers: dict[str, str] = {}
     for n, r in iter_records(path):
         if "question_id" not in r or not isinstance(r.get("text"), str):
             raise RecordError(f"{path}:{n}: an answer needs 'question_id' and a string 'text'")
-        key = bench.answer_key(r)
-        if known is not None and key not in known:
-            raise RecordError(f"{path}:{n}: question_id {r['question_id']!r} is not among the questions")
-        answers[key] = r["text"]
+        answers[bench.answer_key(r)] = r["text"]
     return answers
 
 
@@ -195,7 +192,7 @@ def run_benchmark(bench: Benchmark, o: BenchmarkOptions) -> BenchmarkResult:
         raise RecordError(f"{o.questions}: no questions")
     keys = [str(q["question_id"]) for q in questions]
     if o.answers:
-        real, per_control, failed = read_answers(o.answers, bench, set(keys)), {}, {}
+        real, per_control, failed = read_answers(o.answers, bench), {}, {}
     else:
         real, per_control, failed = _answer(o, bench, questions, out)
     scored = bench.score(questions, real, o)
@@ -209,6 +206,9 @@ def run_benchmark(bench: Benchmark, o: BenchmarkOptions) -> BenchmarkResult:
                              scored.statistic, strata=scored.strata)
         comparison["metric"] = scored.metric
         add_to_report(report, comparison, metric=scored.metric, unit=scored.unit)
+    others = len(set(real) - set(keys))
+    if others:
+        report.notes.append(f"{others} answers to questions outside this set (other splits, --limit) were ignored")
     source = f"answers from {o.answers}" if o.answers else f"{o.model} (greedy unless sampling flags say otherwise)"
     report.notes.append(f"candidate: {source}; questions: {o.questions}")
     report.data = {"benchmark": bench.name, "figures": scored.figures, "n": len(keys), "missing": missing,

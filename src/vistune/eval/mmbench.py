@@ -11,7 +11,7 @@ right option. Rows whose `index` differ by multiples of 1,000,000 are one questi
 them itself; otherwise the rotations are made here. `single-pass` is the accuracy of the first pass alone.
 
 Reading a letter (the rule): the one option letter that stands alone as a word once punctuation is removed
-("B", "(B) cat", "The answer is B."; a lone "A" in a longer sentence is the article, not an option); else the one
+("B", "(B) cat", "The answer is B."; an "A" followed by a lower-case word is the article, not an option); else the one
 option whose text appears in the answer; else none. With a judge (`--judge-base-url`), answers without a letter are
 shown to it with the options and its letter is taken; otherwise they count as wrong.
 
@@ -57,11 +57,11 @@ def parse_letter(answer: str, options: list[str]) -> str | None:
     """The option letter an answer picks by the rule (see the module docstring); None when it picks none."""
     letters = LETTERS[: len(options)]
     words = _SEPARATORS.sub(" ", answer).split()
-    found = {w for w in words if w in letters}
+    # "A" followed by a lower-case word is the article ("A dog is ..."), not option A
+    found = {w for i, w in enumerate(words) if w in letters
+             and not (w == "A" and i + 1 < len(words) and words[i + 1][:1].islower())}
     if len(found) == 1:
-        letter = found.pop()
-        if not (letter == "A" and len(words) > 3 and words[0] != "A"):
-            return letter
+        return found.pop()
     text = answer.lower()
     named = [letters[i] for i, o in enumerate(options) if o.strip() and o.strip().lower() in text]
     return named[0] if len(named) == 1 else None
