@@ -159,29 +159,18 @@ def to_peer(batch: dict, image_token_id: int) -> dict:
 
 
 def epoch_flops(model, dataset, stage: int) -> tuple[float, int]:
-    """(model FLOPs of one pass over `dataset`, real tokens in it); see the module docstring for what counts."""
+    """(model FLOPs of one pass over `dataset`, real tokens in it); see `vistune.train.flops` for what counts."""
     from vistune.conversation import IGNORE_INDEX
+    from vistune.train.flops import FlopCounter
 
-    c = model.llm.config
-    d, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    kv = d // c.num_attention_heads * c.num_key_value_heads
-    per_token = 2 * (d * d * 2 + d * kv * 2 + 3 * d * c.intermediate_size) * L  # forward, linear layers
-    p = model.projector
-    proj = sum(m.weight.numel() for m in (p.linear_1, getattr(p, "linear_2", None)) if m is not None)
+    counter = FlopCounter.of(model)
     flops, tokens = 0.0, 0
     for i in range(len(dataset)):
         s = dataset[i]
         T = len(s.input_ids)
         sup = int((s.labels[1:] != IGNORE_INDEX).sum())
         n_img = model.num_image_tokens if s.pixel_values is not None else 0
-        linear = per_token * T
-        attn = 2 * T * T * d * L  # QK^T and AV, causal half
-        head = 2 * sup * d * V
-        projector = 2 * n_img * proj
-        if stage == 2:
-            flops += 3 * (linear + attn + head + projector)
-        else:  # the frozen LLM needs input gradients only; the projector its weight gradients only
-            flops += 2 * linear + 3 * attn + 2 * head + 2 * projector
+        flops += counter.step([T], sup, n_img, stage)
         tokens += T
     return flops, tokens
 

@@ -98,16 +98,11 @@ def make_rows(model, n_samples: int, seq_len: int, vocab: int, seed: int = 0) ->
 
 
 def step_flops(model, lengths: list[int], supervised: list[int]) -> float:
-    """Model FLOPs of one forward + backward over these samples (see the module docstring)."""
-    c = model.llm.config
-    d, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    kv = d // c.num_attention_heads * c.num_key_value_heads
-    per_token = 2 * (2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size) * L
-    p = model.projector
-    proj = p.linear_1.weight.numel() + p.linear_2.weight.numel()
-    fwd = sum(per_token * T + 2 * T * T * d * L for T in lengths) + 2 * d * V * sum(supervised)
-    fwd += 2 * proj * model.num_image_tokens * len(lengths)
-    return 3 * fwd
+    """Model FLOPs of one forward + backward over these samples (`vistune.train.flops`, stage 2)."""
+    from vistune.train.flops import FlopCounter
+
+    image_tokens = model.num_image_tokens * len(lengths)
+    return FlopCounter.of(model).step(lengths, sum(supervised), image_tokens, stage=2)
 
 
 def peak_flops(device: torch.device) -> tuple[float, str]:

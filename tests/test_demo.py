@@ -91,34 +91,41 @@ def _variants(full: dict, shuffled: dict, prior: dict) -> dict:
     return {"full": score(full, BENCH), "shuffled_images": score(shuffled, BENCH), "answer_prior": score(prior, BENCH)}
 
 
-def _fake_final(path, step: int):
+def _fake_final(path, step: int, flops: float | None = None):
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "vistune", "training": {"stage": 2, "step": step}}))
+    training = {"stage": 2, "step": step, **({} if flops is None else {"flops": flops})}
+    (path / "config.json").write_text(json.dumps({"model_type": "vistune", "training": training}))
     return str(path)
 
 
 def test_a_stage_stopped_by_its_time_budget_is_reported_loudly(tmp_path):
     run = load_run_config(DEMO_CONFIGS / FULL.stage2, read_init_from=False)
     planned = run.train.max_steps
-    stopped = stage_outcome({"model": _fake_final(tmp_path / "s2", 78), "precision": "fp32"}, run)
-    assert (stopped["steps"], stopped["planned_steps"], stopped["stopped_early"]) == (78, planned, True)
-    whole = stage_outcome({"model": _fake_final(tmp_path / "s1", planned), "precision": "fp32"}, run)
+    reached = planned - 12
+    stopped = stage_outcome({"model": _fake_final(tmp_path / "s2", reached, 40.25e12), "precision": "fp32"}, run)
+    assert (stopped["steps"], stopped["planned_steps"], stopped["stopped_early"]) == (reached, planned, True)
+    whole = stage_outcome({"model": _fake_final(tmp_path / "s1", planned, 9.5e12), "precision": "fp32"}, run)
     assert whole["stopped_early"] is False
     variants = _variants({"colour0": "red", "colour1": "blue", "count0": "2", "count1": "3"},
                          {"colour0": "red", "colour1": "red", "count0": "2", "count1": "2"}, {})
     report = demo_report(variants, {"stage1": whole, "stage2": stopped}, "Test CPU (avx2; no native bf16)")
     paths = write_report(report, tmp_path / "out")
     data = json.loads(paths["json"].read_text())
-    assert data["stopped_early"] is True and data["training"]["stage2"]["steps"] == 78
+    assert data["stopped_early"] is True and data["training"]["stage2"]["steps"] == reached
     assert data["training"]["stage2"]["planned_steps"] == planned and data["cpu"].startswith("Test CPU")
     md = paths["md"].read_text()
     attention = md.split("**Attention**")[1].split("|")[0]
-    assert f"{STOPPED_EARLY.upper()}**: stage2 ran 78 of {planned} planned steps" in attention
+    assert f"{STOPPED_EARLY.upper()}**: stage2 ran {reached} of {planned} planned steps" in attention
     assert STOPPED_EARLY.upper() in md.splitlines()[0] and STOPPED_EARLY.upper() in report.chart.title
-    assert "| stage2 | 78 | %d | fp32 |" % planned in md and "evaluation in fp32" in md
+    assert f"| stage2 | {reached} | {planned} | 40.2 | fp32 |" in md and "evaluation in fp32" in md
+    # the training compute: both stages' model FLOPs, in report.json and report.md
+    assert data["training_tflop"] == pytest.approx(49.75) and "Training compute: 49.8 TFLOP" in md
+    assert "training compute: 49.8 TFLOP" in "\n".join(summary_lines(data))
+    unknown = stage_outcome({"model": _fake_final(tmp_path / "old", planned), "precision": "fp32"}, run)
+    assert demo_report(variants, {"stage1": whole, "stage2": unknown}, "cpu").data["training_tflop"] is None
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     banner = summary_lines(data)[0]
-    assert banner.startswith("!!!") and "stage2 stopped at step 78" in banner and STOPPED_EARLY.upper() in banner
+    assert banner.startswith("!!!") and f"stage2 stopped at step {reached}" in banner and STOPPED_EARLY.upper() in banner
     # the same figures from a whole run carry no warning
     clean = demo_report(variants, {"stage1": whole, "stage2": whole}, "cpu")
     assert clean.data["stopped_early"] is False and STOPPED_EARLY.upper() not in " ".join(clean.warnings)

@@ -39,6 +39,7 @@ PROJECTORS = ("linear", "mlp2x_gelu")
 """Projector types: one matrix (the paper), or linear-GELU-linear (LLaVA-1.5)."""
 #: `model.feature_norm`: normalisation of the tower's features before the projector.
 FEATURE_NORMS = ("none", "token", "channel")
+IMAGE_POSITIONS = ("none", "learned_2d")
 #: `model.projector_norm`: normalisation of the projector's outputs.
 PROJECTOR_NORMS = ("none", "rms")
 
@@ -77,6 +78,11 @@ class ModelConfig:
     `channel` with `projector_norm: none`."""
     system_prompt: str | None = None
     """System message added to every conversation that has none (None: the template's own default)."""
+    image_position: str = "none"
+    """A position signal for image tokens that costs no tokens: `none`, or `learned_2d`: a learned row vector
+    and a learned column vector (zero at the start, trained with the projector) added to each grid token by its
+    cell, so the LLM can tell where a token lies in the image besides its place in the sequence. Needs a square
+    grid of tokens (CLS, where kept, gets none). No llava-hf counterpart, so it cannot be exported."""
 
     @staticmethod
     def upgrade(data: dict, prefix: str = "model.") -> dict:
@@ -112,6 +118,8 @@ class ModelConfig:
 
         if self.projector not in PROJECTORS:
             raise ConfigError(f"model.projector={self.projector!r}: expected one of {sorted(PROJECTORS)}")
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ConfigError(f"model.image_position={self.image_position!r}: expected one of {list(IMAGE_POSITIONS)}")
         if self.template not in TEMPLATE_NAMES:
             raise ConfigError(f"model.template={self.template!r}: expected one of {list(TEMPLATE_NAMES)}")
         if self.vision_select not in ("patch", "cls_patch"):

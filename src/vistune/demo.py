@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,20 @@ from vistune.utils.io import atomic_write_json, atomic_write_text, read_json_or_
 #: The demo's training recipes: `stage1.yaml`, `stage2.yaml` and their `_quick` variants. They ship inside the
 #: package (so an installed vistune finds them); `configs/demo` in a source checkout links to this folder.
 DEMO_CONFIGS = Path(__file__).resolve().parent / "configs" / "demo"
+
+
+STAGE1_DATA = "grounded"
+"""Stage-1 captions: `grounded` (each image's grounded caption: how many shapes, then each with its region,
+`vistune.datagen.pretrain.grounded_caption`) or `captions` (one of the world's captions per image)."""
+STAGE2_MIX = {"style": "balanced", "describe_fraction": 0.25}
+"""Stage-2 data. `balanced`: per image one conversation of short-answer questions, one per question type, answers
+balanced over the training world (`balanced_short_conversations`); a `describe_fraction` of them opens with a
+brief-description request answered by the grounded caption. `single_turn` (with `short_fraction`, `min_turns`,
+`max_turns`, `detail_complex_ratio`): the symbolic teacher's conversations of mostly one-word answers cut into
+single-turn questions, plus that ratio of detailed descriptions and reasoning answers."""
+SINGLE_TURN_MIX = {"style": "single_turn", "short_fraction": 0.9, "min_turns": 3, "max_turns": 6,
+                   "detail_complex_ratio": 0.02}
+"""The mix of the earlier recipes (README history, `docs/recipe.md`)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,13 @@ class DemoPlan:
     stage2_steps: int | None = None
     """Replaces the stage-2 recipe's `train.max_steps` and scales its `train.max_minutes` (the safety stop) alike;
     None keeps the recipe's steps."""
+    stage1_data: str = STAGE1_DATA
+    """Stage-1 captions (see `STAGE1_DATA`)."""
+    stage2_mix: dict = field(default_factory=lambda: dict(STAGE2_MIX))
+    """Stage-2 data mix (see `STAGE2_MIX`)."""
+    changes: dict = field(default_factory=dict)
+    """Recipe changes per stage, applied after the recipe file is read: {1: {"train.max_steps": 40}, 2: {...}}
+    (dotted keys; `benchmarks/learning_curve.py` measures recipes this way)."""
 
     def recipe(self, stage: int) -> dict:
         """The stage's run config as a mapping, read from `DEMO_CONFIGS` (with `precision` and `seed` applied)."""
@@ -70,6 +91,9 @@ class DemoPlan:
         if self.precision is not None:
             train["precision"] = self.precision
         train["seed"] = train.get("seed", 0) + self.seed
+        if self.changes.get(stage):
+            apply_overrides(recipe, [f"{k}={json.dumps(v)}" for k, v in self.changes[stage].items()])
+            train = recipe["train"]
         if stage == 2 and self.stage2_steps is not None:
             scale = self.stage2_steps / train["max_steps"]
             train["max_steps"] = self.stage2_steps
@@ -83,18 +107,20 @@ FULL = DemoPlan(name="full", train_images=1500, heldout_images=240, bench_questi
 """Sized for 2 CPU cores (the README quotes its measured time). Each recipe fixes its steps
 (`train.max_steps`); its `train.max_minutes` is only a safety stop, and a run it stops is reported as
 "stopped early: figures not comparable"."""
-LONG = replace(FULL, name="long", stage2_steps=360)
-"""`vistune demo --long`: the full plan with four times the stage-2 steps (360, the same recipe otherwise): about
-46 minutes on 2 AVX-512 cores (2.2-2.6x that on an older AVX2-only CPU), past the demo's 20-minute goal, and past
-the accuracy the 90 steps reach (README: 'A longer run')."""
+LONG = replace(FULL, name="long", stage2_steps=288)
+"""`vistune demo --long`: the full plan with four times the stage-2 steps (288, the same recipe otherwise)."""
+PREVIOUS = replace(FULL, name="previous", stage1_data="captions", stage2_mix=dict(SINGLE_TURN_MIX), changes={
+    1: {"model.image_position": "none", "train.max_steps": 20, "train.lr": 2.0e-4},
+    2: {"model.image_position": "none", "train.max_steps": 90, "train.global_batch_size": 16,
+        "train.micro_batch_size": 16}})
+"""The recipe before the grounded captions, the balanced conversations and the image positions (README history,
+docs/recipe.md): one world caption per image for 20 stage-1 steps, then 90 steps of 16 single-turn questions
+with a fiftieth as many detailed descriptions and reasoning answers. `vistune ablate` measures the paper's
+ablations on it (they remove parts of its data)."""
 QUICK = DemoPlan(name="quick", train_images=64, heldout_images=24, bench_questions=36, chats=2, chats_shown=1,
                  stage1="stage1_quick.yaml", stage2="stage2_quick.yaml")
 """A smoke run of every step; it checks the pipeline, not the accuracy targets."""
 
-STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "single_turn": True,
-              "detail_complex_ratio": 0.02}
-"""Stage-2 data: the symbolic teacher's conversations of mostly one-word answers, cut into single-turn
-questions (each asked with its image), plus a fiftieth as many detailed descriptions and reasoning answers."""
 BENCH_LAYOUT = "heldout-wording+in-distribution"
 """The benchmark files the held-out world carries: `bench.jsonl` in held-out wording (the primary score) and
 `bench_in_distribution.jsonl` with the same questions in the teacher's wording (variant `full_in_distribution`)."""
@@ -171,17 +197,22 @@ class Demo:
         # the held-out world also carries the bench files, so a new bench layout re-renders it (only it)
         self.step("synth_heldout", lambda: self._synth("heldout", p.heldout_images, seed=2),
                   {**world, "bench": BENCH_LAYOUT})
-        self.step("stage1_data", self._stage1_data, world)
+        self.step("stage1_data", self._stage1_data,
+                  world if p.stage1_data == "captions" else {**world, "captions": p.stage1_data})
         return world
+
+    def stage1_params(self, world: dict) -> dict:
+        """What identifies a trained stage 1: the world, its captions and the recipe."""
+        return {"world": world, "captions": self.plan.stage1_data, "recipe": self.plan.recipe(1)}
 
     def train(self) -> Trained:
         """The worlds, the data and both stages of the recipe (each skipped when done)."""
         p = self.plan
         world = self.prepare_world()
-        s1 = {"world": world, "recipe": p.recipe(1)}
+        s1 = self.stage1_params(world)
         stage1 = self.step("stage1", lambda: self._train(1), s1)
-        self.step("stage2_data", self._stage2_data, {"world": world, "mix": STAGE2_MIX})
-        s2 = {"stage1": s1, "mix": STAGE2_MIX, "recipe": p.recipe(2)}
+        self.step("stage2_data", lambda: self._stage2_data(p.stage2_mix), {"world": world, "mix": p.stage2_mix})
+        s2 = {"stage1": s1, "mix": p.stage2_mix, "recipe": p.recipe(2)}
         stage2 = self.step("stage2", lambda: self._train(2), s2)
         return Trained(world, s1, stage1["model"], s2, stage2["model"])
 
@@ -206,7 +237,11 @@ class Demo:
     def _stage1_data(self) -> dict:
         from vistune.datagen.pretrain import make_pretrain_data
 
-        make_pretrain_data(self.world / "train" / "captions.json", self.data / "stage1.json", seed=0)
+        if self.plan.stage1_data not in ("captions", "grounded"):
+            raise ConfigError(f"stage-1 data {self.plan.stage1_data!r}: expected 'captions' or 'grounded'")
+        train = self.world / "train"
+        grounded = train / "instances.json" if self.plan.stage1_data == "grounded" else None
+        make_pretrain_data(train / "captions.json", self.data / "stage1.json", seed=0, grounded_from=grounded)
         return {"records": len(read_json_or_jsonl(self.data / "stage1.json"))}
 
     def _stage2_data(self, mix: dict = STAGE2_MIX, name: str = "stage2.json", answer_first: bool = False) -> dict:
@@ -217,22 +252,32 @@ class Demo:
 
         train = self.world / "train"
         contexts, skips = load_coco(train / "captions.json", train / "instances.json")
-        # Conversations of mostly short answers: many supervised answers per image (25 image tokens each).
         m = mix
+        if m["style"] == "balanced":
+            mix = balanced_with_descriptions(contexts, m["describe_fraction"])
+        elif m["style"] == "single_turn":
+            mix = self._single_turn_mix(contexts, m, answer_first)
+        else:
+            raise ConfigError(f"stage-2 mix style {m['style']!r}: expected 'balanced' or 'single_turn'")
+        atomic_write_json(self.data / name, mix, indent=None)
+        return {"records": len(mix), "skipped": dict(skips)}
+
+    @staticmethod
+    def _single_turn_mix(contexts: list, m: dict, answer_first: bool) -> list[dict]:
+        from vistune.datagen.symbolic import generate_symbolic
+
+        # Conversations of mostly short answers: many supervised answers per image (25 image tokens each).
         records = generate_symbolic(contexts, types=("conversation", "detail", "complex"), seed=0,
                                     short_fraction=m["short_fraction"], min_turns=m["min_turns"],
                                     max_turns=m["max_turns"], answer_first=answer_first)
         # Short exact answers are what the benchmark checks: weight conversations over long descriptions.
-        conversations = [r for r in records if r["metadata"]["type"] == "conversation"]
-        if m["single_turn"]:
-            conversations = [one for r in conversations for one in single_turns(r)]
+        conversations = [one for r in records if r["metadata"]["type"] == "conversation" for one in single_turns(r)]
         others = [r for r in records if r["metadata"]["type"] != "conversation"]
         rng = random.Random(0)
         k = min(len(others), int(len(conversations) * m["detail_complex_ratio"]))
         mix = conversations + rng.sample(others, k=k)
         rng.shuffle(mix)
-        atomic_write_json(self.data / name, mix, indent=None)
-        return {"records": len(mix), "skipped": dict(skips)}
+        return mix
 
     def _run_config(self, stage: int, changes: dict | None = None) -> RunConfig:
         """The stage's recipe with the demo's paths, then `changes` (dotted keys: values)."""
@@ -377,13 +422,15 @@ def train_stage(run: RunConfig, progress: bool = True, redo: bool = False) -> di
 
 def stage_outcome(result: dict, run: RunConfig) -> dict:
     """How far a trained stage got: {"model", "steps" (reached, from its final checkpoint), "planned_steps",
-    "stopped_early", "precision"}; a stage stopped by its safety time budget (`train.max_minutes`) has fewer
+    "flops" (model FLOPs, `vistune.train.flops`; None for a checkpoint that does not record them), "stopped_early",
+    "precision"}; a stage stopped by its safety time budget (`train.max_minutes`) has fewer
     steps than planned."""
     from vistune.checkpoint_format import read_config
 
-    steps = (read_config(result["model"]).get("training") or {}).get("step")
+    training = read_config(result["model"]).get("training") or {}
+    steps = training.get("step")
     planned = run.train.max_steps
-    return {"model": result["model"], "steps": steps, "planned_steps": planned,
+    return {"model": result["model"], "steps": steps, "planned_steps": planned, "flops": training.get("flops"),
             "stopped_early": steps is not None and planned is not None and steps < planned,
             "precision": result.get("precision", "not recorded"), "max_minutes": run.train.max_minutes}
 
@@ -424,7 +471,10 @@ def demo_report(variants: dict, stages: dict[str, dict], cpu: str) -> Report:
     target = target_check(variants)
     report = variants_report(variants)
     stopped = {name: o for name, o in stages.items() if o["stopped_early"]}
-    report.data.update({"stopped_early": bool(stopped), "training": stages, "cpu": cpu, "target": target})
+    flops = [o.get("flops") for o in stages.values()]
+    tflop = sum(flops) / 1e12 if flops and None not in flops else None
+    report.data.update({"stopped_early": bool(stopped), "training": stages, "training_tflop": tflop, "cpu": cpu,
+                        "target": target})
     verdict = "met" if target["met"] else "NOT met"
     report.tables.append(Table(
         ["target", "margin (points)", "required", "met"],
@@ -434,9 +484,11 @@ def demo_report(variants: dict, stages: dict[str, dict], cpu: str) -> Report:
            for t, d in target["margin_over_shuffled_by_type"].items()],
         caption=f"Target: {verdict}."))
     report.tables.append(Table(
-        ["stage", "steps reached", "planned steps", "precision", "safety stop (min)"],
-        [[name, o["steps"], o["planned_steps"], o["precision"], o["max_minutes"]] for name, o in stages.items()],
-        caption=f"Training on {cpu}; evaluation in fp32."))
+        ["stage", "steps reached", "planned steps", "TFLOP", "precision", "safety stop (min)"],
+        [[name, o["steps"], o["planned_steps"], "?" if o.get("flops") is None else round(o["flops"] / 1e12, 1),
+          o["precision"], o["max_minutes"]] for name, o in stages.items()],
+        caption=(f"Training compute: {'not recorded' if tflop is None else f'{tflop:.1f} TFLOP'} (model FLOPs of "
+                 f"both stages, vistune.train.flops). Training on {cpu}; evaluation in fp32.")))
     if not target["met"]:
         short = ", ".join(target["types_below_target"]) or "none"
         report.warnings.insert(0, f"target not met (types less than {TARGET_BY_TYPE:g} points above "
@@ -467,6 +519,8 @@ def summary_lines(data: dict) -> list[str]:
         if o["stopped_early"]:
             lines.insert(0, f"!!! {STOPPED_EARLY.upper()}: {name} stopped at step {o['steps']} of "
                             f"{o['planned_steps']} (train.max_minutes={o['max_minutes']:g}) !!!")
+    if data.get("training_tflop") is not None:
+        lines.append(f"training compute: {data['training_tflop']:.1f} TFLOP (model FLOPs, both stages)")
     if "cpu" in data:
         lines.append(f"CPU: {data['cpu']}")
     target = data.get("target")
@@ -476,6 +530,28 @@ def summary_lines(data: dict) -> list[str]:
                      f"+{TARGET_OVERALL:g}); types under +{TARGET_BY_TYPE:g} over shuffled_images: "
                      f"{', '.join(target['types_below_target']) or 'none'}")
     return lines
+
+
+def balanced_with_descriptions(contexts: list, describe_fraction: float, seed: int = 0) -> list[dict]:
+    """`balanced_short_conversations`, a `describe_fraction` of them opening with a brief-description request
+    answered by the image's grounded caption; shuffled."""
+    from vistune.datagen.pretrain import BRIEF_INSTRUCTIONS, grounded_caption
+    from vistune.datagen.symbolic import balanced_short_conversations
+
+    captions = {c.image: grounded_caption(c) for c in contexts}
+    records = balanced_short_conversations(contexts, seed=seed)
+    rng = random.Random(seed)
+    for r in records:
+        caption = captions.get(r["image"])
+        if caption is not None and rng.random() < describe_fraction:
+            first = r["conversations"][0]
+            r["conversations"] = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{rng.choice(BRIEF_INSTRUCTIONS)}"},
+                                  {"from": "gpt", "value": caption},
+                                  {**first, "value": first["value"].replace(IMAGE_PLACEHOLDER, "").strip()},
+                                  *r["conversations"][1:]]
+            r["metadata"]["described"] = True
+    rng.shuffle(records)
+    return records
 
 
 def single_turns(record: dict) -> list[dict]:
@@ -582,8 +658,8 @@ def seeds_report(reports: list[dict]) -> Report:
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, force: bool = False,
              precision: str | None = None, seed: int = 0, seeds: int = 1, long: bool = False) -> None:
-    """`vistune demo`: every step of the offline demo under `out` (`quick`: the smoke-test plan, `long`: 360
-    stage-2 steps instead of 90; finished steps are skipped unless `force`;
+    """`vistune demo`: every step of the offline demo under `out` (`quick`: the smoke-test plan, `long`: four times
+    the stage-2 steps; finished steps are skipped unless `force`;
     `precision` replaces the recipes' `train.precision` and `seed` is added to their `train.seed`; a changed
     one retrains). With `seeds` N > 1: seeds 0..N-1, each in `seed_dir(out, k)`, then `out/seeds.{json,md,png}`
     with the mean ± standard deviation over them."""

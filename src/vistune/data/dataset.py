@@ -321,6 +321,7 @@ def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = N
         "attention_mask": attention_mask,  # (R, T)
         "pixel_values": torch.stack(pixels) if pixels else None,  # (I_pixels, 3, H, W)
         "ids": [s.id for s in order],
+        "sample_lengths": [len(s.input_ids) for s in order],
         "skipped": skipped,
     }
     if pack:

@@ -29,7 +29,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vistune.data.annotations import load_caption_sets
+from vistune.data.annotations import ImageContext, load_caption_sets, load_coco
+from vistune.data.world import SHAPES, cap, count_phrase, parse_label, region_words, with_article
 from vistune.utils.io import atomic_write_json
 
 BRIEF_INSTRUCTIONS = (
@@ -45,6 +46,41 @@ BRIEF_INSTRUCTIONS = (
     "Offer a short summary of the image.",
     "Briefly say what the picture contains.",
 )
+
+
+#: The 3x3 regions of `region_words`, in reading order (top to bottom, left to right).
+REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+
+
+def grounded_caption(ctx: ImageContext) -> str | None:
+    """How many labelled boxes an image has, then each with where it is, region by region in reading order:
+    "Three shapes. top left: a red circle; center: two blue squares." (None for an image without boxes)."""
+    if not ctx.instances:
+        return None
+    noun = "shape" if all(parse_label(i.category)[1] in SHAPES for i in ctx.instances) else "object"
+    by_region: dict[str, Counter] = defaultdict(Counter)
+    for inst in ctx.instances:
+        x1, y1, x2, y2 = inst.bbox
+        by_region[region_words((x1 + x2) / 2, (y1 + y2) / 2)][inst.category] += 1
+    parts = []
+    for region in REGIONS:
+        if by_region[region]:
+            things = [with_article(c) if n == 1 else count_phrase(n, c) for c, n in sorted(by_region[region].items())]
+            parts.append(f"{region}: {', '.join(things)}")
+    return f"{cap(count_phrase(len(ctx.instances), noun))}. {cap('; '.join(parts))}."
+
+
+def grounded_pairs(captions_path: str | Path, instances_path: str | Path) -> tuple[list[tuple[str, str]], dict]:
+    """(image, grounded caption) per image of a COCO captions + instances pair, and the skip counts."""
+    contexts, skips = load_coco(captions_path, instances_path)
+    pairs = []
+    for ctx in contexts:
+        caption = grounded_caption(ctx)
+        if caption is None:
+            skips["no_boxes"] += 1
+        else:
+            pairs.append((ctx.image, caption))
+    return pairs, dict(skips)
 
 
 def choose_pairs(caption_sets: Sequence[tuple[str, list[str]]], seed: int = 0) -> list[tuple[str, str]]:
@@ -106,11 +142,18 @@ def build_pretrain_records(pairs: Sequence[tuple[str, str]], seed: int = 0) -> l
 
 
 def make_pretrain_data(captions_path: str | Path, out: str | Path, seed: int = 0, filter: str = "none",
-                       min_count: int = 3, max_per_concept: int = 100) -> dict:
-    """Read captions, choose one per image, optionally filter by concepts, write the JSON list."""
-    sets, skips = load_caption_sets(captions_path)
-    pairs = choose_pairs(sets, seed)
-    stats: dict = {"images": len(sets), "skipped": dict(skips)}
+                       min_count: int = 3, max_per_concept: int = 100,
+                       grounded_from: str | Path | None = None) -> dict:
+    """Read captions, choose one per image, optionally filter by concepts, write the JSON list. With
+    `grounded_from` (COCO instances of the same images), each image's caption is instead its grounded
+    caption (`grounded_caption`: every box with its region), and images without boxes are skipped."""
+    if grounded_from is not None:
+        pairs, skipped = grounded_pairs(captions_path, grounded_from)
+        stats: dict = {"images": len(pairs) + skipped.get("no_boxes", 0), "skipped": skipped}
+    else:
+        sets, skips = load_caption_sets(captions_path)
+        pairs = choose_pairs(sets, seed)
+        stats = {"images": len(sets), "skipped": dict(skips)}
     if filter == "concepts":
         keep, fstats = concept_filter([c for _, c in pairs], min_count, max_per_concept, seed)
         pairs = [pairs[i] for i in keep]

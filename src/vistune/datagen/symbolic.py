@@ -344,6 +344,19 @@ def _stem(image: str) -> str:
     return str(p.with_suffix("")).replace("/", "_").replace("\\", "_")
 
 
+def vocabulary(contexts: Sequence[ImageContext], kinds: Sequence[str] | None = None,
+               colours: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """The kinds and colours count and existence questions may ask about (absent ones too): the given ones, else
+    the synthetic world's (all shapes and colours) when every label is a "<colour> <shape>", else those seen."""
+    labels = [parse_label(i.category) for c in contexts for i in c.instances]
+    synthetic = bool(labels) and all(col is not None and k in SHAPES for col, k in labels)
+    if kinds is None:
+        kinds = list(SHAPES) if synthetic else sorted({k for _, k in labels})
+    if colours is None:
+        colours = list(COLOURS) if synthetic else [c for c in COLOURS if any(col == c for col, _ in labels)]
+    return list(kinds), list(colours)
+
+
 def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = PAPER_TYPES, seed: int = 0,
                       short_fraction: float = 0.5, min_turns: int = 2, max_turns: int = 5,
                       skips: Counter | None = None, kinds: Sequence[str] | None = None,
@@ -364,12 +377,7 @@ def generate_symbolic(contexts: Sequence[ImageContext], types: Sequence[str] = P
         raise ValueError(f"unknown types {unknown}; choose from {list(TYPES)}")
     if not 1 <= min_turns <= max_turns:
         raise ValueError("need 1 <= min_turns <= max_turns")
-    labels = [parse_label(i.category) for c in contexts for i in c.instances]
-    synthetic = bool(labels) and all(col is not None and k in SHAPES for col, k in labels)
-    if kinds is None:
-        kinds = list(SHAPES) if synthetic else sorted({k for _, k in labels})
-    if colours is None:
-        colours = list(COLOURS) if synthetic else [c for c in COLOURS if any(col == c for col, _ in labels)]
+    kinds, colours = vocabulary(contexts, kinds, colours)
     skips = skips if skips is not None else Counter()
     if not 0 <= reasoning_fraction <= 1:
         raise ValueError("need 0 <= reasoning_fraction <= 1")
@@ -405,3 +413,40 @@ def write_symbolic(contexts: list[ImageContext], types: list[str], out: str | Pa
     records = generate_symbolic(contexts, types, seed=seed, skips=skips)
     atomic_write_json(out, records)
     return Counter(r["metadata"]["type"] for r in records), skips
+
+
+def balanced_short_conversations(contexts: Sequence[ImageContext], seed: int = 0,
+                                 kinds: Sequence[str] | None = None, colours: Sequence[str] | None = None,
+                                 instruction_every_turn: bool = False) -> list[dict]:
+    """One conversation per image of short-answer turns, one per question type (`QUESTION_TYPES`) the scene
+    can answer, in the teacher's wording and a seeded order. The answers are balanced over all images, within
+    each type and each question form (the rule of `vistune.data.synth.select_balanced`), so no answer is
+    predictable from the question alone. The short-answer instruction ends the first question (and every
+    question with `instruction_every_turn`); the image precedes the first question."""
+    from vistune.data.synth import select_balanced
+
+    kinds, colours = vocabulary(contexts, kinds, colours)
+    candidates = []
+    for ctx in contexts:
+        scene = Scene(ctx, kinds, colours)
+        by_type: dict[str, list] = {t: [] for t in QUESTION_TYPES}
+        for f in question_facts(scene.objs, scene.kinds_vocab, scene.colours_vocab, scene.noun):
+            if f.family in by_type and f.answer is not None:
+                by_type[f.family].append(f)
+        candidates.append((ctx.image, by_type))
+    questions: dict[str, list[dict]] = {}
+    for q in select_balanced(candidates, seed):
+        questions.setdefault(q["image"], []).append(q)
+    records = []
+    for image, qs in questions.items():
+        random.Random(f"{seed}:balanced:{image}").shuffle(qs)
+        turns = []
+        for k, q in enumerate(qs):
+            text = q["question_teacher"]
+            if k and not instruction_every_turn:
+                text = text.removesuffix(f"\n{SHORT_ANSWER_INSTRUCTION}")
+            turns += [{"from": "human", "value": f"<image>\n{text}" if k == 0 else text},
+                      {"from": "gpt", "value": q["answer"]}]
+        records.append(make_record(f"{_stem(image)}-balanced", image, turns, "short", TEACHER,
+                                   question_types=[q["type"] for q in qs]))
+    return records

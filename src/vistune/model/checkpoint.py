@@ -110,7 +110,8 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     projector = Projector(model_config.projector, config["vision_hidden_size"], config["llm_hidden_size"],
                           # the saved output_rms value loads next
                           output_rms=1.0 if model_config.projector_norm == "rms" else None,
-                          standardise=model_config.feature_norm == "channel")
+                          standardise=model_config.feature_norm == "channel",
+                          grid_tokens=tower.num_tokens if model_config.image_position == "learned_2d" else None)
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
     model = cls(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))

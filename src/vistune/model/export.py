@@ -94,6 +94,9 @@ def export_blockers(config: dict) -> list[str]:
     if model_config.feature_norm == "token":
         blockers.append("model.feature_norm=token (each image token standardised by its own mean and spread) has "
                         "no llava-hf counterpart: train with model.feature_norm=none or channel")
+    if model_config.image_position != "none":
+        blockers.append(f"model.image_position={model_config.image_position} (learned row and column vectors added "
+                        "to image tokens) has no llava-hf counterpart: train with model.image_position=none")
     if model_config.projector_norm == "rms":
         blockers.append("model.projector_norm=rms (image tokens rescaled after the projector) has no llava-hf "
                         "counterpart: train with model.projector_norm=none")

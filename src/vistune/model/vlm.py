@@ -75,7 +75,9 @@ class VisionLanguageModel(nn.Module):
             embeddings = llm.get_input_embeddings().weight.detach()
             output_rms = float(embeddings.float().pow(2).mean().sqrt()) if config.projector_norm == "rms" else None
             projector = Projector(config.projector, tower.hidden_size, llm_dim, output_rms,
-                                  config.feature_norm == "channel").to(embeddings.dtype)
+                                  config.feature_norm == "channel",
+                                  tower.num_tokens if config.image_position == "learned_2d" else None,
+                                  ).to(embeddings.dtype)
         processor = ImageProcessor(tower.processor_config(config.image_size, config.pad_to_square))
         return cls(config, tower, projector, llm, tokenizer, processor)
 

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vistune.config import ConfigError, RunConfig, check_matches_checkpoint, dump_yaml, to_dict
-from vistune.conversation import IGNORE_INDEX
+from vistune.conversation import IGNORE_INDEX, IMAGE_TOKEN_ID
 from vistune.data.dataset import REASONS, LlavaDataset, collate
 from vistune.data.feature_cache import FeatureCache
 from vistune.model.checkpoint import write_checkpoint_files
@@ -41,6 +41,7 @@ from vistune.model.llm import compile_decoder_layers, enable_checkpointing, is_p
 from vistune.model.packed_attention import use_segment_attention
 from vistune.train import distributed as D
 from vistune.train import state as S
+from vistune.train.flops import FlopCounter
 from vistune.train.optim import build_optimizer, lr_factor, set_lr, set_trainable, warmup_steps
 from vistune.train.sampler import epoch_batches, rank_micro_batches, steps_per_epoch
 from vistune.utils.io import (
@@ -71,6 +72,8 @@ class TrainHooks:
 
     after_step: Callable[[int, torch.nn.Module], None] | None = None
     """After optimizer step `step` (1-based) is applied, before it is logged or saved; gets the model."""
+    at_compute: Callable[[int, float, torch.nn.Module], None] | None = None
+    """After optimizer step `step`, with the model FLOPs spent so far (`vistune.train.flops`) and the model."""
     before_commit: Callable[[int, Path], None] | None = None
     """A resumable checkpoint's files are all written into this temporary directory, not yet renamed."""
 
@@ -144,6 +147,8 @@ class _Trainer:
         self.metrics_path = self.out / "metrics.jsonl"
         self.show_progress = progress and world.is_main
         self.skipped: Counter[str] = Counter()
+        self.flops = 0.0
+        """Model FLOPs of the steps taken so far (`vistune.train.flops`), all processes together."""
 
     # -------------------------------------------------------------------------------------------
     def run(self, resume: bool | None) -> Path:
@@ -179,6 +184,7 @@ class _Trainer:
         self.wrapped = D.wrap(D.TrainStep(model), world, cfg.strategy, bf16)
         self.optimizer = build_optimizer(model, cfg)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.flop_counter = FlopCounter.of(model)
 
         step = 0
         if resume_from is not None:
@@ -286,6 +292,7 @@ class _Trainer:
             log.warning("checkpoint %s has no RNG state for rank %d (different process count?)", ckpt,
                         self.world.rank)
         self.skipped = Counter(state.get("skipped", {}))
+        self.flops = float(state.get("flops", 0.0))
         step = int(state["step"])
         if self.world.is_main:
             kept = [r for r in _read_metrics(self.metrics_path) if r.get("step", 0) <= step]
@@ -314,6 +321,8 @@ class _Trainer:
                     step += 1
                     if self.hooks.after_step:
                         self.hooks.after_step(step, self.model)
+                    if self.hooks.at_compute:
+                        self.hooks.at_compute(step, self.flops, self.model)
                     window["tokens"] += stats["tokens"]
                     last = step == self.total
                     over_time = cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60
@@ -372,22 +381,28 @@ class _Trainer:
         cfg, world = self.cfg, self.world
         local_skipped = Counter()
         sup = tokens = padded = samples = 0
+        flops = 0.0
         for mb in micro:
             local_skipped.update(mb["skipped"])
             if mb["input_ids"] is not None:
-                sup += int((mb["labels"][:, 1:] != IGNORE_INDEX).sum())
+                mb_sup = int((mb["labels"][:, 1:] != IGNORE_INDEX).sum())
+                sup += mb_sup
                 tokens += int(mb["attention_mask"].sum())
                 padded += mb["input_ids"].numel()
                 samples += len(mb["ids"])
+                flops += self.flop_counter.step(mb["sample_lengths"], mb_sup,
+                                                int((mb["input_ids"] == IMAGE_TOKEN_ID).sum()), cfg.stage)
         reasons = sorted(REASONS)
-        totals = D.all_sum(world, [sup, tokens, padded, samples] + [local_skipped.get(r, 0) for r in reasons])
-        n_sup, n_tok, n_pad, n_samples = totals[:4]
-        step_skipped = {r: int(v) for r, v in zip(reasons, totals[4:]) if v}
+        totals = D.all_sum(world, [sup, tokens, padded, samples, flops]
+                           + [local_skipped.get(r, 0) for r in reasons])
+        n_sup, n_tok, n_pad, n_samples, step_flops = totals[:5]
+        step_skipped = {r: int(v) for r, v in zip(reasons, totals[5:]) if v}
         self.skipped.update(step_skipped)
         factor = lr_factor(step, self.total, self.warmup, cfg.schedule)
         set_lr(self.optimizer, factor)
         stats = {"supervised_tokens": int(n_sup), "tokens": n_tok, "padded_tokens": n_pad, "samples": int(n_samples),
                  "step_skipped": step_skipped, "loss": float("nan"), "grad_norm": float("nan")}
+        self.flops += step_flops
         if n_sup == 0:
             log.warning("step %d: no supervised token in the global batch (all samples skipped?); no update", step + 1)
             return stats
@@ -446,6 +461,7 @@ class _Trainer:
             "supervised_tokens": stats["supervised_tokens"], "samples": stats["samples"],
             "padding": round(1 - stats["tokens"] / max(stats["padded_tokens"], 1), 4),
             "skipped": dict(self.skipped), "invalid_records": dict(self.ds.skipped), "elapsed_s": round(elapsed, 2),
+            "train_flops": self.flops,
         }
         return record
 
@@ -460,6 +476,10 @@ class _Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     # -------------------------------------------------------------------------------------------
+    def _training_extra(self, step: int) -> dict:
+        """What a checkpoint's config.json says of its training: stage, steps, LoRA and the model FLOPs spent."""
+        return {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora, "flops": self.flops}}
+
     def _full_model(self):
         """A plain (unsharded) model for writing checkpoints, on rank 0 (None elsewhere); collective under FSDP."""
         if self.skeleton is None:
@@ -479,11 +499,11 @@ class _Trainer:
         S.save_rng(tmp, world.rank)
         D.barrier(world)
         if world.is_main:
-            extra = {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}}
-            write_checkpoint_files(full, tmp, extra)
+            write_checkpoint_files(full, tmp, self._training_extra(step))
             optim_meta = S.save_optimizer(optim_sd, tmp)
             state = {"step": step, "epoch": step // self.spe, "position_in_epoch": step % self.spe,
                      "total_steps": self.total, "world_size": world.size, "skipped": dict(self.skipped),
+                     "flops": self.flops,
                      "scheduler": {"name": self.cfg.schedule, "step": step, "warmup_steps": self.warmup,
                                    "total_steps": self.total},
                      "run_config": to_dict(self.run_cfg), "optimizer": optim_meta}
@@ -504,8 +524,7 @@ class _Trainer:
             tmp = self.out / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            extra = {"training": {"stage": self.cfg.stage, "step": step, "lora": self.cfg.lora}}
-            write_checkpoint_files(full, tmp, extra)
+            write_checkpoint_files(full, tmp, self._training_extra(step))
             commit_dir(tmp, self.out / "final")
             plot_metrics(_read_metrics(self.metrics_path), self.out / "loss.png",
                          title=f"stage {self.cfg.stage}: {self.run_cfg.data.path}")
