@@ -137,6 +137,7 @@ def _register_llava_bench(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (answers, reviews.jsonl, summary.json/.md/.png)")
     p.add_argument("--judge-samples", type=int, default=1, help="reviews per answer (default: 1)")
     p.add_argument("--seeds", help="comma-separated candidate sampling seeds (with --model, --temperature > 0)")
+    _add_controls_flags(p)
     _add_model_flags(p, 512)
     _add_judge_flags(p, "judge", "judge")
     p.set_defaults(func=llava_bench_command)
@@ -158,7 +159,7 @@ def _llava_bench(args: argparse.Namespace) -> int:
         out=args.out, questions=args.questions, context=args.context, references=args.references,
         images=args.images, model=args.model, answers=args.answers, reviews=args.reviews, judge=judge,
         judge_samples=args.judge_samples, seeds=seeds, answering=_answering(args) if args.model else None,
-        progress=not args.no_progress)
+        controls=_controls(args), control_seed=args.control_seed, progress=not args.no_progress)
     result = evaluate_llava_bench(options)
     print_result(result, judge)
     if result.missing:
@@ -184,6 +185,7 @@ def _register_scienceqa(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (results.json, report.md/.png)")
     p.add_argument("--ensemble-answers", help="a second model's answers JSONL for the ensemble")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of the split")
+    _add_controls_flags(p)
     _add_model_flags(p, 256)
     _add_judge_flags(p, "ensemble-judge", "ensemble judge")
     p.set_defaults(func=scienceqa_command)
@@ -201,8 +203,8 @@ def _scienceqa(args: argparse.Namespace) -> int:
         problems=args.problems, pid_splits=args.pid_splits, split=args.split, out=args.out, images=args.images,
         model=args.model, answers=args.answers, prompt_format=args.prompt_format,
         ensemble_answers=args.ensemble_answers, judge=judge, limit=args.limit,
-        answering=_answering(args) if args.model else None,
-        progress=not args.no_progress)
+        answering=_answering(args) if args.model else None, controls=_controls(args),
+        control_seed=args.control_seed, progress=not args.no_progress)
     result = evaluate_scienceqa(options)
     print_result(result, judge)
     if result.missing:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from vistune.eval.controls import add_to_report, compare, controlled_questions, parse_controls, write_blank
+from vistune.eval.controls import add_to_report, answer_with_controls, compare, fill_text_only, parse_controls
 from vistune.eval.report import Report, write_report
 from vistune.utils.jsonl import RecordError, iter_records
 
@@ -158,24 +158,16 @@ def _answer(o: BenchmarkOptions, bench: Benchmark, questions: list[dict], out: P
     from vistune.inference.generate import SamplingParams
 
     answering = o.answering or Answering(SamplingParams(max_new_tokens=bench.max_new_tokens))
-    engine = answering.load(o.model)
-    model_id = Path(o.model).resolve().name
     asked = [{"question_id": q["question_id"], "text": q["text"], **({"image": q["image"]} if q.get("image") else {})}
              for q in questions]
-    folder = bench.image_folder(o)
-    failed = dict(answering.answer_with(engine, model_id, asked, folder, out / "answers.jsonl")[None].failed)
-    real = read_answers(out / "answers.jsonl", bench)
+    done = answer_with_controls(answering, o.model, asked, bench.image_folder(o), out, o.controls, o.control_seed)
+    real = read_answers(done[None][0], bench)
+    failed = {}
     per_control = {}
-    blank = write_blank(engine.model.image_processor, out) if "blank" in o.controls else None
-    for c in o.controls:
-        path = out / f"answers-{c}.jsonl"
-        summary = answering.answer_with(engine, model_id, controlled_questions(asked, c, o.control_seed, blank),
-                                        folder, path)[None]
-        failed.update({f"{k} ({c})": v for k, v in summary.failed.items()})
-        answers = read_answers(path, bench)
-        # a question without an image is asked alike under every control: its answer is the real one
-        per_control[c] = {**{str(q["question_id"]): real[str(q["question_id"])] for q in asked
-                             if not q.get("image") and str(q["question_id"]) in real}, **answers}
+    for c, (path, summary) in done.items():
+        failed.update({f"{k} ({c})" if c else str(k): v for k, v in summary.failed.items()})
+        if c is not None:
+            per_control[c] = fill_text_only(asked, real, read_answers(path, bench))
     return real, per_control, failed
 
 

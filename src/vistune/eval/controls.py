@@ -98,6 +98,34 @@ def controlled_questions(questions: Sequence[dict], control: str, seed: int = 0,
     raise ControlsError(f"unknown control {control!r}")
 
 
+def answer_with_controls(answering, model: str, questions: Sequence[dict], image_folder: str | Path | None,
+                         out: str | Path, controls: Sequence[str], seed: int = 0, real_name: str = "answers.jsonl"
+                         ) -> dict[str | None, tuple[Path, object]]:
+    """Load `model` once and answer `questions` (`vistune infer`'s shape) into `out/real_name`, then each control
+    into `out/answers-CONTROL.jsonl`, resumably. Returns {None or control: (answers file, InferSummary)}; a control
+    file holds only the questions with an image (see `fill_text_only`)."""
+    engine = answering.load(model)
+    model_id = Path(model).resolve().name
+    out = Path(out)
+    done = {None: (out / real_name, answering.answer_with(engine, model_id, questions, image_folder,
+                                                          out / real_name)[None])}
+    blank = write_blank(engine.model.image_processor, out) if "blank" in controls else None
+    for c in controls:
+        path = out / f"answers-{c}.jsonl"
+        asked = controlled_questions(questions, c, seed, blank)
+        done[c] = (path, answering.answer_with(engine, model_id, asked, image_folder, path)[None])
+    return done
+
+
+def fill_text_only(questions: Sequence[dict], real: Mapping[str, str], control: Mapping[str, str],
+                   image_key: str = "image") -> dict[str, str]:
+    """A control's answers (by question id as text) with the real answers of the questions without an image (asked
+    alike under every control)."""
+    same = {str(q["question_id"]): real[str(q["question_id"])] for q in questions
+            if not q.get(image_key) and str(q["question_id"]) in real}
+    return {**same, **control}
+
+
 # ----------------------------------------------------------------------------- the comparison
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from vistune.eval.controls import add_to_report, answer_with_controls, compare
 from vistune.eval.judge import JudgeJob, JudgeOptions, JudgeStats, load_prompt, run_judge
 from vistune.eval.report import Chart, Report, Table, bootstrap_ci, fmt, mean_std, write_report
 from vistune.utils.io import atomic_write_jsonl
@@ -199,6 +200,11 @@ class LlavaBenchOptions:
     answering: Answering | None = None
     """How `model` answers (sampling, batch size, device, dtype); `seeds` override its sampling seed.
     None: greedy, up to 512 new tokens, 8 questions per batch."""
+    controls: Sequence[str] = ()
+    """Image-reliance controls (`vistune.eval.controls`): `model` answers again, the judge reviews those answers
+    too, and the report compares the relative scores."""
+    control_seed: int = 0
+    """Seed of the shuffled control's derangement."""
     progress: bool = True
     """Progress bars."""
 
@@ -213,6 +219,8 @@ class LlavaBenchResult:
     """Reviews still missing (failed requests; a re-run asks them again)."""
     paths: dict = field(default_factory=dict)
     """Files written."""
+    controls: dict | None = None
+    """The controls' comparison of the relative score (`vistune.eval.controls.compare`)."""
 
 
 def judge_messages(prompts: dict, category: str, context: str, question: str, reference: str, candidate: str) -> list[dict]:
@@ -221,27 +229,34 @@ def judge_messages(prompts: dict, category: str, context: str, question: str, re
     return [{"role": "system", "content": prompts["system"].strip()}, {"role": "user", "content": user}]
 
 
-def _candidate_answers(o: LlavaBenchOptions, questions: list[dict]) -> dict[int, dict[str, str]]:
-    """seed -> {question_id: answer}; generated with the model (resumable) or read from `answers`."""
+def _candidate_answers(o: LlavaBenchOptions, questions: list[dict]
+                       ) -> tuple[dict[int, dict[str, str]], dict[str, dict[str, str]]]:
+    """seed -> {question_id: answer}, generated with the model (resumable) or read from `answers`; and control ->
+    {question_id: answer} for each control."""
     if o.answers:
         answers = read_texts(o.answers, "answer")
         _require(questions, answers, o.questions, o.answers, "answer")
-        return {0: answers}
+        return {0: answers}, {}
     asked = [{"question_id": q["question_id"], "image": q["image"], "text": q["text"]} for q in questions]
     from vistune.inference.batch import Answering
     from vistune.inference.generate import SamplingParams
 
     answering = o.answering or Answering(SamplingParams(max_new_tokens=512))
-    seeds = o.seeds or [None]
-    path = Path(o.out) / ("answers-seed{seed}.jsonl" if o.seeds else "answers.jsonl")
-    summaries = answering.answer(o.model, asked, o.images, path, seeds)
-    out: dict[int, dict[str, str]] = {}
-    for seed, summary in summaries.items():
+    if o.controls:  # one candidate run (no --seeds) and its controls, from one loaded model
+        done = answer_with_controls(answering, o.model, asked, o.images, o.out, o.controls, o.control_seed)
+        summaries, path = {None: done[None][1]}, done[None][0]
+    else:
+        seeds = o.seeds or [None]
+        path = Path(o.out) / ("answers-seed{seed}.jsonl" if o.seeds else "answers.jsonl")
+        summaries, done = answering.answer(o.model, asked, o.images, path, seeds), {}
+    for summary in [*summaries.values(), *(d[1] for d in done.values())]:
         if summary.failed:
             qid, reason = next(iter(summary.failed.items()))
             raise RecordError(f"{len(summary.failed)} questions could not be answered; first: {qid}: {reason}")
-        out[seed or 0] = read_texts(str(path).replace("{seed}", str(seed)), "answer")  # 0 names the single run
-    return out
+    out = {seed or 0: read_texts(str(path).replace("{seed}", str(seed)), "answer")  # 0 names the single run
+           for seed in summaries}
+    controls = {c: read_texts(p, "answer") for c, (p, _) in done.items() if c is not None}
+    return out, controls
 
 
 def check_options(o: LlavaBenchOptions) -> None:
@@ -261,6 +276,8 @@ def check_options(o: LlavaBenchOptions) -> None:
         raise RecordError(f"--judge-samples must be >= 1, got {o.judge_samples}")
     if o.seeds and (not o.model or o.answering is None or o.answering.sampling.temperature <= 0):
         raise RecordError("--seeds repeats sampling: it needs --model and --temperature > 0")
+    if o.controls and (not o.model or o.seeds):
+        raise RecordError("--controls asks the model again: it needs --model (and one run, without --seeds)")
 
 
 def evaluate_llava_bench(o: LlavaBenchOptions) -> LlavaBenchResult:
@@ -275,15 +292,19 @@ def evaluate_llava_bench(o: LlavaBenchOptions) -> LlavaBenchResult:
     references = read_texts(o.references, "reference")
     _require(questions, references, o.questions, o.references, "reference answer")
     _require(questions, contexts, o.questions, o.context, "context", key="image")
-    candidates = _candidate_answers(o, questions)
+    candidates, control_answers = _candidate_answers(o, questions)
     prompts = load_prompt("llava_bench")
     jobs = []
-    for seed, answers in candidates.items():
+    runs = [(seed, None, answers) for seed, answers in candidates.items()]
+    runs += [(0, c, answers) for c, answers in control_answers.items()]
+    for seed, control, answers in runs:
         for k in range(o.judge_samples):
             for q in questions:
                 qid = str(q["question_id"])
-                rid = qid + (f"#seed{seed}" if o.seeds else "") + (f"#sample{k}" if o.judge_samples > 1 else "")
-                record = {"question_id": q["question_id"], "category": q["category"], "seed": seed, "sample": k}
+                rid = (qid + (f"#seed{seed}" if o.seeds else "") + (f"#control={control}" if control else "")
+                       + (f"#sample{k}" if o.judge_samples > 1 else ""))
+                record = {"question_id": q["question_id"], "category": q["category"], "seed": seed, "sample": k,
+                          **({"control": control} if control else {})}
                 jobs.append(JudgeJob(rid, judge_messages(prompts, q["category"], contexts[q["image"]], q["text"],
                                                          references[qid], answers[qid]), record))
     stats = run_judge(jobs, out / "reviews.jsonl", o.judge, parse_review,
@@ -292,7 +313,10 @@ def evaluate_llava_bench(o: LlavaBenchOptions) -> LlavaBenchResult:
     reviews = [r for _, r in iter_records(out / "reviews.jsonl")]
     wanted = {j.id for j in jobs}
     reviews = [r for r in reviews if r.get("id") in wanted]
-    result = _finish(reviews, out, judge=o.judge.model, samples=o.judge_samples, seeds=o.seeds)
+    real = [r for r in reviews if not r.get("control")]
+    comparison = control_comparison(real, {c: [r for r in reviews if r.get("control") == c]
+                                           for c in control_answers}) if control_answers else None
+    result = _finish(real, out, judge=o.judge.model, samples=o.judge_samples, seeds=o.seeds, controls=comparison)
     result.judge = stats
     result.missing = len(wanted) - len(reviews)
     return result
@@ -326,11 +350,31 @@ def rescore_reviews(path: str | Path, out_dir: str | Path, questions: str | None
     return _finish(reviews, out, judge=f"reviews re-scored from {path}")
 
 
-def _finish(reviews: list[dict], out: Path, judge: str, samples: int = 1, seeds: list[int] | None = None) -> LlavaBenchResult:
+def control_comparison(real: list[dict], controls: dict[str, list[dict]]) -> dict:
+    """The relative score with the image against each control's, paired over the questions reviewed in every run
+    (scores averaged over judge samples per question)."""
+    def per_question(reviews: list[dict]) -> dict[str, np.ndarray]:
+        by_q: dict[str, list] = {}
+        for r in reviews:
+            by_q.setdefault(str(r["question_id"]), []).append(r["score"])
+        return {q: np.mean(v, axis=0) for q, v in by_q.items()}  # [reference, candidate]
+
+    runs = {None: per_question(real), **{c: per_question(v) for c, v in controls.items()}}
+    common = sorted(set.intersection(*(set(r) for r in runs.values())))
+    units = {c: np.array([r[q] for q in common]).reshape(len(common), 2) for c, r in runs.items()}
+    comparison = compare(units.pop(None), units, lambda a: 100 * a[..., 1].mean(-1) / a[..., 0].mean(-1))
+    comparison["metric"] = "relative score"
+    return comparison
+
+
+def _finish(reviews: list[dict], out: Path, judge: str, samples: int = 1, seeds: list[int] | None = None,
+            controls: dict | None = None) -> LlavaBenchResult:
     summary = summarize(reviews)
-    paths = write_report(summary_report(summary, judge, samples, seeds), out, json_name="summary.json",
-                         md_name="summary.md", png_name="summary.png")
-    return LlavaBenchResult(summary, paths=paths)
+    report = summary_report(summary, judge, samples, seeds)
+    report.data = dict(summary)  # summary.json gains `controls`; the result's summary keeps one entry per category
+    add_to_report(report, controls, metric="relative score")
+    paths = write_report(report, out, json_name="summary.json", md_name="summary.md", png_name="summary.png")
+    return LlavaBenchResult(summary, paths=paths, controls=controls)
 
 
 def summary_report(summary: dict, judge: str, samples: int = 1, seeds: list[int] | None = None) -> Report:

@@ -32,6 +32,7 @@ from vistune.data.scienceqa import (
     load_split,
     options_text,
 )
+from vistune.eval.controls import add_to_report, answer_with_controls, compare, fill_text_only, mean_statistic
 from vistune.eval.judge import JudgeJob, JudgeOptions, JudgeStats, load_prompt, run_judge
 from vistune.eval.report import Chart, Report, Table, bootstrap_ci, write_report
 from vistune.utils.io import atomic_write_json
@@ -153,6 +154,10 @@ class ScienceQAOptions:
     """Score only the split's first N questions."""
     answering: Answering | None = None
     """How `model` answers (sampling, batch size, device, dtype); None: greedy, up to 256 new tokens."""
+    controls: Sequence[str] = ()
+    """Image-reliance controls (`vistune.eval.controls`) answered by `model` beside the real answers."""
+    control_seed: int = 0
+    """Seed of the shuffled control's derangement."""
     progress: bool = True
     """Progress bars."""
 
@@ -169,6 +174,8 @@ class ScienceQAResult:
     """Judge requests that failed (a re-run asks them again)."""
     paths: dict = field(default_factory=dict)
     """Files written."""
+    controls: dict | None = None
+    """The controls' comparison of the candidate's accuracy (`vistune.eval.controls.compare`)."""
 
 
 def read_answers(path: str | Path, problems: dict[str, dict]) -> dict[str, str]:
@@ -184,17 +191,22 @@ def read_answers(path: str | Path, problems: dict[str, dict]) -> dict[str, str]:
     return answers
 
 
-def _model_answers(o: ScienceQAOptions, problems: dict, pids: list[str]) -> dict[str, str]:
+def _model_answers(o: ScienceQAOptions, problems: dict, pids: list[str]
+                   ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The candidate's answers, and each control's (questions without an image keep their real answer)."""
     fmt = PromptFormat.parse(o.prompt_format)
-    questions = [{"question_id": p, "image": image_path(p, problems[p]), "text": build_input(problems[p], fmt)}
-                 for p in pids]
-    path = Path(o.out) / "answers.jsonl"
+    questions = [{"question_id": p, "text": build_input(problems[p], fmt),
+                  **({"image": image_path(p, problems[p])} if image_path(p, problems[p]) else {})} for p in pids]
     from vistune.inference.batch import Answering
 
-    summary = (o.answering or Answering()).answer(o.model, questions, o.images, path)[None]
-    for pid, reason in summary.failed.items():
-        print(f"not answered {pid}: {reason} (counted wrong)", file=sys.stderr)
-    return read_answers(path, problems)
+    done = answer_with_controls(o.answering or Answering(), o.model, questions, o.images, o.out, o.controls,
+                                o.control_seed)
+    for c, (_, summary) in done.items():
+        for pid, reason in summary.failed.items():
+            print(f"not answered {pid}{f' ({c})' if c else ''}: {reason} (counted wrong)", file=sys.stderr)
+    real = read_answers(done[None][0], problems)
+    return real, {c: fill_text_only(questions, real, read_answers(path, problems))
+                  for c, (path, _) in done.items() if c is not None}
 
 
 def _qa_fields(problem: dict) -> dict[str, str]:
@@ -236,6 +248,8 @@ def check_options(o: ScienceQAOptions) -> None:
         raise RecordError("--model needs --images DIR")
     if o.limit is not None and o.limit < 1:
         raise RecordError(f"--limit must be >= 1, got {o.limit}")
+    if o.controls and not o.model:
+        raise RecordError("--controls asks the model again: it needs --model")
     PromptFormat.parse(o.prompt_format)
 
 
@@ -247,7 +261,7 @@ def evaluate_scienceqa(o: ScienceQAOptions) -> ScienceQAResult:
     ensemble = read_answers(o.ensemble_answers, problems) if o.ensemble_answers else None
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
-    texts = read_answers(o.answers, problems) if o.answers else _model_answers(o, problems, pids)
+    texts, control_texts = (read_answers(o.answers, problems), {}) if o.answers else _model_answers(o, problems, pids)
     n = {p: len(problems[p]["choices"]) for p in pids}
     first = {p: choice_index(texts.get(p), n[p]) for p in pids}
     methods = {"model": score_choices(first, problems, pids)}
@@ -290,7 +304,14 @@ def evaluate_scienceqa(o: ScienceQAOptions) -> ScienceQAResult:
         result.judge = total
         result.missing = total.request_failures
     chance = chance_row(problems, pids)
-    result.paths = write_report(scienceqa_report(methods, chance, o), out)
+    report = scienceqa_report(methods, chance, o)
+    if control_texts:
+        def right(texts_: dict[str, str]) -> np.ndarray:  # (n, 1)
+            return np.array([[choice_index(texts_.get(p), n[p]) == problems[p]["answer"]] for p in pids], dtype=float)
+
+        result.controls = compare(right(texts), {c: right(t) for c, t in control_texts.items()}, mean_statistic())
+        add_to_report(report, result.controls, metric="accuracy (%)")
+    result.paths = write_report(report, out)
     result.paths["results"] = out / "results.json"
     return result
 
