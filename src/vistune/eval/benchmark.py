@@ -158,8 +158,9 @@ def _answer(o: BenchmarkOptions, bench: Benchmark, questions: list[dict], out: P
     from vistune.inference.generate import SamplingParams
 
     answering = o.answering or Answering(SamplingParams(max_new_tokens=bench.max_new_tokens))
-    asked = [{"question_id": q["question_id"], "text": q["text"], **({"image": q["image"]} if q.get("image") else {})}
-             for q in questions]
+    # the answers file names each question as the benchmark's own file does (an integer stays an integer)
+    asked = [{"question_id": q.get("original_id", q["question_id"]), "text": q["text"],
+              **({"image": q["image"]} if q.get("image") else {})} for q in questions]
     done = answer_with_controls(answering, o.model, asked, bench.image_folder(o), out, o.controls, o.control_seed)
     real = read_answers(done[None][0], bench)
     failed = {}

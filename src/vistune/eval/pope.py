@@ -85,7 +85,8 @@ class Pope(Benchmark):
                     raise RecordError(f"{f}:{n}: duplicate question_id {r['question_id']!r}")
                 seen.add(qid)
                 questions.append({"question_id": qid, "image": r["image"], "text": f"{r['text']}\n{SHORT_ANSWER}",
-                                  "label": str(r["label"]).lower(), "split": split})
+                                  "label": str(r["label"]).lower(), "split": split,
+                                  **({} if path.is_dir() else {"original_id": r["question_id"]})})
         return questions
 
     def score(self, questions, answers, o) -> Scored:
