@@ -75,6 +75,8 @@ def test_questions_rotations_and_prompt(tmp_path):
     assert qs[5]["options"] == ["no", "yes"] and qs[5]["answer"] == "B"
     assert [q["answer"] for q in qs[6:]] == ["C", "B", "A"]  # the TSV's own passes
     assert Image.open(qs[0]["image"]).size == (8, 8)
+    # --limit 2 takes the first two questions with all their passes
+    assert [q["question_id"] for q in MMBench().take(qs, 2)] == ["0-0", "0-1", "0-2", "0-3", "1-0", "1-1"]
 
 
 def test_circular_scores_from_llava_answer_files(tmp_path):

@@ -59,7 +59,7 @@ class BenchmarkOptions:
     control_seed: int = 0
     """Seed of the shuffled control's derangement."""
     limit: int | None = None
-    """Ask and score only the first N questions."""
+    """Ask and score only the first N questions (MMBench: questions with all their passes; MME: images)."""
     answering: Answering | None = None
     """How `model` answers (None: greedy, up to 16 new tokens, 8 per batch)."""
     judge: JudgeOptions | None = None
@@ -114,6 +114,13 @@ class Benchmark:
 
     def score(self, questions: list[dict], answers: dict[str, str], o: BenchmarkOptions) -> Scored:
         raise NotImplementedError
+
+    def take(self, questions: list[dict], n: int) -> list[dict]:
+        """The first `n` units of the benchmark (`--limit`): questions, or whole groups where questions carry a
+        `group` (an MMBench question's passes, an MME image's pair)."""
+        groups = list(dict.fromkeys(q.get("group", q["question_id"]) for q in questions))[:n]
+        keep = set(groups)
+        return [q for q in questions if q.get("group", q["question_id"]) in keep]
 
     def answer_key(self, record: dict) -> str:
         """The question an answer record answers (`question_id` as text)."""
@@ -180,7 +187,7 @@ def run_benchmark(bench: Benchmark, o: BenchmarkOptions) -> BenchmarkResult:
     out.mkdir(parents=True, exist_ok=True)
     questions = bench.load(o)
     if o.limit:
-        questions = questions[: o.limit]
+        questions = bench.take(questions, o.limit)
     if not questions:
         raise RecordError(f"{o.questions}: no questions")
     keys = [str(q["question_id"]) for q in questions]

@@ -89,7 +89,8 @@ class Mme(Benchmark):
                         raise RecordError(f"{txt}:{k + 1}: expected 'question<TAB>Yes|No'")
                     questions.append({"question_id": f"{sub}/{txt.stem}/{k}", "image": str(image.relative_to(root)),
                                       "text": f"{parts[0].strip()}\n{SHORT_ANSWER}", "question": parts[0],
-                                      "answer": parts[1].strip(), "subtask": sub, "image_name": image.name})
+                                      "answer": parts[1].strip(), "subtask": sub, "image_name": image.name,
+                                      "group": f"{sub}/{image.name}"})
         return questions
 
     def score(self, questions, answers, o) -> Scored:
