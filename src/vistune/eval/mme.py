@@ -17,6 +17,7 @@ shape MME's calculation script reads (`image<TAB>question<TAB>gold<TAB>predictio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def read_yes_no(answer: str) -> str:
     return "yes" if "yes" in a[:4] else "no" if "no" in a[:4] else "other"
 
 
-def mme_statistic(subtasks: list[int]) -> callable:
+def mme_statistic(subtasks: list[int]) -> Callable[[np.ndarray], np.ndarray]:
     """(B, n, 3) image units [subtask, right, asked] -> (B,) sum over `subtasks` of 100 acc + 100 acc+."""
     def stat(a: np.ndarray) -> np.ndarray:
         sub, right, asked = a[..., 0], a[..., 1], a[..., 2]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from vistune.data.image import ImageLoadError, load_image
 from vistune.errors import UserError
 from vistune.eval.controls import CONTROLS, add_to_report, blank_image, compare, derangement, mean_statistic
+from vistune.eval.report import write_report as write_any
 from vistune.eval.scoring import is_correct, score, single_report, write_report
 from vistune.inference.engine import Request
 from vistune.inference.generate import SamplingParams
@@ -78,11 +79,11 @@ VARIANT_OF = {None: "full", "shuffled": "shuffled_images", "blank": "blank_image
 
 def evaluate(engine, bench: Sequence[dict], images: str | Path, out: str | Path | None = None,
              control: str | None = None, seed: int = 0, batch_size: int = 16, progress: bool = True,
-             params: SamplingParams | None = None, _answers: dict | None = None) -> dict:
+             params: SamplingParams | None = None) -> dict:
     """Answer (as `control` says; None: each question about its own image) and score the bench; with `out`, write
     report.json/.md/.png and answers.jsonl there."""
-    answers = _answers if _answers is not None else answer_bench(
-        engine, bench, images, control=control, seed=seed, batch_size=batch_size, progress=progress, params=params)
+    answers = answer_bench(engine, bench, images, control=control, seed=seed, batch_size=batch_size,
+                           progress=progress, params=params)
     report = score(answers, bench)
     if out is not None:
         write_report(report, out, variant=VARIANT_OF[control])
@@ -101,7 +102,6 @@ def evaluate_controls(engine, bench: Sequence[dict], images: str | Path, out: st
     """The real run and each control (`vistune.eval.controls`): out/report.* for the real answers with the controls
     beside them (paired differences, bootstrap intervals, the reliance sentence); each control's own report and
     answers under out/controls/NAME/. Returns the real report with `controls` added."""
-    from vistune.eval.report import write_report as write_any
     def correct(answers: dict[str, str]) -> np.ndarray:  # (n, 1)
         return np.array([[is_correct(answers.get(q["id"]), q["answer"])] for q in bench], dtype=float)
 
@@ -110,7 +110,8 @@ def evaluate_controls(engine, bench: Sequence[dict], images: str | Path, out: st
     for c in controls:
         answers = answer_bench(engine, bench, images, control=c, seed=seed, batch_size=batch_size, progress=progress,
                                params=params)
-        evaluate(engine, bench, images, Path(out) / "controls" / c, control=c, _answers=answers)
+        write_report(score(answers, bench), Path(out) / "controls" / c, variant=VARIANT_OF[c])
+        write_answers(Path(out) / "controls" / c / "answers.jsonl", bench, answers)
         per_control[c] = correct(answers)
     report = score(real, bench)
     comparison = compare(correct(real), per_control, mean_statistic())
