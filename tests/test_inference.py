@@ -400,3 +400,69 @@ def test_kept_prompt_starts_change_no_answer_and_run_once():
     tiny = Engine(model, prefix_cache_mb=0.5 * per_start / 2**20)  # a start larger than the bound is not kept
     assert [c.token_ids for c in tiny.generate(first_round)] == [c.token_ids for c in plain.generate(first_round)]
     assert not tiny._kept and tiny._kept_bytes == 0
+
+
+class _Calls:
+    """Counts a module's forward calls and the positions each call ran (a forward hook)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.lengths: list[int] = []
+        module.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output) -> None:
+        x = kwargs.get("inputs_embeds", kwargs.get("input_ids", args[0] if args else None))
+        self.lengths.append(x.shape[1])
+
+
+def test_a_prompt_runs_in_one_pass_and_a_repeated_image_runs_only_the_question():
+    model = chatty_tiny_vlm()
+    plain, reuse = Engine(model, prefix_reuse=False), Engine(model)
+    llm, tower = _Calls(model.llm), _Calls(model.vision_tower)
+    image = random_image(30)
+    first, again = (Request.of(q, image, max_new_tokens=1) for q in ("What is it?", "And its colour, please?"))
+    assert reuse.generate([first])[0].token_ids == plain.generate([first])[0].token_ids
+    assert llm.lengths == [len(reuse.render(first))] * 2  # one pass each for the whole prompt, nothing kept yet
+    assert len(tower.lengths) == 2
+    image_end = reuse.prepare([first])[0].image_end
+    assert len(tower.lengths) == 2  # the image's features were kept
+    llm.lengths.clear()
+    assert reuse.generate([again])[0].token_ids == plain.generate([again])[0].token_ids
+    assert llm.lengths == [len(reuse.render(again)) - image_end, len(reuse.render(again))]  # kept start: the question
+    assert len(tower.lengths) == 3  # only the plain engine encoded the image again
+
+
+def test_kept_starts_and_features_are_forgotten_when_the_weights_change():
+    model = chatty_tiny_vlm()
+    engine = Engine(model)
+    requests = [Request.of("What is in the picture?", random_image(31), max_new_tokens=8),
+                Request.of("Count to five, please.", None, max_new_tokens=8)]
+    def answers(e: Engine) -> list[list[int]]:
+        return [e.generate([r])[0].token_ids for r in requests]
+
+    before = answers(engine)
+    assert len(engine._kept) == 2 and len(engine._features) == 1  # the opening, and the opening with the image
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # an in-place update, as an optimizer step makes
+        for p in [*model.llm.parameters(), *model.projector.parameters()]:
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    after = answers(Engine(model, prefix_reuse=False))
+    assert after[0] != before[0] and after[1] != before[1]  # the change matters to both answers
+    assert answers(engine) == after
+
+
+def test_assistant_chat_keeps_one_engine_in_eval_mode():
+    model = Assistant.wrap(chatty_tiny_vlm())
+    llm = _Calls(model.llm)
+    image = random_image(32)
+    answer = model.chat(image, "What is it?", max_new_tokens=1)
+    assert model.engine() is model.engine() and len(llm.lengths) == 1
+    for _ in range(2):  # the same question again: only the question runs
+        assert model.chat(image, "What is it?", max_new_tokens=1) == answer
+    full = len(model.engine().render(Request.of("What is it?", image)))
+    assert llm.lengths[0] == full and llm.lengths[1:] == [full - model.engine().prepare(
+        [Request.of("What is it?", image)])[0].image_end] * 2
+    model.train()
+    try:
+        assert model.engine() is not model.engine()
+    finally:
+        model.eval()

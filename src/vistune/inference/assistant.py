@@ -20,13 +20,15 @@ from vistune.model.vlm import VisionLanguageModel
 
 
 class Assistant(VisionLanguageModel):
-    """A `VisionLanguageModel` with `chat` and `chat_stream` (each call is a fresh engine over the same weights)."""
+    """A `VisionLanguageModel` with `chat` and `chat_stream`. In eval mode the calls share one engine, so a
+    question about an image asked before runs only the question (the kept prompt start, see `Engine`); the engine
+    forgets what it kept when the weights change. A training model gets a fresh engine per call."""
 
     @classmethod
     def wrap(cls, model: VisionLanguageModel) -> "Assistant":
-        """An Assistant sharing `model`'s parts (no copy)."""
+        """An Assistant sharing `model`'s parts (no copy), in `model`'s mode (training or eval)."""
         return cls(model.config, model.vision_tower, model.projector, model.llm, model.tokenizer,
-                   model.image_processor)
+                   model.image_processor).train(model.training)
 
     def chat(self, image: Image.Image | None, prompt: str, history: Sequence[tuple[str, str]] = (),
              max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
@@ -40,7 +42,16 @@ class Assistant(VisionLanguageModel):
                     seed: int | None = None) -> Iterator[str]:
         """Like `chat`, yielding text pieces as they are generated (joined: the answer)."""
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        return Engine(self, set_eval=False).stream(Request.of(prompt, image, history, params))
+        return self.engine().stream(Request.of(prompt, image, history, params))
+
+    def engine(self) -> Engine:
+        """The engine `chat` runs (shared while the model is in eval mode; it leaves the mode as it is)."""
+        if self.training:
+            return Engine(self, set_eval=False)
+        engine = getattr(self, "_engine", None)
+        if engine is None:
+            engine = self._engine = Engine(self, set_eval=False)
+        return engine
 
     def decode_answer(self, ids: list[int]) -> str:
         """Text of generated ids, cut at the first end-of-turn id or stop string (as the engine cuts it)."""

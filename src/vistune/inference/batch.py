@@ -26,6 +26,11 @@ from vistune.utils.io import repair_jsonl_tail
 from vistune.utils.jsonl import RecordError, iter_records
 
 
+LENGTH_WINDOW = 8
+"""`infer` hands the engine this many batches of questions at a time, so that it batches prompts of similar length
+(less padding); answers are written, in the file's order, after each window."""
+
+
 class QuestionsError(UserError, ValueError):
     """A questions file that cannot be used as given."""
 
@@ -82,16 +87,18 @@ def answered_ids(path: str | os.PathLike) -> set:
 
 def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.PathLike, out_path: str | os.PathLike,
           params: SamplingParams, batch_size: int = 8, model_id: str = "vistune") -> InferSummary:
-    """Answer `questions` in order, appending to `out_path` (skipping those already there)."""
+    """Answer `questions` in order, appending to `out_path` (skipping those already there); `batch_size` questions
+    are answered together, out of windows of `LENGTH_WINDOW` batches grouped by prompt length."""
     summary = InferSummary()
     done = answered_ids(out_path)
     todo = [q for q in questions if q["question_id"] not in done]
     summary.already = len(questions) - len(todo)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    window = batch_size * LENGTH_WINDOW  # questions handed to the engine at once: it batches similar lengths
     with open(out_path, "a", encoding="utf-8") as out:
-        for start in range(0, len(todo), batch_size):
+        for start in range(0, len(todo), window):
             chunk, requests = [], []
-            for q in todo[start:start + batch_size]:
+            for q in todo[start:start + window]:
                 try:
                     images = [load_image(Path(image_folder) / p) for p in record_images(q)]
                     request = Request(conversation_messages(q["text"], image_turns=[0] * len(images)), images, params)
@@ -103,7 +110,7 @@ def infer(engine: Engine, questions: Sequence[dict], image_folder: str | os.Path
                 requests.append(request)
             if not requests:
                 continue
-            for q, answer in zip(chunk, engine.generate_batch(requests)):
+            for q, answer in zip(chunk, engine.generate_batch(requests, batch_size=batch_size)):
                 record = {"question_id": q["question_id"], "prompt": q["text"], "text": answer, "model_id": model_id}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()

@@ -39,7 +39,6 @@ from vistune.inference.generate import (
     FinishReason,
     SamplingParams,
     StepEvent,
-    cache_argument,
     plain_cache,
     stack_cache,
 )
@@ -49,6 +48,8 @@ log = logging.getLogger(__name__)
 
 PREFIX_MIN = 8
 """The shortest shared prompt start worth keeping (in ids)."""
+FEATURES_KEPT = 64
+"""Images whose projected features an engine keeps (with `prefix_reuse`), the least recently used dropped first."""
 
 
 class RequestError(ValueError):
@@ -109,13 +110,16 @@ class Engine:
                  prefix_reuse: bool = True, prefix_cache_mb: float = 256.0) -> None:
         """`set_eval`: switch the model to eval mode (off for a quick answer from a model that is training).
         `prefix_reuse`: keep the key/values of prompt starts (see the module's notes), at most `prefix_cache_mb`
-        MiB of them (the least recently used go first)."""
+        MiB of them (the least recently used go first), and the projected features of the last
+        `FEATURES_KEPT` images."""
         self.model = model.eval() if set_eval else model
         self.max_batch_size = max_batch_size
         self.prefix_reuse = prefix_reuse
         self.prefix_cache_mb = prefix_cache_mb
         self._kept: OrderedDict[tuple, list] = OrderedDict()  # (ids, image digest) -> per layer (keys, values)
         self._kept_bytes = 0
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # image digest -> (N, D), most recent last
+        self._version: tuple | None = None  # the parameters' versions the kept state was computed with
         cfg = model.llm.config
         limit = getattr(cfg, "max_position_embeddings", None)
         self.max_length = max_length or limit or 4096
@@ -172,20 +176,40 @@ class Engine:
     def prepare(self, requests: Sequence[Request]) -> list[Prepared]:
         """Render and embed requests, encoding all their images in one tower call."""
         ids = [r.input_ids if r.input_ids is not None else self.render(r) for r in requests]
-        features = self.encode_images([im for r in requests for im in r.images])
+        images = [im for r in requests for im in r.images]
+        digests = [image_digest(im) for im in images] if self.prefix_reuse and images else None
+        features = self._image_features(images, digests)  # (I, N, D)
         out, k = [], 0
         for r, input_ids in zip(requests, ids):
             n = len(r.images)
             feats = features[k:k + n] if n else None
-            k += n
             embeds = self.model.embed(torch.tensor([input_ids], device=self.model.device), feats)[0]  # (T, D)
             p = Prepared(input_ids, embeds, self._clamp(r.params, len(input_ids)))
-            if n and self.prefix_reuse:
+            if n and digests is not None:
                 end = input_ids.index(IMAGE_TOKEN_ID) + self.model.num_image_tokens
                 if end < len(input_ids):
-                    p.image_end, p.image_digest = end, image_digest(r.images[0])
+                    p.image_end, p.image_digest = end, digests[k]
+            k += n
             out.append(p)
         return out
+
+    def _image_features(self, images: Sequence[Image.Image], digests: Sequence[str] | None) -> torch.Tensor | None:
+        """Projected features of `images` (I, N, D): the kept ones reused (with `digests`), the others encoded in one
+        tower call and kept (the last `FEATURES_KEPT` images)."""
+        if not images or digests is None:
+            return self.encode_images(images)
+        self._check_weights()
+        missing = list(dict.fromkeys(d for d in digests if d not in self._features))
+        if missing:
+            first = {d: digests.index(d) for d in missing}
+            for d, f in zip(missing, self.encode_images([images[first[d]] for d in missing])):
+                self._features[d] = f  # (N, D)
+        feats = torch.stack([self._features[d] for d in digests])
+        for d in digests:
+            self._features.move_to_end(d)
+        while len(self._features) > FEATURES_KEPT:
+            self._features.popitem(last=False)
+        return feats
 
     def _clamp(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
         room = self.max_length - prompt_len
@@ -194,53 +218,86 @@ class Engine:
         return SamplingParams(room, params.temperature, params.top_p, params.seed, params.stop)
 
     def decoder(self, prepared: Sequence[Prepared], indices: Sequence[int] | None = None, past=None) -> BatchDecoder:
-        """A decoder for `prepared`; without `past`, the prompts' start comes from the kept prefixes."""
-        prompts, past = self._with_kept_start(prepared) if past is None else ([p.embeds for p in prepared], past)
-        return BatchDecoder(self.model.llm, self.tokenizer, prompts, [p.params for p in prepared],
-                            self.end_of_turn_ids, self.stop_strings, past=past, indices=indices)
+        """A decoder for `prepared`; without `past`, the prompts' start comes from the kept prefixes (and the starts
+        not kept yet are kept from this prefill)."""
+        if past is not None:
+            return BatchDecoder(self.model.llm, self.tokenizer, [p.embeds for p in prepared],
+                                [p.params for p in prepared], self.end_of_turn_ids, self.stop_strings, past=past,
+                                indices=indices)
+        plan = self._plan(prepared)
+        decoder = BatchDecoder(self.model.llm, self.tokenizer, [p.embeds[plan.skip:] for p in prepared],
+                               [p.params for p in prepared], self.end_of_turn_ids, self.stop_strings,
+                               past=plan.past, indices=indices)
+        self._harvest(decoder, 0, plan)
+        return decoder
 
     def join(self, decoder: BatchDecoder, prepared: Sequence[Prepared], indices: Sequence[int]) -> None:
         """Add `prepared` to a running `decoder` (`decoder.can_add`), their start from the kept prefixes."""
-        prompts, past = self._with_kept_start(prepared)
-        decoder.add(prompts, [p.params for p in prepared], indices, past=past)
+        plan = self._plan(prepared)
+        first = len(decoder.rows)  # the new rows follow the running ones
+        decoder.add([p.embeds[plan.skip:] for p in prepared], [p.params for p in prepared], indices, past=plan.past)
+        self._harvest(decoder, first, plan)
 
-    def _with_kept_start(self, prepared: Sequence[Prepared]) -> tuple[list[torch.Tensor], object | None]:
-        """(what of each prompt remains to run (T_i - n, D), a cache of the first n positions or None)."""
-        prompts = [p.embeds for p in prepared]  # (T_i, D) each
-        if self.prefix_reuse:
-            n, past = self._kept_start(prepared)
-            if past is not None:
-                return [e[n:] for e in prompts], past
-        return prompts, None
+    def _plan(self, prepared: Sequence[Prepared]) -> "_Plan":
+        """What of the prompts' start comes from the kept prefixes, and which starts to keep from the prefill.
 
-    def _kept_start(self, prepared: Sequence[Prepared]) -> tuple[int, object | None]:
-        """(n, a cache of the first n positions of every row), from the kept prefixes (computing and keeping the
-        missing ones); (0, None) where nothing is worth keeping or the LLM's cache is not a plain one."""
+        Every row opening with text and then its first image at the same positions: when all those starts are kept,
+        only the rest runs; otherwise the kept opening (or nothing) comes first, the whole rest runs in one pass, and
+        the missing starts (the opening too, when it was missing) are kept from that pass's keys and values."""
+        if not self.prefix_reuse:
+            return _Plan(0, None, [])
+        self._check_weights()
+        keep: dict[tuple, tuple[int, int]] = {}  # key -> (row, positions): starts to keep after the prefill
+        n = self._opening_length(prepared)
+        opening = (tuple(prepared[0].input_ids[:n]), None) if n else None
+        if opening is not None and opening not in self._kept:
+            keep[opening] = (0, n)
         ends = {p.image_end for p in prepared}
         if len(ends) == 1 and None not in ends:  # every row: text, then its first image, at the same positions
-            n = ends.pop()
-            keys = [(tuple(p.input_ids[:n]), p.image_digest) for p in prepared]
-            return n, self._row_caches(keys, lambda rows: self._run_start([prepared[i] for i in rows], n))
-        n = self._opening_length(prepared)
-        if not n:
-            return 0, None
-        key = (tuple(prepared[0].input_ids[:n]), None)
-        return n, self._row_caches([key] * len(prepared), lambda rows: self._run_start(prepared[:1], n))
+            end = ends.pop()
+            keys = [(tuple(p.input_ids[:end]), p.image_digest) for p in prepared]
+            if all(k in self._kept for k in keys):
+                return _Plan(end, self._stack(keys), [])
+            for b, key in enumerate(keys):
+                if key not in self._kept:
+                    keep.setdefault(key, (b, end))
+        items = [(row, length, key) for key, (row, length) in keep.items()]
+        if opening is not None and opening in self._kept:
+            return _Plan(n, self._stack([opening] * len(prepared)), items)
+        return _Plan(0, None, items)
 
-    def _run_start(self, prepared: Sequence[Prepared], n: int):
-        """A cache of the first n positions of `prepared` (rows without padding: n positions each); a start with an
-        image continues the kept opening before it."""
-        from transformers import DynamicCache
+    def _stack(self, keys: Sequence[tuple]):
+        """A cache whose rows are the kept starts `keys` (marked as recently used)."""
+        for key in keys:
+            self._kept.move_to_end(key)
+        return stack_cache([self._kept[k] for k in keys], self.model.llm.config)
 
-        llm = self.model.llm
-        t = self._opening_length(prepared) if IMAGE_TOKEN_ID in prepared[0].input_ids[:n] else 0  # < n
-        cache = (self._row_caches([(tuple(prepared[0].input_ids[:t]), None)] * len(prepared),
-                                  lambda rows: self._run_start(prepared[:1], t)) if t else None)
-        if cache is None:
-            t, cache = 0, DynamicCache(config=llm.config)
-        embeds = torch.stack([p.embeds[t:n] for p in prepared])  # (B, n - t, D)
-        llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_argument(llm): cache})
-        return cache
+    @torch.no_grad()
+    def _harvest(self, decoder: BatchDecoder, first: int, plan: "_Plan") -> None:
+        """Keep the starts `plan` names from `decoder`'s cache after its prefill (rows `first` + row); a row's start
+        is its first positions that are not padding. Reuse is switched off where the cache is not a plain one."""
+        if not plan.keep:
+            return
+        cache = decoder.cache
+        if not plain_cache(cache):
+            self.prefix_reuse = False
+            return
+        for row, length, key in plan.keep:
+            b = first + row
+            positions = decoder.mask[b].nonzero().squeeze(1)[:length]  # (length,) real positions, in order
+            # keys/values (B, H, L, d) -> one row's (1, H, length, d), copied out of the decoder's cache
+            self._keep(key, [(layer.keys[b:b + 1].index_select(2, positions),
+                              layer.values[b:b + 1].index_select(2, positions)) for layer in cache.layers])
+
+    def _check_weights(self) -> None:
+        """Forget the kept starts and image features when any parameter changed since they were computed (a
+        parameter's version counter moves with every in-place update, such as an optimizer step or loading a
+        state dict)."""
+        version = _weights_version(self.model)
+        if version != self._version:
+            if self._version is not None:
+                self.clear_prefix()
+            self._version = version
 
     def opening(self) -> list[int]:
         """The ids a prompt with the model's own system prompt starts with, before its first message's content:
@@ -258,32 +315,11 @@ class Engine:
             return 0
         return n
 
-    @torch.no_grad()
-    def _row_caches(self, keys: Sequence[tuple], run: Callable[[list[int]], object]):
-        """A cache with one row per key (all keys cover the same number of positions): kept rows are reused, the
-        missing ones computed by `run(rows)` (a cache for those rows, in one LLM call) and kept. None where the
-        LLM's cache is not a plain one (reuse is then switched off)."""
-        found = {}
-        for key in dict.fromkeys(keys):
-            if key in self._kept:
-                self._kept.move_to_end(key)
-                found[key] = self._kept[key]
-        missing = [k for k in dict.fromkeys(keys) if k not in found]
-        if missing:
-            cache = run([keys.index(k) for k in missing])
-            if cache is None or not plain_cache(cache):
-                self.prefix_reuse = False
-                return None
-            for j, key in enumerate(missing):  # keys/values (B, H, n, d) -> one row each
-                found[key] = [(layer.keys[j:j + 1].clone(), layer.values[j:j + 1].clone()) for layer in cache.layers]
-                self._keep(key, found[key])
-        return stack_cache([found[k] for k in keys], self.model.llm.config)
-
     def _keep(self, key: tuple, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Keep a start, dropping the least recently used ones to stay within `prefix_cache_mb` (a start larger
         than the whole bound is not kept)."""
         limit = self.prefix_cache_mb * 2**20
-        if _nbytes(layers) > limit:
+        if _nbytes(layers) > limit or key in self._kept:
             return
         self._kept[key] = layers
         self._kept_bytes += _nbytes(layers)
@@ -292,9 +328,10 @@ class Engine:
             self._kept_bytes -= _nbytes(dropped)
 
     def clear_prefix(self) -> None:
-        """Forget the kept prefixes (after changing the model's weights)."""
+        """Forget the kept prefixes and image features (done by itself when the model's parameters change)."""
         self._kept.clear()
         self._kept_bytes = 0
+        self._features.clear()
 
     # ---------------------------------------------------------------------------------------------
     # generating
@@ -519,6 +556,27 @@ def image_digest(image: Image.Image) -> str:
     h = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
     h.update(image.tobytes())
     return h.hexdigest()
+
+
+@dataclass
+class _Plan:
+    """How a batch's prefill uses and extends the kept prompt starts."""
+
+    skip: int
+    """Positions of every prompt that `past` covers (they do not run)."""
+    past: object | None
+    """A cache of those positions, one row per prompt, or None."""
+    keep: list[tuple[int, int, tuple]]
+    """(row, positions, key) of each start to keep from the prefill's cache."""
+
+
+def _weights_version(model: torch.nn.Module) -> tuple | None:
+    """Each parameter's storage and version counter (None where a parameter has no counter, as tensors made in
+    inference mode)."""
+    try:
+        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    except RuntimeError:
+        return None
 
 
 def _nbytes(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
