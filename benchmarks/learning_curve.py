@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/learning_curve.py RECIPE.yaml [--out runs/curves/NAME] [--points 25,50,75]
         [--seed 0] [--precision fp32|auto|bf16] [--feature-cache DIR] [--bench-questions 420]
 
-RECIPE.yaml (every key optional; `benchmarks/recipes/` holds the measured ones):
+RECIPE is `demo` (the shipped recipe), `previous` (the one before, `vistune.demo.PREVIOUS`) or a YAML file of
+changes to the shipped recipe (every key optional; `benchmarks/recipes/` holds the measured ones):
 
     stage1_data: grounded            # or captions (DemoPlan.stage1_data)
     stage2_mix: {style: balanced, describe_fraction: 0.25}   # DemoPlan.stage2_mix
@@ -34,17 +35,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plan_of(recipe: dict, seed: int, precision: str | None):
-    from vistune.demo import FULL, STAGE1_DATA, STAGE2_MIX
+def plan_of(recipe: dict, seed: int, precision: str | None, base=None):
+    """The demo plan `recipe` describes, on top of `base` (default: the demo's)."""
+    from vistune.demo import FULL
 
+    base = base or FULL
     known = {"stage1_data", "stage2_mix", "stage1", "stage2"}
     unknown = sorted(set(recipe) - known)
     if unknown:
         raise SystemExit(f"unknown recipe keys {unknown}; expected {sorted(known)}")
-    return replace(FULL, name="curve", seed=seed, precision=precision,
-                   stage1_data=recipe.get("stage1_data", STAGE1_DATA),
-                   stage2_mix=recipe.get("stage2_mix", dict(STAGE2_MIX)),
-                   changes={1: recipe.get("stage1") or {}, 2: recipe.get("stage2") or {}})
+    changes = {k: {**base.changes.get(k, {}), **(recipe.get(f"stage{k}") or {})} for k in (1, 2)}
+    return replace(base, name="curve", seed=seed, precision=precision,
+                   stage1_data=recipe.get("stage1_data", base.stage1_data),
+                   stage2_mix=recipe.get("stage2_mix", base.stage2_mix), changes=changes)
 
 
 def train_stage1(demo) -> float:
@@ -165,7 +168,8 @@ def write_curve(rows: list[dict], out: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipe", help="recipe YAML (see the module docstring); 'demo' for the shipped recipe")
+    parser.add_argument("recipe", help="recipe YAML (see the module docstring); 'demo' for the shipped recipe, "
+                        "'previous' for the one before it (vistune.demo.PREVIOUS)")
     parser.add_argument("--out", help="run directory (default runs/curves/<recipe name>[-seedK])")
     parser.add_argument("--points", default="25,50,75", help="compute points in TFLOP, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
@@ -177,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from vistune.config import load_yaml
-    from vistune.demo import Demo
+    from vistune.demo import FULL, PREVIOUS, Demo
 
-    name = "demo" if args.recipe == "demo" else Path(args.recipe).stem
-    recipe = {} if args.recipe == "demo" else (load_yaml(args.recipe) or {})
-    plan = plan_of(recipe, args.seed, args.precision)
+    named = {"demo": FULL, "previous": PREVIOUS}
+    name = args.recipe if args.recipe in named else Path(args.recipe).stem
+    recipe = {} if args.recipe in named else (load_yaml(args.recipe) or {})
+    plan = plan_of(recipe, args.seed, args.precision, named.get(args.recipe))
     if args.bench_questions is not None:
         plan = replace(plan, bench_questions=args.bench_questions)
     out = Path(args.out or ROOT / "runs" / "curves" / (name + (f"-seed{args.seed}" if args.seed else "")))
