@@ -4,10 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# llama.cpp's multimodal runtime (libllama + libmtmd) and converter, for `vistune export --to gguf` and its tests
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_DIR := $(VENV)/llama.cpp
+LLAMA_STAMP := $(LLAMA_DIR)/.built
 
 .PHONY: install demo demo-quick test test-fast clean
 
-install: $(STAMP)
+install: $(STAMP) $(LLAMA_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +24,30 @@ $(STAMP): pyproject.toml Makefile
 	# Headless Chromium for the web-page test (skipped with a reason where it cannot be installed).
 	-command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	touch $(STAMP)
+
+# Once per clone (not redone when this Makefile changes): llama-cpp-python's source package carries llama.cpp.
+# Its Python bindings are installed without building; only the libraries they load are built (Release, no tests,
+# tools or examples, 2 jobs); convert_hf_to_gguf.py and the vocabulary files stay in $(LLAMA_DIR)/src. A failed
+# build leaves its log in $(LLAMA_DIR)/build.log and the GGUF tests skip saying why.
+$(LLAMA_STAMP): | $(STAMP)
+	rm -rf $(LLAMA_DIR) && mkdir -p $(LLAMA_DIR)
+	$(PIP) download -q --no-binary :all: --no-deps -d $(LLAMA_DIR) llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	tar -xzf $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_DIR)
+	mv $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp $(LLAMA_DIR)/src
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install -q $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
+	rm -rf $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON) $(LLAMA_DIR)/*.tar.gz
+	( start=$$(date +%s) && \
+	  cmake -S $(LLAMA_DIR)/src -B $(LLAMA_DIR)/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+	    -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DLLAMA_BUILD_MTMD=ON -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
+	    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+	    -DLLAMA_OPENSSL=OFF && \
+	  cmake --build $(LLAMA_DIR)/build --target mtmd -j2 && \
+	  lib=$$($(PY) -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llama_cpp').origin).parent / 'lib')") && \
+	  mkdir -p $$lib && cp -a $(LLAMA_DIR)/build/bin/*.so* $$lib/ && \
+	  echo "llama.cpp built in $$(( $$(date +%s) - start )) s" ) > $(LLAMA_DIR)/build.log 2>&1 \
+	  && tail -1 $(LLAMA_DIR)/build.log \
+	  || echo "llama.cpp did not build (the GGUF tests will say so): see $(LLAMA_DIR)/build.log"
+	touch $@
 
 demo: install
 	$(VENV)/bin/vistune demo --out runs/demo

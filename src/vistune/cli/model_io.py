@@ -11,8 +11,14 @@ from vistune.conversation import TEMPLATE_NAMES
 def register(sub: argparse._SubParsersAction) -> None:
     export = add_command(sub, "export", "export a checkpoint to another format")
     export.add_argument("--model", required=True, help="vistune checkpoint directory")
-    export.add_argument("--to", required=True, choices=["hf-llava"], help="target format")
+    export.add_argument("--to", required=True, choices=["hf-llava", "gguf"],
+                        help="target format: hf-llava (transformers), gguf (llama.cpp: model.gguf + mmproj.gguf)")
     export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--outtype", default="f32", choices=["f32", "f16", "q8_0"],
+                        help="gguf: precision of the language model (the projector stays f32)")
+    export.add_argument("--llama-cpp", default=None,
+                        help="gguf: a llama.cpp source tree with convert_hf_to_gguf.py (default: $VISTUNE_LLAMA_CPP, "
+                             "else the one make install keeps in the virtual environment)")
     export.set_defaults(func=export_command)
 
     merge = add_command(sub, "merge-lora", "merge LoRA adapters into a plain checkpoint")
@@ -47,6 +53,17 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    if args.to == "gguf":
+        from vistune.checkpoint_format import read_config
+        from vistune.model.gguf_export import export_gguf, gguf_warnings
+
+        out = export_gguf(args.model, args.out, args.outtype, args.llama_cpp)
+        for warning in gguf_warnings(read_config(args.model)):
+            print(f"warning: {warning}")
+        print(f"wrote {out}/model.gguf and {out}/mmproj.gguf (how to run them: {out}/README.md)")
+        return 0
+    if args.outtype != "f32" or args.llama_cpp is not None:
+        raise UsageError("--outtype and --llama-cpp apply to --to gguf only")
     from vistune.model.export import export_hf_llava
 
     out = export_hf_llava(args.model, args.out)

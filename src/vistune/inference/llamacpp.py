@@ -53,19 +53,23 @@ class LlamaCppModel:
     """`model.gguf` + `mmproj.gguf` loaded in llama.cpp (CPU, `threads` threads)."""
 
     def __init__(self, model_path: str | Path, mmproj_path: str | Path, threads: int = 2, n_ctx: int = 2048,
-                 flash_attn_type: int = -1) -> None:
+                 exact: bool = False) -> None:
+        """`exact`: no flash attention (llama.cpp's CPU kernel keeps K/V in fp16) and an f32 K/V cache; else
+        llama.cpp's defaults on a CPU (flash attention, f16 cache)."""
         import llama_cpp
         from llama_cpp import mtmd_cpp
 
         self._llama_cpp, self._mtmd = llama_cpp, mtmd_cpp
+        cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if exact else {}
         self.llama = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                                     n_threads_batch=threads, verbose=False)
+                                     n_threads_batch=threads, flash_attn=not exact, verbose=False, **cache)
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = False
         params.print_timings = False
         params.n_threads = threads
         params.warmup = False
-        params.flash_attn_type = flash_attn_type
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if exact
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
         self.ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj_path).encode(), self.llama.model, params)
         if not self.ctx:
             raise RuntimeError(f"libmtmd could not load {mmproj_path}")

@@ -130,6 +130,19 @@ def gguf_blockers(config: dict, llm_config: dict) -> list[str]:
     return blockers
 
 
+CLS_ORDER_ISSUE = (
+    "llama.cpp's llava graph (up to at least the llama.cpp inside llama-cpp-python 0.3.36) puts a CLIP tower's CLS "
+    "token after the patches while its inputs assume it first: each patch gets its neighbour's position, the first "
+    "patch is dropped and the CLS output becomes an image token (ggml-org/llama.cpp#25814), so image features differ "
+    "from vistune's until llama.cpp fixes it; SigLIP towers (no CLS) are not affected")
+
+
+def gguf_warnings(config: dict) -> list[str]:
+    """What an export of this checkpoint runs differently in today's llama.cpp (not blockers: the files are right)."""
+    vision = config.get("vision_tower", {}).get("config", {})
+    return [CLS_ORDER_ISSUE] if vision.get("model_type") == "clip_vision_model" else []
+
+
 def find_converter(llama_cpp: str | os.PathLike | None = None) -> Path | str:
     """llama.cpp's `convert_hf_to_gguf.py`, or a sentence saying where it was looked for and how to get it."""
     candidates = [Path(llama_cpp)] if llama_cpp is not None else (
@@ -298,6 +311,9 @@ def readme(model, outtype: str, name: str) -> str:
                 "This checkpoint crops (`pad_to_square: false`): for a non-square image vistune keeps the centre "
                 "square and llama.cpp keeps the whole image, padded; square images agree. Checkpoints trained with "
                 "`model.pad_to_square: true` (the LLaVA-1.5 recipes) match llama.cpp's geometry.")
+    cls = ""
+    if getattr(model.vision_tower.model.config, "model_type", "") == "clip_vision_model":
+        cls = f"- **CLIP towers.** {CLS_ORDER_ISSUE[0].upper()}{CLS_ORDER_ISSUE[1:]}.\n"
     stop = ""
     if model.renderer.stop_strings:
         stop = ("\nThe conversation template ends answers with the text "
@@ -340,4 +356,4 @@ own vision models use its own format; whether it runs a separate mmproj depends 
   `linear` projector is exported in a form that avoids the table and is exact in f32.
 - **Precision.** `f32` keeps vistune's weights; `f16` and `q8_0` round the language model (and, at f16, the
   tower's matrices), so answers can drift from vistune's after some tokens.
-"""
+{cls}"""
