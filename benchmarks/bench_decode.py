@@ -19,7 +19,9 @@ user runs it: `Assistant.chat`'s engine (one per model, kept prompt starts and i
   pass over the prompt, the template's opening kept).
 - evaluation: a ScienceQA-shaped question file (`Context`, `Question`, `Options (A) ...`, the letter
   instruction; half of the questions with an image of their own), answered in batches of `--batch`: vistune's
-  `infer` against the peer's batched, left-padded `generate` over the file in order. The answers are compared.
+  `infer` against the peer's batched, left-padded `generate` over the file in order. The two sides alternate
+  over slices of the file (one `infer` window, 8 batches, each), and each side's questions/s is over the whole
+  file (`--eval-rounds` passes, a fresh engine each). The answers are compared.
 
 Rounds alternate which side goes first; figures are medians, ratios are of medians. The last line prints the
 three ratios. `--tiny` runs a tiny random model (figures mean nothing; for the test).
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.disable(logging.WARNING)
     from vistune.inference.assistant import Assistant
-    from vistune.inference.batch import infer, read_questions
+    from vistune.inference.batch import LENGTH_WINDOW, infer, read_questions
     from vistune.inference.engine import Engine, Request
     from vistune.inference.generate import SamplingParams
 
@@ -248,25 +250,34 @@ def main(argv: list[str] | None = None) -> dict:
             qpath, images = scienceqa_file(root / "sqa", args.questions)
             questions = read_questions(qpath)
             eval_params = SamplingParams(max_new_tokens=args.eval_tokens)
-            rates: dict[str, list[float]] = {"v": [], "p": []}
-            answers: dict[str, list[str]] = {}
+            # the file in slices of one `infer` window, the two sides alternating slice by slice (the machine's
+            # speed drifts over minutes); each side's time is the sum over the slices
+            window = args.batch * LENGTH_WINDOW
+            seconds: dict[str, list[float]] = {"v": [], "p": []}
+            answers: dict[str, list[str]] = {"v": [], "p": []}
             for rnd in range(args.eval_rounds):
-                for who in (("v", "p") if rnd % 2 else ("p", "v")):
-                    t = time.perf_counter()
-                    if who == "v":
-                        out = root / f"answers-{rnd}.jsonl"
-                        engine = Engine(model, max_batch_size=args.batch)  # a fresh engine: nothing kept yet
-                        infer(engine, questions, images, out, eval_params, batch_size=args.batch)
-                        elapsed = time.perf_counter() - t
-                        answers["v"] = [json.loads(line)["text"] for line in out.read_text().splitlines()]
-                    else:
-                        ids = peer_answers(peer, model.engine(), questions, images, args.batch, args.eval_tokens,
-                                           image_token_id)
-                        elapsed = time.perf_counter() - t
-                        answers["p"] = [model.decode_answer(a) for a in ids]
-                    rates[who].append(len(questions) / elapsed)
-                print(f"evaluation round {rnd + 1}: {rates['v'][-1]:.2f} vs {rates['p'][-1]:.2f} questions/s",
-                      flush=True)
+                engine = Engine(model, max_batch_size=args.batch)  # a fresh engine per pass: nothing kept yet
+                out = root / f"answers-{rnd}.jsonl"
+                total = {"v": 0.0, "p": 0.0}
+                texts: dict[str, list[str]] = {"v": [], "p": []}
+                for k, start in enumerate(range(0, len(questions), window)):
+                    part = questions[start:start + window]
+                    for who in (("v", "p") if (k + rnd) % 2 else ("p", "v")):
+                        t = time.perf_counter()
+                        if who == "v":
+                            infer(engine, part, images, out, eval_params, batch_size=args.batch)
+                        else:
+                            ids = peer_answers(peer, model.engine(), part, images, args.batch, args.eval_tokens,
+                                               image_token_id)
+                            texts["p"] += [model.decode_answer(a) for a in ids]
+                        total[who] += time.perf_counter() - t
+                texts["v"] = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+                for who in total:
+                    seconds[who].append(total[who])
+                answers = texts
+                print(f"evaluation pass {rnd + 1}: {len(questions) / total['v']:.2f} vs "
+                      f"{len(questions) / total['p']:.2f} questions/s", flush=True)
+            rates = {who: [len(questions) / t for t in ts] for who, ts in seconds.items()}
             same_answers = sum(a == b for a, b in zip(answers["v"], answers["p"]))
     finally:
         shutil.rmtree(root, ignore_errors=True)

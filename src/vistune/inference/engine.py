@@ -151,7 +151,8 @@ class Engine:
         """Prompt ids (image positions as IMAGE_TOKEN_ID); raises RequestError."""
         try:
             rendered = self.model.renderer.render(request.messages, num_images=len(request.images),
-                                                  add_generation_prompt=True)
+                                                  add_generation_prompt=True,
+                                                  image_sizes=[im.size for im in request.images])
         except RenderError as e:
             raise RequestError(str(e)) from None
         n = len(rendered.input_ids)
@@ -165,17 +166,20 @@ class Engine:
         request.input_ids = self.render(request)
         return request
 
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor | None:  # -> (I, N, D)
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor | list[torch.Tensor] | None:
+        """(I, N, D); anyres: per image (M_i, D)."""
         if not images:
             return None
         pixels = self.model.image_processor.batch(list(images)).to(self.model.device,
                                                                    self.model.projector.linear_1.weight.dtype)
-        return self.model.encode_images(pixels)
+        return self.model.encode_images(pixels, [im.size for im in images])
 
     @torch.no_grad()
     def prepare(self, requests: Sequence[Request]) -> list[Prepared]:
         """Render and embed requests, encoding all their images in one tower call."""
         ids = [r.input_ids if r.input_ids is not None else self.render(r) for r in requests]
+        if self.prefix_reuse:
+            self._check_weights()
         images = [im for r in requests for im in r.images]
         digests = [image_digest(im) for im in images] if self.prefix_reuse and images else None
         features = self._image_features(images, digests)  # (I, N, D)
@@ -186,7 +190,7 @@ class Engine:
             embeds = self.model.embed(torch.tensor([input_ids], device=self.model.device), feats)[0]  # (T, D)
             p = Prepared(input_ids, embeds, self._clamp(r.params, len(input_ids)))
             if n and digests is not None:
-                end = input_ids.index(IMAGE_TOKEN_ID) + self.model.num_image_tokens
+                end = input_ids.index(IMAGE_TOKEN_ID) + len(feats[0])  # the first image's positions
                 if end < len(input_ids):
                     p.image_end, p.image_digest = end, digests[k]
             k += n
@@ -198,13 +202,13 @@ class Engine:
         tower call and kept (the last `FEATURES_KEPT` images)."""
         if not images or digests is None:
             return self.encode_images(images)
-        self._check_weights()
         missing = list(dict.fromkeys(d for d in digests if d not in self._features))
         if missing:
             first = {d: digests.index(d) for d in missing}
             for d, f in zip(missing, self.encode_images([images[first[d]] for d in missing])):
                 self._features[d] = f  # (N, D)
-        feats = torch.stack([self._features[d] for d in digests])
+        feats = [self._features[d] for d in digests]  # (N, D) each; anyres (M_i, D)
+        feats = torch.stack(feats) if self.model.anyres is None else feats
         for d in digests:
             self._features.move_to_end(d)
         while len(self._features) > FEATURES_KEPT:
@@ -246,7 +250,6 @@ class Engine:
         the missing starts (the opening too, when it was missing) are kept from that pass's keys and values."""
         if not self.prefix_reuse:
             return _Plan(0, None, [])
-        self._check_weights()
         keep: dict[tuple, tuple[int, int]] = {}  # key -> (row, positions): starts to keep after the prefill
         n = self._opening_length(prepared)
         opening = (tuple(prepared[0].input_ids[:n]), None) if n else None
