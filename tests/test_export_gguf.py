@@ -114,10 +114,10 @@ def relative(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def llama_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(SOURCE / "models", gguf_file="ggml-vocab-llama-spm.gguf")
+def llama_tokenizer(tokenizer):
+    """SmolLM2's byte-level BPE vocabulary. (llama.cpp's Llama SentencePiece vocabulary does not survive the trip
+    through transformers: the converter then writes no piece scores and llama.cpp merges differently.)"""
+    return tokenizer
 
 
 def build(tower: str, projector: str, tokenizer, template: str = "vicuna_v1", llm=None):
@@ -271,12 +271,10 @@ def test_refused_export_exits_2_with_every_reason_and_writes_nothing(tmp_path, c
 def test_smollm2_with_a_tiny_tower_gives_vistunes_greedy_answer(tmp_path):
     """The default LLM (SmolLM2-135M-Instruct, ChatML through its own chat template) with a tiny SigLIP tower
     (a CLIP tower meets llama.cpp's CLS defect, see above)."""
-    base = tiny_vlm("siglip", projector="mlp2x_gelu", image_size=SIZE)
     from vistune.model.llm import load_llm
 
     llm, tokenizer = load_llm("smollm2-135m-instruct")
     model = build("siglip", "mlp2x_gelu", tokenizer, template="chat_template", llm=llm)
-    del base
     out = export(model, tmp_path)
     image = images()[0]
     ours = greedy(model, QA[0][0], image, max_new_tokens=16)
