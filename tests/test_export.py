@@ -267,7 +267,7 @@ def test_untied_lm_head_gets_a_zero_row_and_matches(tmp_path, photo):
 
 def test_pad_to_square_exports_as_llava_image_processor(tmp_path, photo):
     base = tiny_vlm("clip")
-    config = dataclasses.replace(base.config, pad_to_square=True)
+    config = dataclasses.replace(base.config, image_aspect_ratio="pad")
     model = VisionLanguageModel.from_parts(config, base.vision_tower, base.llm, base.tokenizer, base.projector)
     save_checkpoint(model, tmp_path / "ckpt")
     export_hf_llava(tmp_path / "ckpt", tmp_path / "hf")

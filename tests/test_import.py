@@ -374,12 +374,12 @@ class NotATensor:
 
 @pytest.mark.parametrize("overrides,weights,needle", [
     ({"mm_use_im_start_end": True}, None, "mm_use_im_start_end=True"),
-    ({"image_aspect_ratio": "anyres"}, None, "image_aspect_ratio='anyres'"),
+    ({"image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial"}, None, "mm_patch_merge_type='spatial'"),
     ({"mm_projector_type": "mlp3x_gelu"}, None, "mm_projector_type='mlp3x_gelu'"),
     ({"mm_vision_tower": "/nowhere/clip"}, None, "mm_vision_tower='/nowhere/clip'"),
     ({"mm_projector_type": "linear"}, None, "mm_projector_type='linear'"),  # weights are mlp2x_gelu's
     ({}, {"model.mm_projector.0.weight": NotATensor()}, "cannot be read as a tensors-only checkpoint"),
-], ids=["im_start_end", "anyres", "mlp3x", "tower", "projector_weights", "pickle"])
+], ids=["im_start_end", "spatial_merge", "mlp3x", "tower", "projector_weights", "pickle"])
 def test_original_checkpoints_vistune_cannot_represent_are_refused(tmp_path, llama_tokenizer, capsys, overrides,
                                                                    weights, needle):
     reference = reference_llava(llama_tokenizer, "mlp2x_gelu")

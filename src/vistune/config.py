@@ -42,6 +42,13 @@ FEATURE_NORMS = ("none", "token", "channel")
 IMAGE_POSITIONS = ("none", "learned_2d")
 #: `model.projector_norm`: normalisation of the projector's outputs.
 PROJECTOR_NORMS = ("none", "rms")
+#: `model.image_aspect_ratio`: how an image becomes the tower's input.
+IMAGE_ASPECT_RATIOS = ("square", "pad", "anyres")
+#: `model.patch_merge`: how an anyres image's tile features become its image tokens.
+PATCH_MERGES = ("flat", "spatial_unpad")
+#: LLaVA-NeXT's tile grids (rows, columns), in tower tiles: at 336 px its default `image_grid_pinpoints`
+#: [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] (height, width).
+DEFAULT_GRID_SHAPES = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
 
 
 @dataclass
@@ -60,8 +67,26 @@ class ModelConfig:
     """Conversation template: `plain`, `v0`, `vicuna_v1`, `llama_2`, or `chat_template` (the tokenizer's own)."""
     image_size: int | None = None
     """Input resolution; None takes the tower's own."""
-    pad_to_square: bool = False
-    """Pad images to a square with the mean colour before resizing (LLaVA-1.5) instead of centre-cropping."""
+    image_aspect_ratio: str = "square"
+    """How an image becomes the tower's input: `square` (resize the shortest edge, centre-crop), `pad` (LLaVA-1.5:
+    pad to a square with the processor's mean colour, then resize; old configs: `pad_to_square: true`), or
+    `anyres` (LLaVA-NeXT: resize the image keeping its aspect ratio into the best-fitting resolution of
+    `image_grid_pinpoints`, pad with black, cut it into tower-sized tiles, and add the whole image resized to one
+    tile as the base tile; every tile goes through the tower, so an image takes a number of tokens that depends on
+    its size)."""
+    image_grid_pinpoints: list[list[int]] | None = None
+    """anyres: the resolutions `[height, width]` in pixels an image may be tiled at, each a multiple of the tower's
+    input size; None: LLaVA-NeXT's grids 1x2, 2x1, 2x2, 3x1, 1x3 tiles (at 336 px its default list
+    [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])."""
+    patch_merge: str = "flat"
+    """anyres: how the tiles' tokens are laid out: `flat` (the base tile's tokens, then each tile's, row by row) or
+    `spatial_unpad` (LLaVA-NeXT, and what transformers' llava-next computes: the base tile's tokens, then the tiles'
+    feature grid joined into one grid, the rows and columns that only cover padding removed, and a learned
+    `image_newline` vector after each row). Needs `vision_select: patch`."""
+    max_image_tokens: int | None = None
+    """The most image tokens one image may take (anyres: a large or elongated image takes more); a record with an
+    image over it is reported by `vistune data check` and skipped in training (reason `too_many_image_tokens`).
+    None: no bound besides `data.max_length`."""
     feature_norm: str = "none"
     """How the tower's features are normalised before the projector: `none`; `token`: each token standardised
     over its channels (a LayerNorm without learned scale; no llava-hf equivalent, so it cannot be exported);
@@ -84,11 +109,44 @@ class ModelConfig:
     cell, so the LLM can tell where a token lies in the image besides its place in the sequence. Needs a square
     grid of tokens (CLS, where kept, gets none). No llava-hf counterpart, so it cannot be exported."""
 
+    @property
+    def pad_to_square(self) -> bool:
+        """LLaVA-1.5's padding (`image_aspect_ratio: pad`)."""
+        return self.image_aspect_ratio == "pad"
+
+    @property
+    def anyres(self) -> bool:
+        return self.image_aspect_ratio == "anyres"
+
+    def grid_pinpoints(self, tile: int) -> list[tuple[int, int]]:
+        """The anyres resolutions (height, width) for a tower of `tile` px: `image_grid_pinpoints`, else LLaVA-NeXT's
+        grids; ConfigError when one is not a multiple of `tile`."""
+        if self.image_grid_pinpoints is None:
+            return [(rows * tile, cols * tile) for rows, cols in DEFAULT_GRID_SHAPES]
+        odd = [p for p in self.image_grid_pinpoints if p[0] % tile or p[1] % tile]
+        if odd:
+            raise ConfigError(f"model.image_grid_pinpoints: {odd} {'is' if len(odd) == 1 else 'are'} not a multiple "
+                              f"of the tower's input size {tile} px (every resolution must be whole tiles)")
+        return [(int(h), int(w)) for h, w in self.image_grid_pinpoints]
+
     @staticmethod
     def upgrade(data: dict, prefix: str = "model.") -> dict:
         """Map the keys of older configs and checkpoints onto the current ones (with a deprecation warning):
-        `feature_norm: true/false`, `feature_standardise: true/false` and `projector_norm: true/false`."""
+        `feature_norm: true/false`, `feature_standardise: true/false`, `projector_norm: true/false` and
+        `pad_to_square: true/false` (now `image_aspect_ratio`)."""
         data = dict(data)
+        if "pad_to_square" in data:
+            pad = data.pop("pad_to_square")
+            if not isinstance(pad, bool):
+                raise ConfigError(f"{prefix}pad_to_square: expected true/false, got {pad!r}")
+            aspect = data.get("image_aspect_ratio")
+            if aspect is not None and (aspect == "pad") != pad:
+                raise ConfigError(f"{prefix}pad_to_square={str(pad).lower()} contradicts {prefix}image_aspect_ratio="
+                                  f"{aspect!r}; write only image_aspect_ratio")
+            if pad and aspect is None:
+                data["image_aspect_ratio"] = "pad"
+                warnings.warn(f"deprecated config key {prefix}pad_to_square=true read as {prefix}image_aspect_ratio="
+                              "'pad'; write the new key", FutureWarning, stacklevel=3)
         old = {k: data[k] for k in ("feature_norm", "projector_norm") if isinstance(data.get(k), bool)}
         standardise = data.pop("feature_standardise", None)
         if not old and standardise is None:
@@ -126,6 +184,39 @@ class ModelConfig:
             raise ConfigError(f"model.vision_select={self.vision_select!r}: expected 'patch' or 'cls_patch'")
         if self.image_size is not None and self.image_size <= 0:
             raise ConfigError(f"model.image_size must be positive, got {self.image_size}")
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ConfigError(f"model.image_aspect_ratio={self.image_aspect_ratio!r}: expected one of "
+                              f"{list(IMAGE_ASPECT_RATIOS)}")
+        if self.patch_merge not in PATCH_MERGES:
+            raise ConfigError(f"model.patch_merge={self.patch_merge!r}: expected one of {list(PATCH_MERGES)}")
+        if self.max_image_tokens is not None and self.max_image_tokens <= 0:
+            raise ConfigError(f"model.max_image_tokens must be positive or null, got {self.max_image_tokens}")
+        self._check_pinpoints()
+        if self.anyres:
+            if self.patch_merge == "spatial_unpad" and self.vision_select != "patch":
+                raise ConfigError("model.patch_merge=spatial_unpad lays the tiles' grid tokens out as one grid and "
+                                  "needs model.vision_select=patch (no CLS token)")
+            if self.image_position != "none":
+                raise ConfigError("model.image_position=learned_2d adds a position to each token of one square grid; "
+                                  "it does not combine with model.image_aspect_ratio=anyres")
+            if self.image_size is not None:
+                self.grid_pinpoints(self.image_size)
+        elif self.image_grid_pinpoints is not None or self.patch_merge != "flat":
+            raise ConfigError("model.image_grid_pinpoints and model.patch_merge are read only with "
+                              "model.image_aspect_ratio=anyres")
+
+    def _check_pinpoints(self) -> None:
+        points = self.image_grid_pinpoints
+        if points is None:
+            return
+        if not points:
+            raise ConfigError("model.image_grid_pinpoints is empty: give at least one [height, width] resolution, or "
+                              "null for LLaVA-NeXT's list")
+        for k, p in enumerate(points):
+            if not isinstance(p, (list, tuple)) or len(p) != 2 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p):
+                raise ConfigError(f"model.image_grid_pinpoints[{k}]={p!r}: expected a pair [height, width] of positive "
+                                  "integers (pixels)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,8 +376,8 @@ def describe(cls: type, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Training run configuration (`vistune train --config FILE key=value ...`)
 
-# Model keys that say how conversations are written, not what the weights are: a stage may change them.
-CONVERSATION_KEYS = ("template", "system_prompt")
+# Model keys that say how conversations are written (and bounded), not what the weights are: a stage may change them.
+CONVERSATION_KEYS = ("template", "system_prompt", "max_image_tokens")
 # Every other model key fixes the architecture that an `init_from` checkpoint brings.
 ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in CONVERSATION_KEYS)
 
@@ -500,6 +591,9 @@ class RunConfig:
             raise ConfigError("model.feature_norm=channel needs train.projector_init=ridge (which measures the "
                               "per-channel feature statistics) for a new projector")
         if self.train.projector_init == "ridge":
+            if self.model.anyres:
+                raise ConfigError("train.projector_init=ridge fits the projector on one square image each; it does "
+                                  "not take model.image_aspect_ratio=anyres (use random)")
             if self.init_from is not None:
                 raise ConfigError("train.projector_init=ridge fits a new projector, but init_from brings one")
             if self.model.projector != "linear":
@@ -520,6 +614,7 @@ def architecture_conflicts(model: dict, checkpoint_model: dict) -> dict:
     """The architecture keys of `model` (a possibly partial model section) whose values differ from the
     checkpoint's model section: {key: value in `model`}."""
     hints = typing.get_type_hints(ModelConfig)
+    model = ModelConfig.upgrade(model)
     return {k: v for k, v in model.items()
             if k in ARCHITECTURE_KEYS and _coerce(v, hints[k], f"model.{k}") != checkpoint_model.get(k)}
 

@@ -2,7 +2,8 @@
 
 Every template turns messages into a list of pieces, each with a supervision rule; the renderer tokenizes
 piece by piece and appends ids and labels together, so the loss mask can never drift from the ids. The
-image placeholder becomes exactly `num_image_tokens` positions holding `IMAGE_TOKEN_ID`. Anything
+image placeholder becomes exactly `num_image_tokens` positions holding `IMAGE_TOKEN_ID` (or, for a model whose
+images take a number of tokens that depends on their size, the count `image_tokens` gives for that image). Anything
 inconsistent (roles out of order, a missing or extra image, an answer with no tokens) raises
 `RenderError`; a sample is never silently left without supervision.
 """
@@ -15,7 +16,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 from vistune.errors import UserError
 
@@ -387,12 +388,16 @@ class Renderer:
     """Renders messages with one template and tokenizer; `num_image_tokens` positions per image."""
 
     def __init__(self, tokenizer, template: str | Template, num_image_tokens: int, system: str | None = None,
-                 use_offsets: bool = True) -> None:
+                 use_offsets: bool = True, image_tokens: Callable[[tuple[int, int]], int] | None = None) -> None:
         if num_image_tokens <= 0:
             raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
         self.tokenizer = tokenizer
         self.template = get_template(template) if isinstance(template, str) else template
         self.num_image_tokens = num_image_tokens
+        self.image_tokens = image_tokens
+        """Image positions of an image of a given (width, height) (anyres); None: `num_image_tokens` for every
+        image. A render given no image sizes uses `num_image_tokens` (the model's splice check refuses such ids
+        with real images of another count)."""
         self.system = system
         """System message for conversations that bring none (None: the template's default)."""
         self.use_offsets = use_offsets
@@ -403,6 +408,10 @@ class Renderer:
             tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id
             else None
         )
+
+    def image_token_count(self, size: tuple[int, int]) -> int:
+        """Image positions of an image of `size` (width, height)."""
+        return self.num_image_tokens if self.image_tokens is None else self.image_tokens(tuple(size))
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -419,10 +428,11 @@ class Renderer:
         placement: Placement = "front",
         rng: random.Random | None = None,
         add_generation_prompt: bool = False,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> Rendered:
         """Render a conversation. Training: the last turn is the assistant's. Generation: the last turn is the
         user's and the output ends where the answer starts. `num_images`, when given, must match the
-        placeholders."""
+        placeholders. `image_sizes`: each image's (width, height), for a renderer with `image_tokens`."""
         validate_messages(messages, for_generation=add_generation_prompt)
         if self.system is not None and messages[0].role != "system":
             messages = [Message("system", self.system), *messages]
@@ -431,11 +441,18 @@ class Renderer:
             raise RenderError("the image placeholder may only appear in user turns")
         if num_images is not None and found != num_images:
             raise RenderError(f"the text has {found} image placeholder(s) but {num_images} image(s) were given")
+        counts = None
+        if image_sizes is not None and self.image_tokens is not None:
+            if len(image_sizes) != found:
+                raise RenderError(f"the text has {found} image placeholder(s) but {len(image_sizes)} image size(s) "
+                                  "were given")
+            counts = [self.image_tokens(tuple(size)) for size in image_sizes]
         messages = place_image(messages, placement, rng)
         pieces = self.template.pieces(messages, self.tokenizer, add_generation_prompt)
-        return self._tokenize(pieces, add_generation_prompt)
+        return self._tokenize(pieces, add_generation_prompt, counts)
 
-    def _tokenize(self, pieces: Iterable[Piece], for_generation: bool) -> Rendered:
+    def _tokenize(self, pieces: Iterable[Piece], for_generation: bool, counts: Sequence[int] | None = None
+                  ) -> Rendered:
         """Tokenize the whole rendered text at once (as the tokenizer would see the prompt, each image one special
         token), then find every piece boundary in the ids by tokenizing the text up to it: a boundary the tokenizer
         merges across raises, so labels are always exactly the supervised pieces' tokens."""
@@ -459,9 +476,10 @@ class Renderer:
             if run.image:
                 if tokens != [self.image_stand_in[1]]:
                     raise RenderError(f"the image placeholder did not tokenize to one token ({tokens})")
-                spans.append((len(out_ids), len(out_ids) + self.num_image_tokens))
-                out_ids.extend([IMAGE_TOKEN_ID] * self.num_image_tokens)
-                out_labels.extend([IGNORE_INDEX] * self.num_image_tokens)
+                n = self.num_image_tokens if counts is None else counts[len(spans)]
+                spans.append((len(out_ids), len(out_ids) + n))
+                out_ids.extend([IMAGE_TOKEN_ID] * n)
+                out_labels.extend([IGNORE_INDEX] * n)
                 continue
             out_ids.extend(tokens)
             out_labels.extend(self._labels(run.supervise, tokens, for_generation))

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = add_command(dsub, "show", "print one rendered sample with its supervised tokens marked")
     show.add_argument("--data", required=True, help="LLaVA JSON list or JSONL file")
     show.add_argument("--index", type=int, default=0, help="record index (0-based)")
+    show.add_argument("--images", default=None, help="image folder (an anyres model's image token counts depend "
+                                                     "on each image's size)")
     _add_render_source(show)
     show.add_argument("--seed", type=int, default=0, help="seed for the random image placement")
     show.add_argument("--inference", action="store_true", help="render as at inference (fixed image placement)")
@@ -80,11 +82,12 @@ def show_command(args: argparse.Namespace) -> int:
     if not 0 <= args.index < len(records):
         raise UsageError(f"--index {args.index} is out of range ({args.data} has {len(records)} records)")
     setup = _render_setup(args, required=True)
-    shown = show_record(records, args.index, setup.renderer, args.seed, args.inference)
+    shown = show_record(records, args.index, setup.renderer, args.seed, args.inference, args.images, setup.anyres)
     if args.json:
         span = list(shown.image_spans[0]) if shown.image_spans else None
+        extra = {"image_layouts": shown.image_layouts} if shown.image_layouts else {}
         print(json.dumps({"id": shown.id, "tokens": shown.tokens, "image_span": span,
-                          "image_spans": [list(s) for s in shown.image_spans], "images": shown.images},
+                          "image_spans": [list(s) for s in shown.image_spans], "images": shown.images, **extra},
                          ensure_ascii=False))
         return 0
     print(f"record {shown.id}: {len(shown.tokens)} tokens, {shown.num_supervised} supervised, "
@@ -92,6 +95,8 @@ def show_command(args: argparse.Namespace) -> int:
     if len(shown.images) > 1:
         print("images: " + ", ".join(f"{k}: {path} at {start}-{end}"
                                      for k, (path, (start, end)) in enumerate(zip(shown.images, shown.image_spans))))
+    for path, layout in zip(shown.images, shown.image_layouts):
+        print(f"image {path}: {layout}")
     print(marked_text(shown.tokens, color=sys.stdout.isatty()))
     return 0
 
@@ -107,11 +112,14 @@ def check_command(args: argparse.Namespace) -> int:
     if max_length is not None and max_length < 1:
         raise UsageError(f"--max-length must be positive, got {max_length}")
     report = check_dataset(args.data, args.images, setup.renderer if setup else None, max_length,
-                           settings=setup.source if setup else "")
+                           settings=setup.source if setup else "",
+                           max_image_tokens=setup.max_image_tokens if setup else None,
+                           anyres=setup.anyres if setup else None)
     counts = report.counts
     if args.json:
         print(json.dumps({"records": report.records, "bad": len(report.bad), "counts": dict(counts),
-                          "bad_records": report.bad, "skipped_checks": report.skipped_checks}))
+                          "bad_records": report.bad, "skipped_checks": report.skipped_checks,
+                          **({"image_stats": report.image_stats} if report.image_stats else {})}))
         return 1 if report.bad else 0
     for b in report.bad:
         print(f"{b['id']}\t{b['reason']}\t{b['detail']}")
@@ -121,6 +129,12 @@ def check_command(args: argparse.Namespace) -> int:
     if setup is not None:
         print(f"rendered with {setup.source}: template {setup.renderer.template.name}, "
               f"{setup.renderer.num_image_tokens} image tokens, max length {max_length}")
+    stats = dict(report.image_stats)
+    if stats:
+        images, tokens, most = stats.pop("images"), stats.pop("tokens"), stats.pop("max_tokens")
+        grids = ", ".join(f"{grid}: {n}" for grid, n in sorted(stats.items()))
+        print(f"anyres: {images} images, {tokens / images:.0f} image tokens each on average (most {most}"
+              f"{f', bound {setup.max_image_tokens}' if setup.max_image_tokens else ''}); tile grids {grids}")
     for check, why in report.skipped_checks.items():
         print(f"not checked: {check}: {why}")
     return 1 if report.bad else 0

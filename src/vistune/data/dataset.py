@@ -30,7 +30,7 @@ from vistune.conversation import (
     validate_messages,
 )
 from vistune.data.feature_cache import FeatureCache
-from vistune.data.image import ImageLoadError, ImageProcessor, load_image, read_image_bytes
+from vistune.data.image import ImageLoadError, ImageProcessor, load_image, read_image_bytes, read_image_size
 from vistune.errors import UserError
 from vistune.utils.io import read_json_or_jsonl
 
@@ -51,6 +51,7 @@ REASONS = {
     "roles_not_alternating": "human and gpt turns do not alternate",
     "ends_with_human": "the last turn is not an answer",
     "too_long": "longer than max_length after rendering (or the image would be cut)",
+    "too_many_image_tokens": "an image takes more tokens than model.max_image_tokens",
 }
 
 
@@ -135,10 +136,12 @@ def record_messages(record: Any) -> list[Message]:
 class SampleImage:
     """One image of a sample: its pixels, or its tower features from the feature cache."""
 
-    pixels: torch.Tensor | None  # (3, H, W); None when the cache had the features
-    features: torch.Tensor | None = None  # (N, D_v): the tower's features from the feature cache
+    pixels: torch.Tensor | None  # (3, H, W), anyres (P, 3, H, W); None when the cache had the features
+    features: torch.Tensor | None = None  # (N, D_v), anyres (P, N, D_v): the tower's features from the feature cache
     key: str | None = None
     """Feature-cache key (content + tower settings) when the dataset has a cache."""
+    size: tuple[int, int] | None = None
+    """anyres: the image's (width, height), which sets its tiles and token count."""
 
 
 @dataclass
@@ -178,9 +181,11 @@ class LlavaDataset(Dataset):
 
     def __init__(self, records: Sequence[dict] | str | Path, image_folder: str | Path | None, renderer: Renderer,
                  image_processor: ImageProcessor, max_length: int = 2048, seed: int = 0,
-                 placement: Placement = "random", feature_cache: FeatureCache | None = None) -> None:
+                 placement: Placement = "random", feature_cache: FeatureCache | None = None,
+                 max_image_tokens: int | None = None) -> None:
         """`feature_cache`: images whose tower features it holds are not decoded (the sample carries the
-        features); the others carry pixels and their cache key."""
+        features); the others carry pixels and their cache key. `max_image_tokens`: a sample with an image that
+        takes more is skipped (`too_many_image_tokens`)."""
         if isinstance(records, (str, Path)):
             records = read_json_or_jsonl(records)
         self.image_folder = Path(image_folder) if image_folder else None
@@ -190,6 +195,7 @@ class LlavaDataset(Dataset):
         self.seed = seed
         self.placement = placement
         self.feature_cache = feature_cache
+        self.max_image_tokens = max_image_tokens
         self.epoch = 0
         self.skipped: Counter[str] = Counter()
         self.records: list[dict] = []
@@ -238,12 +244,24 @@ class LlavaDataset(Dataset):
         return path
 
     def _load_image(self, path: Path) -> SampleImage:
+        if self.image_processor.anyres:
+            return self._load_tiles(path)
         features = key = None
         if self.feature_cache is not None:
             key = self.feature_cache.key(read_image_bytes(path))
             features = self.feature_cache.load(key)
         pixels = self.image_processor(load_image(path)) if features is None else None
         return SampleImage(pixels, features, key)
+
+    def _load_tiles(self, path: Path) -> SampleImage:
+        """An anyres image: its size from the header, its tiles' features from the cache or its tiles' pixels."""
+        size = read_image_size(path)
+        features = key = None
+        if self.feature_cache is not None:
+            key = self.feature_cache.key(read_image_bytes(path))
+            features = self.feature_cache.load_tiles(key, self.image_processor.num_tiles(size))
+        pixels = self.image_processor(load_image(path)) if features is None else None  # (P, 3, H, W)
+        return SampleImage(pixels, features, key, size)
 
     def __getitem__(self, i: int) -> Sample | Skipped:
         record = self.records[i]
@@ -255,10 +273,15 @@ class LlavaDataset(Dataset):
                 images.append(self._load_image(path))
             except ImageLoadError as e:
                 return Skipped(rid, e.reason, f"image {k}: {e}" if len(paths) > 1 else str(e))
+        sizes = [im.size for im in images] if self.image_processor.anyres else None
+        if sizes is not None and self.max_image_tokens is not None:
+            over = image_token_excess(self.renderer, sizes, self.max_image_tokens)
+            if over:
+                return Skipped(rid, "too_many_image_tokens", over)
         try:
             rendered = self.renderer.render(self.messages[i], num_images=len(images),
                                             placement=self.placement,
-                                            rng=sample_rng(self.seed, i, self.epoch))
+                                            rng=sample_rng(self.seed, i, self.epoch), image_sizes=sizes)
         except RenderError as e:
             return Skipped(rid, "invalid_record", str(e))
         ids, labels = rendered.input_ids, rendered.labels
@@ -274,8 +297,16 @@ class LlavaDataset(Dataset):
         if len(images) == 1:
             (one,) = images
             return Sample(rid, torch.tensor(ids), torch.tensor(labels), one.pixels, rendered.image_spans,
-                          one.features, one.key)
+                          one.features, one.key, images=images)
         return Sample(rid, torch.tensor(ids), torch.tensor(labels), None, rendered.image_spans, images=images)
+
+
+def image_token_excess(renderer: Renderer, sizes: Sequence[tuple[int, int]], bound: int) -> str:
+    """Why images of `sizes` exceed `bound` image tokens each ("" when none does)."""
+    over = [(k, size, renderer.image_token_count(size)) for k, size in enumerate(sizes)]
+    over = [(k, size, n) for k, size, n in over if n > bound]
+    return "; ".join(f"image {k} ({size[0]}x{size[1]}) takes {n} image tokens > model.max_image_tokens={bound}"
+                     for k, size, n in over)
 
 
 def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = None) -> dict[str, Any]:
@@ -315,19 +346,23 @@ def collate(items: Sequence[Sample | Skipped], pad_id: int, pack: int | None = N
         position_ids[r, start:] = torch.arange(T - start)
     images = [im for s in order for im in s.images]  # row by row, sample by sample, image by image
     pixels = [im.pixels for im in images if im.pixels is not None]
+    anyres = any(im.size is not None for im in images)
     batch = {
         "input_ids": input_ids,  # (R, T)
         "labels": labels,  # (R, T)
         "attention_mask": attention_mask,  # (R, T)
-        "pixel_values": torch.stack(pixels) if pixels else None,  # (I_pixels, 3, H, W)
+        # (I_pixels, 3, H, W); anyres: every tile of those images, image after image (sum of P, 3, H, W)
+        "pixel_values": (torch.cat if anyres else torch.stack)(pixels) if pixels else None,
         "ids": [s.id for s in order],
         "sample_lengths": [len(s.input_ids) for s in order],
         "skipped": skipped,
     }
     if pack:
         batch["position_ids"] = position_ids  # (R, T)
+    if anyres:
+        batch["image_sizes"] = [im.size for im in images]  # (width, height) of every image
     if any(im.key is not None for im in images):
-        batch["image_features"] = [im.features for im in images]  # per image: (N, D_v) or None (from pixels)
+        batch["image_features"] = [im.features for im in images]  # per image: (N, D_v) (anyres (P, N, D_v)) or None
         batch["image_keys"] = [im.key for im in images]
     return batch
 

@@ -6,6 +6,8 @@ change of any of them misses instead of returning stale features. One safetensor
 
     DIR/<fingerprint[:16]>/<key[:2]>/<key>.safetensors   tensor "features" (N, D_v); metadata: its sha256
 
+An anyres image's tiles are entries of their own, keyed by the image's key and the tile's index (`tile_key`).
+
 An entry that cannot be read, whose checksum or fingerprint does not match, is deleted and reported as a miss
 (the caller recomputes and stores it again); it is never used. Entries are written to a temporary name and
 renamed, so concurrent writers (data-loader workers, several processes) never expose a half-written file.
@@ -44,6 +46,26 @@ class FeatureCache:
 
     def key(self, image_bytes: bytes) -> str:
         return hashlib.sha256(self.fingerprint.encode() + b"\0" + image_bytes).hexdigest()
+
+    @staticmethod
+    def tile_key(key: str, tile: int) -> str:
+        """The key of tile `tile` (0: the base tile) of the image whose key is `key`."""
+        return hashlib.sha256(f"{key}:tile:{tile}".encode()).hexdigest()
+
+    def load_tiles(self, key: str, tiles: int) -> torch.Tensor | None:
+        """(tiles, N, D_v) of an anyres image when every tile is stored, else None."""
+        found = []
+        for t in range(tiles):
+            features = self.load(self.tile_key(key, t))
+            if features is None:
+                return None
+            found.append(features)
+        return torch.stack(found)
+
+    def store_tiles(self, key: str, features: torch.Tensor) -> None:
+        """Store an anyres image's tile features (P, N, D_v), one entry per tile."""
+        for t, tile in enumerate(features):
+            self.store(self.tile_key(key, t), tile)
 
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.safetensors"

@@ -1,7 +1,11 @@
-"""Image loading and preprocessing: the tower's resize / centre-crop / normalise, or LLaVA-1.5's pad-to-square.
+"""Image loading and preprocessing: the tower's resize / centre-crop / normalise, LLaVA-1.5's pad-to-square, or
+LLaVA-NeXT's any-resolution tiles.
 
 Resizing follows CLIP's processor exactly (shortest edge to `size` with bicubic resampling, long edge
-`int(size * long / short)`, centre crop), so exported llava-hf checkpoints see the same pixels.
+`int(size * long / short)`, centre crop), so exported llava-hf checkpoints see the same pixels. With `pinpoints`
+(anyres) an image becomes several tower-sized tiles: the whole image resized to one tile, then the tiles of the
+image resized into its best-fitting resolution (keeping its aspect ratio, bicubic) and padded with black, row by
+row, exactly as transformers' llava-next processor cuts them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vistune.data.anyres import best_resolution, fitted_size
 from vistune.errors import UserError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,14 +42,29 @@ class ImageProcessorConfig:
     std: tuple[float, float, float]
     pad_to_square: bool = False
     """Pad to a square with the mean colour before resizing (LLaVA-1.5)."""
+    pinpoints: tuple[tuple[int, int], ...] | None = None
+    """anyres: the resolutions (height, width) an image may be tiled at (None: one square image)."""
+
+    def __post_init__(self) -> None:
+        if self.pinpoints is not None:
+            if self.size != self.crop_size or self.pad_to_square:
+                raise ValueError("anyres tiles need size == crop_size and no pad_to_square")
+            object.__setattr__(self, "pinpoints", tuple((int(h), int(w)) for h, w in self.pinpoints))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.pinpoints is None:  # square settings keep their original form (and feature-cache fingerprint)
+            del d["pinpoints"]
+        else:
+            d["pinpoints"] = [list(p) for p in self.pinpoints]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageProcessorConfig":
+        pinpoints = d.get("pinpoints")
         return cls(size=int(d["size"]), crop_size=int(d["crop_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   pad_to_square=bool(d.get("pad_to_square", False)))
+                   pad_to_square=bool(d.get("pad_to_square", False)),
+                   pinpoints=None if pinpoints is None else tuple(tuple(p) for p in pinpoints))
 
 
 def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
@@ -54,6 +74,17 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageLoadError(f"{path}: {im.width}x{im.height} exceeds {max_pixels} pixels")
             return im.convert("RGB")
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found", "missing_image") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"{path}: cannot decode image ({e})") from None
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels; ImageLoadError as `load_image`."""
+    try:
+        with Image.open(path) as im:
+            return im.size
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: file not found", "missing_image") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
@@ -81,7 +112,7 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
 
 
 class ImageProcessor:
-    """PIL image -> normalised tensor (3, crop_size, crop_size)."""
+    """PIL image -> normalised tensor (3, crop_size, crop_size); anyres: (tiles, 3, crop_size, crop_size)."""
 
     def __init__(self, config: ImageProcessorConfig) -> None:
         self.config = config
@@ -101,17 +132,48 @@ class ImageProcessor:
 
     @property
     def fit_is_stable(self) -> bool:
-        """Whether `fit` is idempotent (size == crop_size)."""
-        return self.config.size == self.config.crop_size
+        """Whether `fit` is idempotent (size == crop_size, one square image)."""
+        return self.config.size == self.config.crop_size and self.config.pinpoints is None
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = self.fit(image)
+    @property
+    def anyres(self) -> bool:
+        return self.config.pinpoints is not None
+
+    def num_tiles(self, size: tuple[int, int]) -> int:
+        """Tower inputs for an image of `size` (width, height): 1, or anyres' base tile and grid tiles."""
+        if not self.anyres:
+            return 1
+        h, w = best_resolution(size, self.config.pinpoints)
+        return 1 + (h // self.config.crop_size) * (w // self.config.crop_size)
+
+    def tiles(self, image: Image.Image) -> list[Image.Image]:
+        """anyres: the base tile (the whole image resized to one tile), then the image's tiles row by row."""
+        side = self.config.crop_size
+        image = image.convert("RGB")
+        target_h, target_w = best_resolution(image.size, self.config.pinpoints)
+        new_w, new_h = fitted_size(image.size, (target_h, target_w))
+        canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+        resized = image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+        canvas.paste(resized, ((target_w - new_w) // 2, (target_h - new_h) // 2))
+        base = image.resize((side, side), resample=Image.Resampling.BICUBIC)
+        return [base] + [canvas.crop((x, y, x + side, y + side))
+                         for y in range(0, target_h, side) for x in range(0, target_w, side)]
+
+    def _normalise(self, image: Image.Image) -> torch.Tensor:  # -> (3, H, W)
         x = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
         x = (x - self._mean) / self._std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H, W)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.anyres:
+            return torch.stack([self._normalise(t) for t in self.tiles(image)])  # (P, 3, H, W)
+        return self._normalise(self.fit(image))  # (3, H, W)
 
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self(im) for im in images])  # (B, 3, H, W)
+        """(B, 3, H, W); anyres: every image's tiles, image after image (sum of P, 3, H, W)."""
+        if self.anyres:
+            return torch.cat([self(im) for im in images])
+        return torch.stack([self(im) for im in images])
 
     @staticmethod
     def _resize_shortest_edge(image: Image.Image, size: int) -> Image.Image:

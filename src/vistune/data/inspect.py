@@ -15,8 +15,9 @@ from vistune.conversation import (
     check_whole_prompt_tokenization,
     sample_rng,
 )
-from vistune.data.dataset import BadRecord, record_id, record_images, record_messages
-from vistune.data.image import ImageLoadError, load_image
+from vistune.data.anyres import AnyresLayout
+from vistune.data.dataset import BadRecord, image_token_excess, record_id, record_images, record_messages
+from vistune.data.image import ImageLoadError, load_image, read_image_size
 from vistune.utils.io import read_json_or_jsonl
 
 
@@ -58,31 +59,47 @@ class ShownRecord:
     num_supervised: int
     images: list[str] = field(default_factory=list)
     """The record's image paths, in the order of `image_spans`."""
+    image_layouts: list[str] = field(default_factory=list)
+    """anyres: each image's tile grid and token count (`2x2 tiles + base, 2144 tokens`)."""
 
 
-def show_record(records: list, index: int, renderer: Renderer, seed: int = 0, inference: bool = False
-                ) -> ShownRecord:
-    """Render record `index` as training does (random image placement with `seed`) or as inference does."""
+def show_record(records: list, index: int, renderer: Renderer, seed: int = 0, inference: bool = False,
+                image_folder: str | Path | None = None, anyres: AnyresLayout | None = None) -> ShownRecord:
+    """Render record `index` as training does (random image placement with `seed`) or as inference does. An anyres
+    model (`anyres`) needs `image_folder`: each image's size sets its token count."""
     if not 0 <= index < len(records):
         raise IndexError(f"index {index} is out of range (the file has {len(records)} records)")
     record = records[index]
     rid = record_id(record, index)
+    sizes = None
     try:
         messages = record_messages(record)
         images = record_images(record)
+        if anyres is not None and images:
+            if image_folder is None:
+                raise BadRecord("missing_image", "an anyres model's image token count depends on each image's size: "
+                                                 "give the image folder (--images)")
+            sizes = [read_image_size(Path(image_folder) / path) for path in images]
         rendered = renderer.render(messages, num_images=len(images),
-                                   placement="front" if inference else "random", rng=sample_rng(seed, index))
+                                   placement="front" if inference else "random", rng=sample_rng(seed, index),
+                                   image_sizes=sizes)
+    except ImageLoadError as e:
+        raise BadRecord(e.reason, f"record {rid}: {e}") from None
     except (BadRecord, RenderError) as e:
         raise BadRecord(getattr(e, "reason", "invalid_record"), f"record {rid} cannot be rendered: {e}") from None
+    layouts = [anyres.describe(size) for size in sizes] if sizes else []
     return ShownRecord(rid, token_records(renderer, rendered.input_ids, rendered.labels),
-                       [tuple(s) for s in rendered.image_spans], rendered.num_supervised, images)
+                       [tuple(s) for s in rendered.image_spans], rendered.num_supervised, images, layouts)
 
 
-def check_records(records: list, images: str | None, renderer: Renderer | None, max_length: int | None
-                  ) -> list[dict]:
+def check_records(records: list, images: str | None, renderer: Renderer | None, max_length: int | None,
+                  max_image_tokens: int | None = None, anyres: AnyresLayout | None = None,
+                  image_stats: Counter | None = None) -> list[dict]:
     """Every bad record as {"index", "id", "reason", "detail"}. With a renderer, the tokenizer is refused first
     (`TokenizerMismatch`, naming the first differing position) when rendered ids cannot equal its ids for the whole
-    prompt, on probe conversations or on any record."""
+    prompt, on probe conversations or on any record. An anyres model (`anyres`, with `images`): each image's token
+    count comes from its size, an image over `max_image_tokens` makes its record bad, and `image_stats` counts
+    the images per tile grid (`"2x2"`) and their tokens (`"tokens"`, `"images"`, `"max_tokens"`)."""
     if renderer is not None:
         check_whole_prompt_tokenization(renderer)
     bad = []
@@ -91,17 +108,25 @@ def check_records(records: list, images: str | None, renderer: Renderer | None, 
         try:
             messages = record_messages(record)
             paths = record_images(record)
+            sizes = None
             if images is not None:
-                failed = []  # every image that cannot be opened, named with its index when there are several
+                failed, sizes = [], []  # every image that cannot be opened, named with its index when there are several
                 for k, path in enumerate(paths):
                     try:
-                        load_image(Path(images) / path)
+                        sizes.append(load_image(Path(images) / path).size)
                     except ImageLoadError as e:
                         failed.append((e.reason, f"image {k}: {e}" if len(paths) > 1 else str(e)))
                 if failed:
                     raise BadRecord(failed[0][0], "; ".join(detail for _, detail in failed))
+            if anyres is not None and sizes:
+                _count_images(image_stats, anyres, sizes)
+                if max_image_tokens is not None and renderer is not None:
+                    over = image_token_excess(renderer, sizes, max_image_tokens)
+                    if over:
+                        raise BadRecord("too_many_image_tokens", over)
             if renderer is not None:
-                rendered = renderer.render(messages, num_images=len(paths), placement="front")
+                rendered = renderer.render(messages, num_images=len(paths), placement="front",
+                                           image_sizes=sizes if anyres is not None else None)
                 if max_length is not None and len(rendered) > max_length:
                     raise BadRecord("too_long", f"{len(rendered)} tokens > {max_length}")
         except BadRecord as e:
@@ -111,6 +136,18 @@ def check_records(records: list, images: str | None, renderer: Renderer | None, 
         except RenderError as e:
             bad.append({"index": i, "id": rid, "reason": "invalid_record", "detail": str(e)})
     return bad
+
+
+def _count_images(stats: Counter | None, anyres: AnyresLayout, sizes: list[tuple[int, int]]) -> None:
+    if stats is None:
+        return
+    for size in sizes:
+        rows, cols = anyres.grid_shape(size)
+        tokens = anyres.num_tokens(size)
+        stats[f"{rows}x{cols}"] += 1
+        stats["images"] += 1
+        stats["tokens"] += tokens
+        stats["max_tokens"] = max(stats["max_tokens"], tokens)
 
 
 @dataclass
@@ -124,6 +161,9 @@ class CheckReport:
     """Checks that did not run -> why."""
     settings: str = ""
     """Where the rendering settings came from."""
+    image_stats: dict = field(default_factory=dict)
+    """anyres, with the image folder: images per tile grid (`"2x2": 12`), `images`, `tokens` (their sum) and
+    `max_tokens` (one image's most)."""
 
     @property
     def counts(self) -> Counter:
@@ -131,9 +171,11 @@ class CheckReport:
 
 
 def check_dataset(data: str | Path, images: str | Path | None = None, renderer: Renderer | None = None,
-                  max_length: int | None = None, settings: str = "") -> CheckReport:
+                  max_length: int | None = None, settings: str = "", max_image_tokens: int | None = None,
+                  anyres: AnyresLayout | None = None) -> CheckReport:
     """Check every record of a LLaVA JSON/JSONL file; image checks need `images`, length checks a renderer and
-    `max_length`. Checks that cannot run are listed in `skipped_checks` with the reason."""
+    `max_length`; an anyres model (`anyres`) also needs `images` for each image's token count, checked against
+    `max_image_tokens`. Checks that cannot run are listed in `skipped_checks` with the reason."""
     skipped = {}
     if images is None:
         skipped["images"] = "no image folder given (--images): image files were not opened"
@@ -144,6 +186,12 @@ def check_dataset(data: str | Path, images: str | Path | None = None, renderer: 
                                 "so lengths and template rules were not checked")
     elif max_length is None:
         skipped["length"] = "no max length given (--max-length, or --config's data.max_length)"
+    if anyres is not None and images is None:
+        skipped["image_tokens"] = ("an anyres model's image token counts depend on each image's size: without "
+                                   "--images, lengths were checked with one tile's tokens per image and "
+                                   "max_image_tokens was not checked")
     records = read_json_or_jsonl(data)
-    bad = check_records(records, None if images is None else str(images), renderer, max_length)
-    return CheckReport(len(records), bad, skipped, settings)
+    stats: Counter = Counter()
+    bad = check_records(records, None if images is None else str(images), renderer, max_length, max_image_tokens,
+                        anyres, stats)
+    return CheckReport(len(records), bad, skipped, settings, dict(stats))

@@ -81,9 +81,7 @@ class ChatSession:
         if new_images:
             self._features += list(engine.encode_images(new_images))
         keep = min(_shared_prefix(self._cached_ids, ids), len(ids) - 1)  # >= 1 position must run
-        n_image = model.num_image_tokens
-        while ids[:keep].count(IMAGE_TOKEN_ID) % n_image:
-            keep -= 1  # never split an image span: its features are spliced in whole
+        keep, first = _whole_images(ids, keep, [len(f) for f in self._features])
         past = None
         if self._cache is not None and keep > 0:
             past = self._cache
@@ -93,8 +91,10 @@ class ChatSession:
         else:
             keep = 0
         new_ids = ids[keep:]
-        first = ids[:keep].count(IMAGE_TOKEN_ID) // n_image  # the images before `keep` are in the cache
-        feats = torch.stack(self._features[first:]) if IMAGE_TOKEN_ID in new_ids else None  # (I_new, N, D)
+        first = first if keep else 0  # the images before `keep` are in the cache
+        feats = None
+        if IMAGE_TOKEN_ID in new_ids:  # (I_new, N, D); anyres: per image (M_i, D)
+            feats = torch.stack(self._features[first:]) if model.anyres is None else self._features[first:]
         embeds = model.embed(torch.tensor([new_ids], device=model.device), feats)[0]  # (T_new, D)
         prepared_params = engine._clamp(params, len(ids))
         decoder = BatchDecoder(model.llm, engine.tokenizer, [embeds], [prepared_params], engine.end_of_turn_ids,
@@ -116,6 +116,22 @@ class ChatSession:
 
     def ask(self, question: str, params: SamplingParams | None = None) -> str:
         return "".join(self.ask_stream(question, params))
+
+
+def _whole_images(ids: Sequence[int], keep: int, counts: Sequence[int]) -> tuple[int, int]:
+    """(`keep` moved back to the start of an image span it would split, the number of images before it): image
+    spans are spliced in whole; `counts` are the images' positions, in order."""
+    position = images = 0
+    while position < keep:
+        if ids[position] != IMAGE_TOKEN_ID:
+            position += 1
+            continue
+        end = position + counts[images]
+        if end > keep:
+            return position, images
+        images += 1
+        position = end
+    return keep, images
 
 
 def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -111,7 +111,8 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                           # the saved output_rms value loads next
                           output_rms=1.0 if model_config.projector_norm == "rms" else None,
                           standardise=model_config.feature_norm == "channel",
-                          grid_tokens=tower.num_tokens if model_config.image_position == "learned_2d" else None)
+                          grid_tokens=tower.num_tokens if model_config.image_position == "learned_2d" else None,
+                          image_newline=model_config.anyres and model_config.patch_merge == "spatial_unpad")
     projector.load_state_dict(load_file(str(path / "projector.safetensors")))
     model = cls(model_config, tower, projector.to(dtype), llm, tokenizer,
                                 ImageProcessor(ImageProcessorConfig.from_dict(config["image_processor"])))

@@ -1,4 +1,5 @@
-"""Export a checkpoint to the llava-hf format: transformers' `LlavaForConditionalGeneration` + `AutoProcessor`.
+"""Export a checkpoint to the llava-hf format: transformers' `LlavaForConditionalGeneration` + `AutoProcessor`
+(`LlavaNextForConditionalGeneration` for an anyres model with `patch_merge: spatial_unpad`).
 
 The exported directory loads with transformers alone (and with servers that read that format) and computes
 what vistune computes:
@@ -10,7 +11,8 @@ what vistune computes:
   llava-hf needs a real `<image>` token, so it is added to the tokenizer, the embeddings and LM head grow by a
   zero row, and the id goes into `generation_config.suppress_tokens` so greedy decoding never emits it;
 - pixels: CLIP's resize / centre crop / normalise with the checkpoint's size, mean and std
-  (`CLIPImageProcessor`, or `LlavaImageProcessor` with `do_pad` for `pad_to_square`);
+  (`CLIPImageProcessor`, or `LlavaImageProcessor` with `do_pad` for `pad_to_square`; anyres:
+  `LlavaNextImageProcessor` with the model's `image_grid_pinpoints`, its `image_newline` beside the projector);
 - prompts: a processor chat template that renders the checkpoint's conversation template. Before the
   directory is moved into place, the processor's token ids are compared with vistune's renderer on probe
   conversations, with one image and with two (a second image in a follow-up question, two before one
@@ -100,6 +102,10 @@ def export_blockers(config: dict) -> list[str]:
     if model_config.projector_norm == "rms":
         blockers.append("model.projector_norm=rms (image tokens rescaled after the projector) has no llava-hf "
                         "counterpart: train with model.projector_norm=none")
+    if model_config.anyres and model_config.patch_merge != "spatial_unpad":
+        blockers.append(f"model.patch_merge={model_config.patch_merge} (every tile's tokens one after another) has no "
+                        "llava-next counterpart, which always removes the padding and adds a newline vector per row: "
+                        "train with model.patch_merge=spatial_unpad")
     if model_config.template not in TEMPLATES:
         blockers.append(f"template {model_config.template!r} has no export: train with one of "
                         f"{', '.join(TEMPLATES)}")
@@ -174,8 +180,16 @@ def _llm_without_adapters(llm):
 def build_llava(model, image_token_id: int):
     """(LlavaConfig, GenerationConfig, weights in the llava-hf file layout) for the model, its vocabulary grown to
     hold `image_token_id`. The weight names are checked against a `LlavaForConditionalGeneration` on the meta
-    device."""
-    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration
+    device. An anyres model gives `LlavaNextConfig` / `LlavaNextForConditionalGeneration`."""
+    from transformers import GenerationConfig
+
+    if model.anyres is not None:
+        from transformers import LlavaNextConfig as LlavaConfig
+        from transformers import LlavaNextForConditionalGeneration as LlavaForConditionalGeneration
+        extra = {"image_grid_pinpoints": [list(p) for p in model.anyres.pinpoints]}
+    else:
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
+        extra = {}
 
     tower, projector = model.vision_tower, model.projector
     llm = _llm_without_adapters(model.llm)
@@ -203,8 +217,9 @@ def build_llava(model, image_token_id: int):
         projector_hidden_act="gelu" if projector.kind == "mlp2x_gelu" else "linear",
         multimodal_projector_bias=projector.linear_1.bias is not None,
         tie_word_embeddings=tied,
+        **extra,
     )
-    config.architectures = ["LlavaForConditionalGeneration"]
+    config.architectures = [LlavaForConditionalGeneration.__name__]
 
     state = {f"model.vision_tower.{k}": v for k, v in tower.model.state_dict().items()}
     state.update({f"model.language_model.{k}": v for k, v in llm.get_decoder().state_dict().items()})
@@ -219,13 +234,15 @@ def build_llava(model, image_token_id: int):
         w = projector.linear_1.weight
         state[p + "linear_2.weight"] = torch.eye(w.shape[0], dtype=w.dtype)
         state[p + "linear_2.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
+    if projector.image_newline is not None:
+        state["model.image_newline"] = projector.image_newline
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     with torch.device("meta"):
         llava = LlavaForConditionalGeneration(config)
     expected = set(llava.state_dict())
     if set(state) != expected:
-        raise ExportError(f"weights do not map onto LlavaForConditionalGeneration: missing "
+        raise ExportError(f"weights do not map onto {LlavaForConditionalGeneration.__name__}: missing "
                           f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
 
     gen = GenerationConfig.from_dict(llm.generation_config.to_dict()) if llm.generation_config is not None \
@@ -242,7 +259,7 @@ def build_llava(model, image_token_id: int):
 def _canonical_names(state: dict, vision_prefix: str, tied: bool) -> dict:
     """transformers 5's module names -> the llava-hf file layout that every loader reads (transformers 4.x and 5.x,
     vLLM, SGLang): `language_model.model.*`, `language_model.lm_head.*`, `vision_tower.vision_model.*`,
-    `multi_modal_projector.*`. A tied LM head is not stored."""
+    `multi_modal_projector.*` (and llava-next's `image_newline`). A tied LM head is not stored."""
     out = {}
     for k, v in state.items():
         if k.startswith("model.language_model."):
@@ -252,7 +269,7 @@ def _canonical_names(state: dict, vision_prefix: str, tied: bool) -> dict:
                 out["language_model.lm_head.weight"] = v
         elif k.startswith("model.vision_tower."):
             out["vision_tower." + vision_prefix + k[len("model.vision_tower."):]] = v
-        elif k.startswith("model.multi_modal_projector."):
+        elif k.startswith("model.multi_modal_projector.") or k == "model.image_newline":
             out[k[len("model."):]] = v
         else:
             raise ExportError(f"unexpected weight name {k!r}")
@@ -295,7 +312,8 @@ def _grow(weight: torch.Tensor, rows: int, zero_row: int | None) -> torch.Tensor
 
 
 def build_processor(model, tokenizer):
-    """A `LlavaProcessor` whose image processor and chat template reproduce vistune's preprocessing."""
+    """A `LlavaProcessor` (anyres: `LlavaNextProcessor`) whose image processor and chat template reproduce vistune's
+    preprocessing."""
     from transformers import LlavaProcessor
 
     c = model.image_processor.config
@@ -308,8 +326,16 @@ def build_processor(model, tokenizer):
         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
         image_mean=list(c.mean), image_std=list(c.std), do_convert_rgb=True,
     )
+    processor_cls = LlavaProcessor
     # LLaVA-1.5's pad-to-square (mean colour, centred) is LlavaImageProcessor's do_pad
-    if c.pad_to_square:
+    if c.pinpoints is not None:
+        from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+        # do_pad: every image's tiles padded to the batch's most (the model reads each image's own from its size)
+        image_processor = LlavaNextImageProcessor(**common, do_pad=True,
+                                                  image_grid_pinpoints=[list(p) for p in c.pinpoints])
+        processor_cls = LlavaNextProcessor
+    elif c.pad_to_square:
         from transformers import LlavaImageProcessor
 
         image_processor = LlavaImageProcessor(**common, do_pad=True)
@@ -319,7 +345,7 @@ def build_processor(model, tokenizer):
         image_processor = CLIPImageProcessor(**common)
     template = chat_template(model.config.template, model.tokenizer, model.config.system_prompt)
     tokenizer.chat_template = template
-    return LlavaProcessor(
+    return processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=int(tower.model.config.patch_size),
@@ -469,7 +495,7 @@ def check_prompt_parity(model, processor, image_token_id: int, several_images: b
     from PIL import Image
 
     size = model.image_processor.config.crop_size
-    image = Image.new("RGB", (size + 7, size), (120, 60, 30))
+    image = Image.new("RGB", (size + 7, size), (120, 60, 30))  # anyres: a 1x2 grid, the padding unpadded
     tok = processor.tokenizer
     checked = 0
     for label, history, prompt, answer, system, image_turns in _probes(several_images):
@@ -478,7 +504,8 @@ def check_prompt_parity(model, processor, image_token_id: int, several_images: b
             messages = [*messages, Message("assistant", answer)]
         try:
             rendered = model.renderer.render(messages, num_images=len(image_turns),
-                                             add_generation_prompt=answer is None)
+                                             add_generation_prompt=answer is None,
+                                             image_sizes=[image.size] * len(image_turns))
         except RenderError:
             continue  # vistune itself cannot render this shape with this template (plain: one turn only)
         expected = [image_token_id if t == IMAGE_TOKEN_ID else t for t in rendered.input_ids]

@@ -1,12 +1,14 @@
 """Released LLaVA checkpoints in: the llava-hf format and the original repository's format become vistune checkpoints.
 
 - `import_llava_hf`: a transformers `LlavaForConditionalGeneration` directory (CLIP or SigLIP tower, linear or
-  two-layer GELU projector, any causal LM) with its processor. The tower, projector and LLM keep their weights;
+  two-layer GELU projector, any causal LM) with its processor, or a `LlavaNextForConditionalGeneration` one
+  (LLaVA-NeXT: anyres tiles, `spatial_unpad` with its `image_newline`). The tower, projector and LLM keep their weights;
   the processor's image settings become vistune's image processing, and its chat template (or a named vistune
   template) the conversation format, checked against the processor's token ids on probe conversations.
 - `import_llava`: the original repository's `LlavaLlamaForCausalLM` directory (`model_type: llava_llama`, Llama
-  weights beside `model.mm_projector.*` and, when it was trained, `model.vision_tower.*`), or a stage-1
-  `mm_projector.bin` (with the `config.json` saved beside it) plus its base LLM and tower.
+  weights beside `model.mm_projector.*` and, when it was trained, `model.vision_tower.*`; LLaVA-NeXT's
+  `image_aspect_ratio: anyres` with `mm_patch_merge_type` flat or spatial_unpad and `model.image_newline`), or a
+  stage-1 `mm_projector.bin` (with the `config.json` saved beside it) plus its base LLM and tower.
 
 Weights are read from safetensors, or from `.bin` files with `torch.load(..., weights_only=True)` (tensors only,
 never arbitrary unpickling). Anything vistune cannot compute exactly as the source does is refused with a message
@@ -15,6 +17,7 @@ that names the key; the output directory appears only when the whole import succ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vistune.config import ModelConfig
+from vistune.config import ConfigError, ModelConfig
 from vistune.conversation import TEMPLATE_NAMES
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
 from vistune.errors import UserError
@@ -63,15 +66,22 @@ def import_llava_hf(src: str | os.PathLike, out: str | os.PathLike, template: st
 
     `template` (None: the processor's chat template, checked against the processor's ids) names the
     conversation format; `system_prompt` is added to conversations that bring none."""
-    from transformers import AutoProcessor, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, AutoTokenizer
 
     src = Path(src)
     _check_out(out, src)
     config_path = src / "config.json"
     raw = _read_json(config_path)
-    if raw.get("model_type") != "llava":
+    if raw.get("model_type") not in ("llava", "llava_next"):
         raise ImportRefused(f"{config_path}: model_type is {raw.get('model_type')!r}, not 'llava' "
-                            "(LlavaForConditionalGeneration); for the original repository's format use --from llava")
+                            "(LlavaForConditionalGeneration) or 'llava_next' (LlavaNextForConditionalGeneration); for "
+                            "the original repository's format use --from llava")
+    next_ = raw["model_type"] == "llava_next"
+    if next_:
+        from transformers import LlavaNextConfig as LlavaConfig
+        from transformers import LlavaNextForConditionalGeneration as LlavaForConditionalGeneration
+    else:
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
     config = LlavaConfig.from_pretrained(src)
     tower_type = config.vision_config.model_type
     if tower_type not in SUPPORTED_TOWERS:
@@ -93,8 +103,10 @@ def import_llava_hf(src: str | os.PathLike, out: str | os.PathLike, template: st
                             f"{sorted(info['missing_keys'])[:5]}, unexpected {sorted(info['unexpected_keys'])[:5]})")
     processor = AutoProcessor.from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    image_config = image_processor_config(_image_processor_dict(processor.image_processor),
-                                          src / "preprocessor_config.json")
+    processor_dict = _image_processor_dict(processor.image_processor)
+    if next_:  # llava-next's do_pad pads the tile count of a batch, not the image to a square
+        processor_dict["do_pad"] = False
+    image_config = image_processor_config(processor_dict, src / "preprocessor_config.json")
 
     vision = model.model.vision_tower
     tower = HFVisionTower(vision, layer, "patch", {"image_mean": list(image_config.mean),
@@ -105,8 +117,17 @@ def import_llava_hf(src: str | os.PathLike, out: str | os.PathLike, template: st
                             f"this {tower_type} tower has {tower.num_extra} non-patch tokens, so a patch token would "
                             "be lost; vistune drops exactly the non-patch tokens")
     if strategy == "full" and tower.num_extra:
+        if next_:
+            raise ImportRefused(f"{config_path}: vision_feature_select_strategy='full' keeps the CLS token, which "
+                                "llava-next's tile grid cannot hold; vistune's spatial_unpad takes grid tokens only")
         tower = HFVisionTower(vision, layer, "cls_patch", tower.processor_defaults)
     projector = _llava_hf_projector(model.model.multi_modal_projector, act, config_path)
+    anyres = {}
+    if next_:
+        anyres = _next_settings(config.image_grid_pinpoints, processor_dict.get("image_grid_pinpoints"), tower,
+                                config_path)
+        image_config = dataclasses.replace(image_config, pinpoints=tuple(map(tuple, anyres["image_grid_pinpoints"])))
+        projector.image_newline = torch.nn.Parameter(model.model.image_newline.detach().clone())
     llm = _causal_lm(config.text_config, model.model.language_model, model.lm_head,
                      bool(config.tie_word_embeddings))
     _check_image_size(image_config, tower, src / "preprocessor_config.json")
@@ -121,7 +142,8 @@ def import_llava_hf(src: str | os.PathLike, out: str | os.PathLike, template: st
         template = "chat_template"
     model_config = ModelConfig(vision_tower=str(src), vision_layer=layer, vision_select=tower.select,
                                projector=projector.kind, llm=str(src), template=template,
-                               pad_to_square=image_config.pad_to_square, system_prompt=system_prompt)
+                               system_prompt=system_prompt,
+                               **{"image_aspect_ratio": "pad" if image_config.pad_to_square else "square", **anyres})
     vlm = VisionLanguageModel(model_config, tower, projector, llm, tokenizer, ImageProcessor(image_config))
     if derived:
         try:
@@ -130,7 +152,7 @@ def import_llava_hf(src: str | os.PathLike, out: str | os.PathLike, template: st
             raise ImportRefused(f"{src}: the processor's chat template cannot be reproduced by vistune's renderer "
                                 f"({e}); pass --template with the conversation format the model was trained "
                                 f"with (one of {', '.join(TEMPLATE_NAMES)})") from None
-    return _save(vlm, out, {"format": "llava-hf", "source": str(src)})
+    return _save(vlm, out, {"format": "llava-next-hf" if next_ else "llava-hf", "source": str(src)})
 
 
 def import_llava(src: str | os.PathLike | None, out: str | os.PathLike, projector: str | os.PathLike | None = None,
@@ -176,7 +198,7 @@ def import_llava(src: str | os.PathLike | None, out: str | os.PathLike, projecto
 
     if projector is None:
         llm_state = {k: v for k, v in state.items()
-                     if not k.startswith(("model.mm_projector.", "model.vision_tower."))}
+                     if not k.startswith(("model.mm_projector.", "model.vision_tower.", "model.image_newline"))}
         llm_config = LlamaConfig.from_dict({k: v for k, v in config.items() if k not in _LLAVA_KEYS})
         llm_model = _causal_lm_from_state(llm_config, llm_state, f"{src}: the language model's weights")
         tokenizer = AutoTokenizer.from_pretrained(src)
@@ -196,9 +218,22 @@ def import_llava(src: str | os.PathLike | None, out: str | os.PathLike, projecto
     if tower_processor.is_file():
         image_config = image_processor_config({**_read_json(tower_processor), "do_pad": pad}, tower_processor)
         _check_image_size(image_config, tower, tower_processor)
+    anyres = {}
+    if settings["image_aspect_ratio"] == "anyres":
+        # the original lists pinpoints as (width, height); vistune and transformers as (height, width)
+        points = settings["image_grid_pinpoints"]
+        anyres = _next_settings(None if points is None else [[h, w] for w, h in points], None, tower, config_path)
+        anyres["patch_merge"] = settings["mm_patch_merge_type"]
+        image_config = dataclasses.replace(image_config, pinpoints=tuple(map(tuple, anyres["image_grid_pinpoints"])))
+        if anyres["patch_merge"] == "spatial_unpad":
+            if "model.image_newline" not in state:
+                raise ImportRefused(f"{config_path}: mm_patch_merge_type='spatial_unpad' but the weights have no "
+                                    "model.image_newline")
+            projector_module.image_newline = torch.nn.Parameter(state["model.image_newline"].clone())
     model_config = ModelConfig(vision_tower=tower_name, vision_layer=tower.layer, vision_select=tower.select,
                                projector=projector_module.kind, llm=llm_name, template=template,
-                               pad_to_square=pad, system_prompt=system_prompt)
+                               system_prompt=system_prompt,
+                               **{"image_aspect_ratio": settings["image_aspect_ratio"], **anyres})
     vlm = VisionLanguageModel(model_config, tower, projector_module.to(llm_model.dtype), llm_model, tokenizer,
                               ImageProcessor(image_config))
     return _save(vlm, out, {"format": "llava" if projector is None else "llava-stage1", "source": str(source)})
@@ -225,12 +260,14 @@ def original_settings(config: dict, path: Path) -> dict:
     if config.get("mm_use_im_start_end"):
         refuse("mm_use_im_start_end", "wraps each image in <im_start>/<im_end> tokens; vistune's templates place "
                                       "the image tokens alone")
-    if config.get("mm_patch_merge_type", "flat") != "flat":
-        refuse("mm_patch_merge_type", "(LLaVA-NeXT's tiling) has no vistune counterpart; only 'flat' imports")
     aspect = config.get("image_aspect_ratio", "square")
-    if aspect not in (None, "square", "pad"):
+    if aspect not in (None, "square", "pad", "anyres"):
         refuse("image_aspect_ratio", "has no vistune counterpart (supported: square, i.e. resize and centre-crop, "
-                                     "and pad, i.e. pad_to_square)")
+                                     "pad, i.e. pad to a square, and anyres, LLaVA-NeXT's tiles)")
+    merge = config.get("mm_patch_merge_type", "flat")
+    if merge not in ("flat", "spatial_unpad") or (merge != "flat" and aspect != "anyres"):
+        refuse("mm_patch_merge_type", "has no vistune counterpart (supported: flat, and spatial_unpad with "
+                                      "image_aspect_ratio=anyres)")
     kind = config.get("mm_projector_type", "linear")
     if kind not in ORIGINAL_PROJECTORS:
         refuse("mm_projector_type", f"has no vistune projector (supported: {', '.join(ORIGINAL_PROJECTORS)})")
@@ -246,8 +283,25 @@ def original_settings(config: dict, path: Path) -> dict:
     if config.get("s2"):
         refuse("s2", "(multi-scale S2 features) has no vistune counterpart")
     return {"mm_use_im_start_end": False, "image_aspect_ratio": aspect or "square", "mm_projector_type": kind,
+            "mm_patch_merge_type": merge, "image_grid_pinpoints": config.get("image_grid_pinpoints"),
             "mm_vision_select_feature": select, "mm_vision_select_layer": layer, "mm_vision_tower": tower,
             "mm_hidden_size": config.get("mm_hidden_size")}
+
+
+def _next_settings(pinpoints, processor_pinpoints, tower, config_path: Path) -> dict:
+    """The anyres model keys of a LLaVA-NeXT source: its pinpoints (height, width) checked against the tower."""
+    if processor_pinpoints is not None and pinpoints is not None and \
+            [list(p) for p in processor_pinpoints] != [list(p) for p in pinpoints]:
+        raise ImportRefused(f"{config_path}: image_grid_pinpoints {pinpoints} differ from the image processor's "
+                            f"{processor_pinpoints}")
+    keys = {"image_aspect_ratio": "anyres", "patch_merge": "spatial_unpad",
+            "image_grid_pinpoints": None if pinpoints is None else [list(p) for p in pinpoints]}
+    try:
+        model = ModelConfig(vision_select=tower.select, **keys)
+        keys["image_grid_pinpoints"] = [list(p) for p in model.grid_pinpoints(tower.image_size)]
+    except ConfigError as e:
+        raise ImportRefused(f"{config_path}: {e}") from None
+    return keys
 
 
 def _original_tower(name: str, settings: dict, state: dict, config_path: Path, from_flag: bool) -> HFVisionTower:

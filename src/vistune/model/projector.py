@@ -21,10 +21,11 @@ class Projector(nn.Module):
     `input_mean` / `input_std` buffers (measured on training images by the warm start; an affine map that
     `folded_linear_1` merges into the first matrix for export). With `grid_tokens` (the tower's token count),
     learned `row_embed` / `col_embed` vectors (zero at first) are added to each grid token by its cell
-    (`model.image_position: learned_2d`)."""
+    (`model.image_position: learned_2d`). With `image_newline`, it holds the learned vector that anyres'
+    `spatial_unpad` merge puts after each row of image tokens (used by the model, not by `forward`)."""
 
     def __init__(self, kind: str, vision_dim: int, llm_dim: int, output_rms: float | None = None,
-                 standardise: bool = False, grid_tokens: int | None = None) -> None:
+                 standardise: bool = False, grid_tokens: int | None = None, image_newline: bool = False) -> None:
         super().__init__()
         if kind not in PROJECTORS:
             raise ValueError(f"unknown projector {kind!r}; expected one of {sorted(PROJECTORS)}")
@@ -40,6 +41,8 @@ class Projector(nn.Module):
         if self.grid_side:
             self.row_embed = nn.Parameter(torch.zeros(self.grid_side, llm_dim))
             self.col_embed = nn.Parameter(torch.zeros(self.grid_side, llm_dim))
+        self.register_parameter("image_newline", nn.Parameter(torch.randn(llm_dim) / math.sqrt(llm_dim))
+                                if image_newline else None)  # LLaVA-NeXT's initialisation
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, N, Dv) -> (B, N, Dl)
         if self.input_mean is not None:

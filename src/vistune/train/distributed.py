@@ -99,14 +99,18 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, pixel_values, labels, position_ids=None, image_features=None):
+    def forward(self, input_ids, attention_mask, pixel_values, labels, position_ids=None, image_features=None,
+                image_sizes=None):
+        extra = {} if image_sizes is None else {"image_sizes": image_sizes}  # anyres
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                         labels=labels, position_ids=position_ids, image_features=image_features)
+                         labels=labels, position_ids=position_ids, image_features=image_features, **extra)
         loss_sum = out.loss_sum
         if pixel_values is None and image_features is None and any(p.requires_grad for p in self.model.projector.parameters()):
             w = self.model.projector.linear_1.weight
             probe = torch.zeros(1, 1, w.shape[1], dtype=w.dtype, device=input_ids.device)
             loss_sum = loss_sum + 0.0 * self.model.projector(probe).float().sum()
+            if self.model.projector.image_newline is not None:
+                loss_sum = loss_sum + 0.0 * self.model.projector.image_newline.float().sum()
         return loss_sum
 
 

@@ -163,7 +163,7 @@ class _Trainer:
         self.feature_cache = self._feature_cache(model)
         ds = LlavaDataset(data.path, data.image_folder, model.renderer, model.image_processor,
                           max_length=data.max_length, seed=cfg.seed, placement=data.placement,
-                          feature_cache=self.feature_cache)
+                          feature_cache=self.feature_cache, max_image_tokens=model.config.max_image_tokens)
         if len(ds) < cfg.global_batch_size:
             raise TrainingError(f"{data.path} has {len(ds)} usable record(s) ({sum(ds.skipped.values())} invalid), "
                                 f"fewer than one global batch of {cfg.global_batch_size}")
@@ -226,6 +226,8 @@ class _Trainer:
             return None
         features, keys = list(batch["image_features"]), batch["image_keys"]
         missing = [i for i, f in enumerate(features) if f is None]
+        if "image_sizes" in batch:  # anyres: (P, N, D_v) per image, every tile an entry of its own
+            return self._tile_features(batch, features, keys, missing)
         if missing:
             pixels = batch["pixel_values"].to(self.world.device)  # (I_missing, 3, H, W)
             with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -233,6 +235,17 @@ class _Trainer:
                     features[i] = self.model.vision_tower(pixels[j: j + 1])[0]  # (N, D_v)
                     self.feature_cache.store(keys[i], features[i])
         return torch.stack([f.to(self.world.device) for f in features])
+
+    def _tile_features(self, batch: dict, features: list, keys: list, missing: list[int]) -> torch.Tensor:
+        """`_image_features` for anyres: every tile's features (sum of P, N, D_v), image after image."""
+        sizes = batch["image_sizes"]
+        counts = self.model.tiles_per_image([sizes[i] for i in missing])
+        tiles = torch.split(batch["pixel_values"], counts) if missing else []  # per missing image: (P, 3, H, W)
+        with torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for i, pixels in zip(missing, tiles):
+                features[i] = torch.cat([self.model.vision_tower(t[None].to(self.world.device)) for t in pixels])
+                self.feature_cache.store_tiles(keys[i], features[i])
+        return torch.cat([f.to(self.world.device) for f in features])
 
     def _warm_start_projector(self, model, ds: LlavaDataset) -> None:
         from vistune.train.projector_init import ridge_warm_start
@@ -422,7 +435,8 @@ class _Trainer:
                                             pixel_values=None if batch["pixel_values"] is None or features is not None
                                             else batch["pixel_values"].to(world.device),
                                             labels=batch["labels"].to(world.device),
-                                            position_ids=position_ids, image_features=features)
+                                            position_ids=position_ids, image_features=features,
+                                            image_sizes=batch.get("image_sizes"))
                 (loss_sum * scale).backward()
             loss_total += loss_sum.detach().double().cpu()
         loss = D.all_sum(world, [float(loss_total)])[0] / n_sup
