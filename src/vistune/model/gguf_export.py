@@ -120,6 +120,9 @@ def gguf_blockers(config: dict, llm_config: dict) -> list[str]:
     if model_config.projector not in ("linear", "mlp2x_gelu"):
         blockers.append(f"projector {model_config.projector!r} has no GGUF form (libmtmd's llava projector is "
                         "linear, GELU, linear): train with model.projector=mlp2x_gelu or linear")
+    if getattr(model_config, "image_aspect_ratio", "square") == "anyres":
+        blockers.append("model.image_aspect_ratio=anyres (LLaVA-NeXT tiles) is not exported to GGUF here: train with "
+                        "model.image_aspect_ratio=square or pad")
     if model_config.template not in TEMPLATES:
         blockers.append(f"template {model_config.template!r} has no chat-template export: train with one of "
                         f"{', '.join(TEMPLATES)}")
