@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from vistune.cli.common import UsageError, add_command
 from vistune.conversation import TEMPLATE_NAMES
@@ -32,7 +33,7 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "import", "turn a released LLaVA checkpoint into a vistune checkpoint",
         epilog="forms:\n"
-               "  vistune import --from llava-hf SRC --out CK            transformers' LlavaForConditionalGeneration\n"
+               "  vistune import --from llava-hf SRC --out CK            transformers' llava or llava-next directory\n"
                "  vistune import --from llava SRC --out CK               the original LlavaLlamaForCausalLM\n"
                "  vistune import --from llava --projector mm_projector.bin --llm DIR --vision-tower DIR --out CK\n"
                "                                                         an original stage-1 projector")
@@ -67,7 +68,8 @@ def export_command(args: argparse.Namespace) -> int:
     from vistune.model.export import export_hf_llava
 
     out = export_hf_llava(args.model, args.out)
-    print(f"wrote {out} (load with transformers' LlavaForConditionalGeneration and AutoProcessor)")
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"wrote {out} (load with transformers' {architecture} and AutoProcessor)")
     return 0
 
 
