@@ -91,3 +91,15 @@ def test_gpu_check_fails_when_a_setting_differs_from_the_cpu(tmp_path, monkeypat
     assert stop.value.code == 1
     with pytest.raises(SystemExit, match="unknown setting"):
         gpu_check.run(["--device", "cpu", "--settings", "cuda_fp64"])
+
+
+def test_bench_decode_compares_the_same_answers_on_a_tiny_model(capsys):
+    """Both sides decode the same greedy tokens and answer the question file alike; every figure is measured."""
+    result = _module("bench_decode").main(["--tiny", "--rounds", "1", "--questions", "6", "--batch", "2",
+                                           "--new-tokens", "6", "--eval-tokens", "3"])
+    assert result["same_tokens"] is True
+    assert result["eval_same_answers"] == result["eval_questions"] == 6
+    assert result["bound_tokens_per_s"] > 0 and result["fraction_of_bound"]["vistune"] > 0
+    assert min(result["ttft_again_ms"].values()) > 0 and result["eval_ratio"] > 0
+    assert "avx2:" in result["machine"] and "precision fp32" in result["machine"]
+    assert "ratios vs generate" in capsys.readouterr().out

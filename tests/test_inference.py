@@ -466,3 +466,20 @@ def test_assistant_chat_keeps_one_engine_in_eval_mode():
         assert model.engine() is not model.engine()
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("prefix_reuse", [False, True])
+def test_every_lever_on_and_off_gives_the_same_greedy_tokens(engine, prefix_reuse):
+    """Kept prompt starts and image features, one-pass prefill, and batches joining the decoded rows: the same
+    tokens as one request at a time with every lever off, twice (the second pass reuses what the first kept),
+    and streaming gives the same text."""
+    model = engine.model
+    image = random_image(40)
+    requests = mixed_requests(10) + [Request.of(q, image, max_new_tokens=10) for q in ("What is it?", "Where?")]
+    off = Engine(model, prefix_reuse=False, decode_rows=1)
+    reference = [off.generate([r])[0] for r in requests]
+    for decode_rows in (2, 6):  # batches of 2 decoded alone, or joining the running rows
+        e = Engine(model, prefix_reuse=prefix_reuse, decode_rows=decode_rows)
+        for _ in range(2):
+            assert [c.token_ids for c in e.generate(requests, batch_size=2)] == [c.token_ids for c in reference]
+        assert ["".join(e.stream(r)) for r in requests[-2:]] == [c.text for c in reference[-2:]]

@@ -15,9 +15,14 @@ continues their key/values instead of recomputing them. Where every prompt of a 
 an image at the same positions (the template's system turn, the user's turn, the image: LLaVA's layout), the
 start is that text and image, kept per image (by its pixels), so a second question about an image runs only
 the question; otherwise it is the template's opening (`Engine.opening`: the system turn and the start of the
-user's turn) where every prompt starts with it. The kept starts are bounded in
-bytes (`prefix_cache_mb`, least recently used dropped first), so the engine's state does not grow with the
-requests. The engine assumes the model's weights stay as they are (after changing them, call `clear_prefix`).
+user's turn) where every prompt starts with it. A start not kept yet is copied out of the
+keys and values of the prompt's own single pass. The kept starts are bounded in bytes (`prefix_cache_mb`, least
+recently used dropped first), so the engine's state does not grow with the requests; the projected features of
+the last `FEATURES_KEPT` images are kept as well. Everything kept is forgotten when a parameter of the model
+changes (its version counter moves with every in-place update), or by `clear_prefix`.
+
+`generate` prefills `batch_size` prompts at a time and decodes up to `decode_rows` rows together: prefilled
+batches join the running rows as others finish.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import hashlib
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 
 PREFIX_MIN = 8
 """The shortest shared prompt start worth keeping (in ids)."""
+DECODE_ROWS_PER_BATCH = 2
+"""`generate` decodes up to this many prefill batches' rows together (unless `Engine(decode_rows=...)`)."""
 FEATURES_KEPT = 64
 """Images whose projected features an engine keeps (with `prefix_reuse`), the least recently used dropped first."""
 
@@ -107,15 +114,17 @@ class Engine:
     """Generation for one VisionLanguageModel (inference mode, no gradients)."""
 
     def __init__(self, model, max_batch_size: int = 16, max_length: int | None = None, set_eval: bool = True,
-                 prefix_reuse: bool = True, prefix_cache_mb: float = 256.0) -> None:
+                 prefix_reuse: bool = True, prefix_cache_mb: float = 256.0, decode_rows: int | None = None) -> None:
         """`set_eval`: switch the model to eval mode (off for a quick answer from a model that is training).
         `prefix_reuse`: keep the key/values of prompt starts (see the module's notes), at most `prefix_cache_mb`
         MiB of them (the least recently used go first), and the projected features of the last
-        `FEATURES_KEPT` images."""
+        `FEATURES_KEPT` images. `decode_rows`: most rows `generate` decodes together (default
+        `DECODE_ROWS_PER_BATCH` batches)."""
         self.model = model.eval() if set_eval else model
         self.max_batch_size = max_batch_size
         self.prefix_reuse = prefix_reuse
         self.prefix_cache_mb = prefix_cache_mb
+        self.decode_rows = decode_rows
         self._kept: OrderedDict[tuple, list] = OrderedDict()  # (ids, image digest) -> per layer (keys, values)
         self._kept_bytes = 0
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # image digest -> (N, D), most recent last
@@ -342,21 +351,36 @@ class Engine:
     @torch.no_grad()
     def generate(self, requests: Sequence[Request], on_event: Callable[[StepEvent], None] | None = None,
                  batch_size: int | None = None) -> list[Completion]:
-        """Answer every request; similar prompt lengths are batched together. `on_event` sees text as it comes."""
+        """Answer every request; `on_event` sees text as it comes. Prompts of similar length are prefilled
+        `batch_size` at a time, and each such batch joins the rows being decoded as soon as there is room for it
+        within `decode_rows` (a decode step reads the weights once, whatever its rows)."""
         batch_size = batch_size or self.max_batch_size
+        limit = max(self.decode_rows or DECODE_ROWS_PER_BATCH * batch_size, batch_size)
         lengths = [len(self.check(r).input_ids) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: lengths[i])
+        waiting = deque(order[start:start + batch_size] for start in range(0, len(order), batch_size))
+        prompt_tokens: dict[int, int] = {}
         results: dict[int, Completion] = {}
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            prepared = self.prepare([requests[i] for i in chunk])
-            rows = self.decoder(prepared, indices=chunk).run(on_event)
-            for i, p in zip(chunk, prepared):
-                row = rows[i]
+        decoder: BatchDecoder | None = None
+        while waiting or (decoder is not None and not decoder.done):
+            while waiting and (decoder is None or decoder.done
+                               or (decoder.can_add and len(decoder.rows) + len(waiting[0]) <= limit)):
+                chunk = waiting.popleft()
+                prepared = self.prepare([requests[i] for i in chunk])
+                prompt_tokens.update((i, len(p.input_ids)) for i, p in zip(chunk, prepared))
+                if decoder is None or decoder.done:
+                    decoder = self.decoder(prepared, indices=chunk)
+                else:
+                    self.join(decoder, prepared, chunk)
+            events = decoder.step()
+            for row in decoder.finished:
                 if row.error is not None:
                     raise row.error
-                results[i] = Completion(row.stream.text, row.finish_reason, len(p.input_ids), len(row.token_ids),
-                                        row.token_ids)
+                results[row.index] = Completion(row.stream.text, row.finish_reason, prompt_tokens[row.index],
+                                                len(row.token_ids), row.token_ids)
+            if on_event is not None:
+                for e in events:
+                    on_event(e)
         return [results[i] for i in range(len(requests))]
 
     def generate_batch(self, requests: Sequence[Request], batch_size: int | None = None) -> list[str]:
