@@ -428,3 +428,15 @@ def test_anyres_trains_both_stages_resumes_and_packing_changes_no_loss(tmp_path,
     before = load_checkpoint(tmp_path / "packed" / "final")
     assert not torch.equal(before.projector.image_newline, full.projector.image_newline)  # trained
     assert full.config.image_aspect_ratio == "anyres"
+
+
+def test_length_grouping_counts_each_images_own_tokens(tmp_path, tokenizer):
+    from vistune.data.dataset import LlavaDataset
+
+    data = anyres_data(tmp_path, n=8)
+    model = anyres_vlm(tokenizer)
+    ds = LlavaDataset(data, data.parent / "images", model.renderer, model.image_processor)
+    for i, (length, record) in enumerate(zip(ds.lengths, ds.records)):
+        text = sum(len(m.content) for m in ds.messages[i]) // 4
+        expected = {None: 0, "circles.png": 60, "square.png": 66}[record.get("image")]  # wide 1x3, tall 3x1
+        assert length == text + expected

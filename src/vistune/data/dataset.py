@@ -224,10 +224,20 @@ class LlavaDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Approximate token counts (about 4 characters per token plus the images), for length grouping."""
+        """Approximate token counts (about 4 characters per token plus the images), for length grouping. anyres:
+        each image's own token count, from its file's header (one tile's count where it cannot be read)."""
         n_img = self.renderer.num_image_tokens
+        if self.image_processor.anyres:
+            return [sum(len(m.content) for m in msgs) // 4 + sum(self._image_tokens(p) for p in self.image_paths(r))
+                    for r, msgs in zip(self.records, self.messages)]
         return [sum(len(m.content) for m in msgs) // 4 + n_img * self.num_images(i)
                 for i, msgs in enumerate(self.messages)]
+
+    def _image_tokens(self, path: Path) -> int:
+        try:
+            return self.renderer.image_token_count(read_image_size(path))
+        except ImageLoadError:
+            return self.renderer.num_image_tokens  # the sample is skipped when loaded
 
     def resolve(self, image: str) -> Path:
         """An image path of a record, relative to the image folder unless absolute."""
