@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/learning_curve.py RECIPE.yaml [--out runs/curves/NAME] [--points 25,50,75]
         [--seed 0] [--precision fp32|auto|bf16] [--feature-cache DIR] [--bench-questions 420]
 
-RECIPE is `demo` (the shipped recipe), `previous` (the one before, `vistune.demo.PREVIOUS`) or a YAML file of
-changes to the shipped recipe (every key optional; `benchmarks/recipes/` holds the measured ones):
+RECIPE is `demo` (the shipped recipe) or a YAML file of changes to it (every key optional;
+`benchmarks/recipes/` holds the measured ones):
 
     stage1_data: grounded            # or captions (DemoPlan.stage1_data)
     stage2_mix: {style: balanced, describe_fraction: 0.25}   # DemoPlan.stage2_mix
-    stage1: {train.max_steps: 40}    # dotted changes to configs/demo/stage1.yaml
+    stage1: {train.max_steps: 32}    # dotted changes to configs/demo/stage1.yaml
     stage2: {train.global_batch_size: 8, model.image_position: learned_2d}
 
 The recipe trains as `vistune demo` would (the same worlds, benchmark and controls). While stage 2 trains, the
@@ -35,11 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plan_of(recipe: dict, seed: int, precision: str | None, base=None):
-    """The demo plan `recipe` describes, on top of `base` (default: the demo's)."""
-    from vistune.demo import FULL
+def plan_of(recipe: dict, seed: int, precision: str | None):
+    """The demo plan `recipe` describes (changes to the demo's)."""
+    from vistune.demo import FULL as base
 
-    base = base or FULL
     known = {"stage1_data", "stage2_mix", "stage1", "stage2"}
     unknown = sorted(set(recipe) - known)
     if unknown:
@@ -168,8 +167,7 @@ def write_curve(rows: list[dict], out: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipe", help="recipe YAML (see the module docstring); 'demo' for the shipped recipe, "
-                        "'previous' for the one before it (vistune.demo.PREVIOUS)")
+    parser.add_argument("recipe", help="recipe YAML (see the module docstring); 'demo' for the shipped recipe")
     parser.add_argument("--out", help="run directory (default runs/curves/<recipe name>[-seedK])")
     parser.add_argument("--points", default="25,50,75", help="compute points in TFLOP, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
@@ -181,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from vistune.config import load_yaml
-    from vistune.demo import FULL, PREVIOUS, Demo
+    from vistune.demo import Demo
 
-    named = {"demo": FULL, "previous": PREVIOUS}
-    name = args.recipe if args.recipe in named else Path(args.recipe).stem
-    recipe = {} if args.recipe in named else (load_yaml(args.recipe) or {})
-    plan = plan_of(recipe, args.seed, args.precision, named.get(args.recipe))
+    name = "demo" if args.recipe == "demo" else Path(args.recipe).stem
+    recipe = {} if args.recipe == "demo" else (load_yaml(args.recipe) or {})
+    plan = plan_of(recipe, args.seed, args.precision)
     if args.bench_questions is not None:
         plan = replace(plan, bench_questions=args.bench_questions)
     out = Path(args.out or ROOT / "runs" / "curves" / (name + (f"-seed{args.seed}" if args.seed else "")))

@@ -84,12 +84,11 @@ def test_demo_runs_its_shipped_recipes(tmp_path):
             expected = load_run_config(ROOT / "demo" / name, paths, read_init_from=False)
             assert to_dict(demo._run_config(stage)) == to_dict(expected)
     full2 = load_run_config(ROOT / "demo" / "stage2.yaml", read_init_from=False)
-    assert (full2.train.max_steps, full2.train.lr, full2.train.global_batch_size) == (72, 5e-5, 8)
-    assert full2.model.image_position == "learned_2d"
+    assert (full2.train.max_steps, full2.train.lr, full2.train.global_batch_size) == (90, 5e-5, 16)
     # --long: the same recipe with four times the stage-2 steps (and its safety stop scaled alike), the same stage 1
     assert LONG.stage2 == FULL.stage2 and LONG.recipe(1) == FULL.recipe(1)
     long2, short2 = LONG.recipe(2), FULL.recipe(2)
-    assert (long2["train"].pop("max_steps"), short2["train"].pop("max_steps")) == (288, 72)
+    assert (long2["train"].pop("max_steps"), short2["train"].pop("max_steps")) == (360, 90)
     assert long2["train"].pop("max_minutes") == 4 * short2["train"].pop("max_minutes")
     assert long2 == short2
     runs = {}
@@ -97,8 +96,8 @@ def test_demo_runs_its_shipped_recipes(tmp_path):
         demo = Demo(tmp_path, plan)
         demo._final = lambda stage: stage1_final
         runs[plan.name] = to_dict(demo._run_config(2))
-    assert runs["long"]["train"]["max_steps"] == 288
-    runs["long"]["train"].update(max_steps=72, max_minutes=runs["full"]["train"]["max_minutes"])
+    assert runs["long"]["train"]["max_steps"] == 360
+    runs["long"]["train"].update(max_steps=90, max_minutes=runs["full"]["train"]["max_minutes"])
     assert runs["long"] == runs["full"]
 
 

@@ -332,11 +332,10 @@ def test_every_blocker_is_named_at_once_and_the_demo_recipe_is_refused_with_the_
     with pytest.raises(ExportError) as err:
         check_exportable(config)
     message = str(err.value)
-    assert "(3 blockers)" in message and "(1) its vision tower 'efficientnet-lite0'" in message
-    assert "(2) model.image_position=learned_2d" in message and "train with model.image_position=none" in message
-    assert "(3) model.projector_norm=rms" in message and "feature_norm" not in message  # channel exports
+    assert "(2 blockers)" in message and "(1) its vision tower 'efficientnet-lite0'" in message
+    assert "(2) model.projector_norm=rms" in message and "feature_norm" not in message  # channel exports
     config["model"]["feature_norm"] = "token"
-    with pytest.raises(ExportError, match=r"\(4 blockers\).*tower.*feature_norm=token.*image_position.*projector_norm=rms"):
+    with pytest.raises(ExportError, match=r"\(3 blockers\).*tower.*feature_norm=token.*projector_norm=rms"):
         check_exportable(config)
     config = {"model": to_dict(ModelConfig(vision_tower="tiny-clip")),
               "vision_tower": {"kind": "hf", "config": {"model_type": "clip_vision_model"}}}

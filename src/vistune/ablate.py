@@ -1,9 +1,9 @@
-"""`vistune ablate`: the paper's ablations on the synthetic world, each against the full recipe, with the same
-steps and seeds, scored on the demo's held-out benchmark.
+"""`vistune ablate`: the paper's ablations on the synthetic world, each against the full recipe (the demo's),
+with the same steps and seeds, scored on the demo's held-out benchmark.
 
-The full recipe is the demo's previous recipe (`vistune.demo.PREVIOUS`: the paper's data, conversations with
-detailed descriptions and reasoning answers, which the data ablations cut); only what the ablation names
-changes. Seed k's full recipe runs in OUT for seed 0 and OUT/seeds/seed-k else (`vistune.demo.seed_demo`). Shared between variants where identical: the worlds, the data and each
+Every variant trains with the demo's recipes (`configs/demo/`); only what the ablation names changes. Seed k's
+full recipe is the demo's seed k (`vistune demo --seeds`: OUT for seed 0, OUT/seeds/seed-k else), so a study and a
+demo with the same OUT train it once. Shared between variants where identical: the worlds, the data and each
 seed's stage 1 (full, no_instruction_tuning, conversation_only, answer_first and, for its feature statistics,
 no_pretraining); one feature cache, OUT/feature-cache. Every step is a demo step (`vistune.demo.Demo.step`):
 written atomically, skipped when done with the same params, a killed training resumed from its last checkpoint.
@@ -17,7 +17,7 @@ and whether the paper's sign (every ablation lowers accuracy) is reproduced.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from vistune.config import to_dict
 from vistune.data.world import QUESTION_TYPES
-from vistune.demo import PREVIOUS, QUICK, SINGLE_TURN_MIX, Demo, seed_demo, stage1_engine, train_stage
+from vistune.demo import FULL, QUICK, STAGE2_MIX, Demo, seed_demo, stage1_engine, train_stage
 from vistune.errors import UserError
 from vistune.eval.report import Chart, Report, Table, bootstrap_ci, mean_std, write_report
 from vistune.eval.scoring import is_correct
@@ -126,8 +126,7 @@ class Study:
         self.out = Path(out)
         self.seeds = seeds
         self.names = names
-        self.plan = (replace(QUICK, stage1_data="captions", stage2_mix=dict(SINGLE_TURN_MIX)) if quick
-                     else PREVIOUS)
+        self.plan = QUICK if quick else FULL
         self.force = force
         self.progress = progress
         self.log = log
@@ -154,7 +153,7 @@ class Study:
         """Train and evaluate every variant for seed k; {variant: evaluation result}."""
         demo, runs = self.demo(k), self.out / "runs" / f"seed{k}"
         full = demo.train()  # the demo's seed k: its worlds, data and both stages
-        data = {"full": {"world": full.world, "mix": self.plan.stage2_mix}}
+        data = {"full": {"world": full.world, "mix": STAGE2_MIX}}
         for variant, (mix, answer_first) in DATA_VARIANTS.items():
             if variant in self.names:
                 params = {"world": full.world, "mix": mix, "answer_first": answer_first}
@@ -216,8 +215,8 @@ class Study:
                 "correct": [int(is_correct(answers.get(q["id"]), q["answer"])) for q in bench]}
 
 
-DATA_VARIANTS = {"conversation_only": ({**SINGLE_TURN_MIX, "detail_complex_ratio": 0}, False),
-                 "answer_first": (SINGLE_TURN_MIX, True)}
+DATA_VARIANTS = {"conversation_only": ({**STAGE2_MIX, "detail_complex_ratio": 0}, False),
+                 "answer_first": (STAGE2_MIX, True)}
 """The ablations that change only the stage-2 data: (the mix, reasoning answers conclusion first)."""
 
 
