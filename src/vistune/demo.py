@@ -35,9 +35,9 @@ caption: how many shapes, then each with its region, `vistune.datagen.pretrain.g
 STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "single_turn": True,
               "detail_complex_ratio": 0.02}
 """Stage-2 data, by its `style` (default `single_turn`). `single_turn` (with `short_fraction`, `min_turns`,
-`max_turns`, `detail_complex_ratio`): the
-symbolic teacher's conversations of mostly one-word answers, cut into single-turn questions (each asked with its
-image), plus that ratio of detailed descriptions and reasoning answers. `balanced` (with `describe_fraction`):
+`max_turns`, `single_turn`, `detail_complex_ratio`): the symbolic teacher's conversations of mostly one-word
+answers, cut into single-turn questions (each asked with its image) unless `single_turn` is false, plus that ratio
+of detailed descriptions and reasoning answers. `balanced` (with `describe_fraction`):
 per image one conversation of short-answer questions, one per question type, answers balanced over the training
 world (`balanced_short_conversations`), a `describe_fraction` of them opening with a brief-description request
 answered by the grounded caption (measured in docs/recipe.md)."""
@@ -267,7 +267,9 @@ class Demo:
                                     short_fraction=m["short_fraction"], min_turns=m["min_turns"],
                                     max_turns=m["max_turns"], answer_first=answer_first)
         # Short exact answers are what the benchmark checks: weight conversations over long descriptions.
-        conversations = [one for r in records if r["metadata"]["type"] == "conversation" for one in single_turns(r)]
+        conversations = [r for r in records if r["metadata"]["type"] == "conversation"]
+        if m.get("single_turn", True):
+            conversations = [one for r in conversations for one in single_turns(r)]
         others = [r for r in records if r["metadata"]["type"] != "conversation"]
         rng = random.Random(0)
         k = min(len(others), int(len(conversations) * m["detail_complex_ratio"]))
