@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -81,7 +82,8 @@ def train_curve(demo, points_tflop: list[float]) -> list[dict]:
             if final.exists():
                 continue
             tmp = points_dir / f".tflop-{point:g}.tmp"
-            tmp.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a save a kill interrupted
+            tmp.mkdir(parents=True)
             extra = {"training": {"stage": 2, "step": step, "flops": flops, "total_flops": total}}
             was_training = model.training
             model.eval()
