@@ -205,9 +205,11 @@ class PeakRSS:
         self.mib = (self.peak - self.start) / 2**20
 
 
-def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]) -> tuple[float, float, float]:
-    """(real tokens/s after the first step, peak memory growth MiB, seconds of the first step) of one epoch of
-    `vistune train`."""
+def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]
+                  ) -> tuple[float, float, float, dict[str, float]]:
+    """(real tokens/s after the first step, peak memory growth MiB, seconds of the first step, mean seconds per
+    step of each phase after the first step, from metrics.jsonl's `step_time_s`) of one epoch of `vistune
+    train`."""
     from vistune.config import load_run_config
     from vistune.train.loop import train
 
@@ -218,12 +220,14 @@ def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]) -> t
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(out)  # each round's final checkpoint holds the whole LLM: rounds x modes would fill the disk
     tokens = sum(r["tokens"] for r in records[1:])
-    return tokens / (records[-1]["elapsed_s"] - records[0]["elapsed_s"]), mem.mib, records[0]["elapsed_s"]
+    split = {k: statistics.mean(r["step_time_s"][k] for r in records[1:]) for k in records[-1]["step_time_s"]}
+    return tokens / (records[-1]["elapsed_s"] - records[0]["elapsed_s"]), mem.mib, records[0]["elapsed_s"], split
 
 
 def peer_round(peer, dataset, stage: int, batch: int, lr: float, bf16: bool, image_token_id: int, pad_id: int
-               ) -> tuple[float, float]:
-    """One epoch of random padded batches through the peer; (real tokens/s after the first step, memory MiB)."""
+               ) -> tuple[float, float, dict[str, float]]:
+    """One epoch of random padded batches through the peer; (real tokens/s after the first step, memory MiB,
+    mean seconds per step of each phase after the first step)."""
     from vistune.data.dataset import collate
 
     peer.train()
@@ -236,20 +240,28 @@ def peer_round(peer, dataset, stage: int, batch: int, lr: float, bf16: bool, ima
     opt = torch.optim.AdamW(params, lr=lr)
     order = random.sample(range(len(dataset)), len(dataset))
     tokens, seconds = 0, 0.0
+    split = dict.fromkeys(("data", "forward", "backward", "optimizer", "bookkeeping"), 0.0)
+    steps = len(dataset) // batch
     with PeakRSS() as mem:
-        for s in range(len(dataset) // batch):
-            t0 = time.perf_counter()
+        for s in range(steps):
+            t = [time.perf_counter()]
             b = to_peer(collate([dataset[i] for i in order[s * batch: (s + 1) * batch]], pad_id), image_token_id)
+            t.append(time.perf_counter())
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = peer(**b).loss
+            t.append(time.perf_counter())
             loss.backward()
+            t.append(time.perf_counter())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            t.append(time.perf_counter())
             if s:
                 tokens += int(b["attention_mask"].sum())
-                seconds += time.perf_counter() - t0
-    return tokens / seconds, mem.mib
+                seconds += t[-1] - t[0]
+                for k, a, z in zip(split, t, t[1:]):
+                    split[k] += (z - a) / (steps - 1)
+    return tokens / seconds, mem.mib, split
 
 
 def check_same_model(model, peer, dataset, image_token_id: int) -> float:
@@ -448,21 +460,24 @@ def main(argv=None) -> int:
         lr = 1e-3 if stage == 1 else 5e-5
         flops, tokens = epoch_flops(model, dataset, stage)
         per_token = flops / tokens
+        samples_per_token = len(dataset) / tokens
         modes = ["vistune", "peer"] + [f"no_{k}" for k in levers] + [f"with_{k}" for k in args.with_options]
         settings = {f"no_{k}": v for k, v in levers.items()} | {f"with_{k}": OPTIONS[k] for k in args.with_options}
         rates: dict[str, list[float]] = {m: [] for m in modes}
         mems: dict[str, list[float]] = {m: [] for m in modes}
         firsts: dict[str, list[float | None]] = {m: [] for m in modes}
+        splits: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for r in range(args.rounds):
             for m in (modes if r % 2 == 0 else modes[::-1]):
                 if m == "peer":
-                    rate, mem = peer_round(peer, dataset, stage, args.batch, lr, bf16, image_token_id,
-                                           model.tokenizer.pad_token_id)
+                    rate, mem, split = peer_round(peer, dataset, stage, args.batch, lr, bf16, image_token_id,
+                                                  model.tokenizer.pad_token_id)
                     first = None
                 else:
                     extra = [f"train.lr={lr}"] + settings.get(m, [])
-                    rate, mem, first = vistune_round(base, stage, root / f"run-{stage}-{m}-{r}", extra)
+                    rate, mem, first, split = vistune_round(base, stage, root / f"run-{stage}-{m}-{r}", extra)
                 rates[m].append(rate)
+                splits[m].append(split)
                 mems[m].append(mem)
                 firsts[m].append(first)
             print(f"stage {stage} round {r + 1}: " + ", ".join(f"{m} {rates[m][-1]:.0f}" for m in modes)
@@ -470,7 +485,9 @@ def main(argv=None) -> int:
         res = {}
         for m in modes:
             med = statistics.median(rates[m])
-            res[m] = {"tokens_per_s": med, "rounds": rates[m], "peak_mem_mib": max(mems[m]),
+            res[m] = {"tokens_per_s": med, "samples_per_s": med * samples_per_token, "rounds": rates[m],
+                      "step_time_s": {k: statistics.median(sp[k] for sp in splits[m]) for k in splits[m][0]},
+                      "peak_mem_mib": max(mems[m]),
                       "first_step_s": None if m == "peer" else statistics.median(firsts[m]),
                       "model_flops_per_s": med * per_token, "fraction_of_peak": med * per_token / peak,
                       "ratio_vs_peer": med / statistics.median(rates["peer"])}
@@ -486,9 +503,15 @@ def main(argv=None) -> int:
     print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}\nmachine: {machine}")
     for stage, res in results.items():
         for m, r in res.items():
-            print(f"{stage} {m:20s} {r['tokens_per_s']:7.0f} tok/s  {r['ratio_vs_peer']:5.2f}x peer  "
-                  f"{r['fraction_of_peak'] * 100:5.1f}% of matmul peak  peak mem +{r['peak_mem_mib']:.0f} MiB"
+            print(f"{stage} {m:20s} {r['tokens_per_s']:7.0f} tok/s {r['samples_per_s']:5.2f} samples/s  "
+                  f"{r['ratio_vs_peer']:5.2f}x peer  {r['fraction_of_peak'] * 100:5.1f}% of matmul peak  peak mem "
+                  f"+{r['peak_mem_mib']:.0f} MiB"
                   + (f"  first step {r['first_step_s']:.1f} s" if r["first_step_s"] is not None else ""))
+        print(f"{stage} step time split (s per step after the first; medians over rounds):")
+        for m, r in res.items():
+            total = sum(r["step_time_s"].values())
+            print(f"  {m:20s} " + "  ".join(f"{k} {v:.3f}" for k, v in r["step_time_s"].items())
+                  + f"  = {total:.3f}")
     if inf is not None:
         print(f"inference (fp32): TTFT vistune {inf['v_ttft'] * 1e3:.0f} ms vs peer {inf['p_ttft'] * 1e3:.0f} ms "
               f"({inf['ttft_ratio']:.2f}x); decode {inf['v_decode']:.1f} vs {inf['p_decode']:.1f} tok/s "
@@ -500,7 +523,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({"machine": machine, "peak_flops": peak, **results,
                                                "inference": inf}, indent=2))
     ratio = {s: results[f"stage{s}"]["vistune"]["ratio_vs_peer"] for s in (2, 1) if f"stage{s}" in results}
-    print("ratios vs peer: " + ", ".join(f"stage {s} {v:.2f}x" for s, v in ratio.items()))
+    print("ratios vs peer (samples/s): " + ", ".join(f"stage {s} {v:.2f}x" for s, v in ratio.items()))
     return 0
 
 

@@ -50,6 +50,12 @@ def test_stage1_trains_only_the_projector_and_writes_the_run_directory(tiny, tmp
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "supervised_tokens", "skipped", "epoch"):
         assert key in records[0]
     assert all(r["samples"] == 4 for r in records)  # exactly one global batch per step
+    for prev, rec in zip(records, records[1:]):  # the step's time split tiles the wall time between records
+        split = rec["step_time_s"]
+        assert list(split) == ["data", "forward", "backward", "optimizer", "bookkeeping"]
+        assert split["forward"] > 0 and split["backward"] > 0 and split["optimizer"] > 0
+        wall = rec["elapsed_s"] - prev["elapsed_s"]
+        assert abs(sum(split.values()) - wall) < 0.25 * wall + 0.05, (split, wall)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "stage: 1" in (out / "config.yaml").read_text()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]

@@ -96,6 +96,22 @@ def test_packing_keeps_samples_apart(model, data, attention):
             torch.testing.assert_close(both - own, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_span_wise_attention_runs_in_fp32_under_cpu_bf16_autocast():
+    """bf16 autocast would pick CPU's bf16 flash-attention kernel (slower backward, less precise): the spans
+    attend in fp32 and give exactly the fp32 result of the same inputs."""
+    from vistune.model.packed_attention import segment_sdpa_forward
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 10, 8, generator=g).bfloat16()
+    k, v = (torch.randn(1, 2, 10, 8, generator=g).bfloat16() for _ in range(2))
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = segment_sdpa_forward(None, q, k, v, None, position_ids=positions)
+    expected, _ = segment_sdpa_forward(None, q.float(), k.float(), v.float(), None, position_ids=positions)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_segments_only_for_packed_positions():
     assert segments(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [[(0, 3), (3, 5), (5, 6)]]
     assert segments(torch.tensor([[0, 1, 2, 3]])) is None  # one sample: plain causal attention

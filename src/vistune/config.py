@@ -474,6 +474,10 @@ class TrainConfig:
     """Compile each of the LLM's decoder layers with `torch.compile` (in place: parameter names and checkpoints
     are unchanged). The first step pays the compilation (on CPU it needs a C++ compiler); on 2 CPU cores it gave
     stage 1 about 1.1x and stage 2 nothing beyond the noise (`benchmarks/bench_peer.py --with compile`)."""
+    sync_timing: bool = False
+    """Wait for the GPU at every phase boundary so that `step_time_s` in metrics.jsonl (data, forward, backward,
+    optimizer, bookkeeping) is the device's time, not the host's; costs some overlap. No effect on CPUs, where the
+    split is always exact."""
     malloc_tuning: bool = True
     """On glibc, keep freed memory in the process (no mmap for large blocks, no trimming) so that every step does
     not fault the same pages in again; costs some resident memory."""

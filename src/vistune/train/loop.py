@@ -44,6 +44,7 @@ from vistune.train import state as S
 from vistune.train.flops import FlopCounter
 from vistune.train.optim import build_optimizer, lr_factor, set_lr, set_trainable, warmup_steps
 from vistune.train.sampler import epoch_batches, rank_micro_batches, steps_per_epoch
+from vistune.train.step_timer import StepTimer
 from vistune.utils.io import (
     atomic_write_jsonl,
     atomic_write_text,
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 # are not among them: they set the length of the learning-rate schedule, so the steps after the resume would
 # follow another schedule than the steps before it.
 RESUMABLE_CHANGES = {"train.save_every", "train.keep_last", "train.log_every", "train.tensorboard",
-                     "train.max_minutes", "data.num_workers"}
+                     "train.max_minutes", "train.sync_timing", "data.num_workers"}
 
 
 class TrainingError(RuntimeError):
@@ -325,12 +326,15 @@ class _Trainer:
         metrics = open(self.metrics_path, "a", encoding="utf-8") if world.is_main else None
         start = time.monotonic()
         window = {"tokens": 0.0, "t": time.monotonic()}
+        self.timer = StepTimer(world.device, sync=cfg.sync_timing)
         try:
             stopped_early = False
             while step < self.total and not stopped_early:
                 epoch, pos = divmod(step, self.spe)
                 for micro in self._epoch_micro_batches(epoch, pos):
+                    self.timer.lap("data")
                     stats = self._step(step, micro)
+                    self.timer.step_done()
                     step += 1
                     if self.hooks.after_step:
                         self.hooks.after_step(step, self.model)
@@ -363,6 +367,7 @@ class _Trainer:
                             log.info("time budget of %.1f min reached after step %d of %d", cfg.max_minutes, step,
                                      self.total)
                         break
+                    self.timer.lap("bookkeeping")
         finally:
             if bar is not None:
                 bar.close()
@@ -422,9 +427,12 @@ class _Trainer:
         scale = world.size / n_sup  # DDP/FSDP average over processes; this turns it into a global token mean
         autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         loss_total = torch.zeros((), dtype=torch.float64)
+        timer = self.timer
         for i, mb in enumerate(micro):
+            timer.lap("bookkeeping")
             batch = mb if mb["input_ids"] is not None else self._empty_batch()
             features = self._image_features(batch)
+            timer.lap("data")
             position_ids = batch.get("position_ids")  # (R, T) when packed
             if position_ids is not None:
                 position_ids = position_ids.to(world.device)
@@ -437,11 +445,14 @@ class _Trainer:
                                             labels=batch["labels"].to(world.device),
                                             position_ids=position_ids, image_features=features,
                                             image_sizes=batch.get("image_sizes"))
+                timer.lap("forward")
                 (loss_sum * scale).backward()
+                timer.lap("backward")
             loss_total += loss_sum.detach().double().cpu()
         loss = D.all_sum(world, [float(loss_total)])[0] / n_sup
         if not math.isfinite(loss):
             raise TrainingError(self._nonfinite("loss", loss, step + 1))
+        timer.lap("bookkeeping")
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         if hasattr(grad_norm, "full_tensor"):
@@ -451,6 +462,7 @@ class _Trainer:
             raise TrainingError(self._nonfinite("gradient norm", grad_norm, step + 1))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        timer.lap("optimizer")
         stats.update(loss=loss, grad_norm=grad_norm)
         return stats
 
@@ -475,7 +487,7 @@ class _Trainer:
             "supervised_tokens": stats["supervised_tokens"], "samples": stats["samples"],
             "padding": round(1 - stats["tokens"] / max(stats["padded_tokens"], 1), 4),
             "skipped": dict(self.skipped), "invalid_records": dict(self.ds.skipped), "elapsed_s": round(elapsed, 2),
-            "train_flops": self.flops,
+            "train_flops": self.flops, "step_time_s": self.timer.split(),
         }
         return record
 
