@@ -119,6 +119,29 @@ def test_learned_image_positions_start_at_zero_shift_tokens_by_cell_and_survive_
     assert any("model.image_position=learned_2d" in b for b in export_blockers(read_config(path)))
 
 
+def test_image_positions_get_their_own_learning_rate_group():
+    from vistune.config import TrainConfig
+    from vistune.train.optim import param_groups, set_trainable
+
+    plain = tiny_vlm()
+    cfg = ModelConfig(**{**plain.config.__dict__, "image_position": "learned_2d"})
+    model = type(plain).from_parts(cfg, plain.vision_tower, plain.llm, plain.tokenizer)
+    set_trainable(model, 1, lora=False)
+    groups = param_groups(model, TrainConfig(stage=1, lr=1e-4, projector_lr=2e-4, image_position_lr=5e-3,
+                                             weight_decay=0.1))
+    by_name = {g["name"]: g for g in groups if g["name"] == "image_position"}
+    positions = by_name["image_position"]
+    assert {id(p) for p in positions["params"]} == {id(model.projector.row_embed), id(model.projector.col_embed)}
+    assert (positions["peak_lr"], positions["weight_decay"]) == (5e-3, 0.0)
+    rest = [p for g in groups if g["name"] == "projector" for p in g["params"]]
+    assert rest and all(g["peak_lr"] == 2e-4 for g in groups if g["name"] == "projector")
+    assert len(rest) + 2 == len(list(model.projector.parameters()))  # every parameter in exactly one group
+    unset = param_groups(model, TrainConfig(stage=1, lr=1e-4, projector_lr=2e-4))
+    assert [g["peak_lr"] for g in unset if g["name"] == "image_position"] == [2e-4]
+    with pytest.raises(ConfigError, match="image_position_lr"):
+        TrainConfig(image_position_lr=0.0)
+
+
 def test_image_positions_need_a_square_grid_and_a_known_name():
     assert grid_layout(25) == (0, 5) and grid_layout(577) == (1, 24)
     with pytest.raises(ValueError, match="square grid"):

@@ -426,6 +426,9 @@ class TrainConfig:
     """Peak learning rate (of the LLM in stage 2; of the projector unless `projector_lr` is set)."""
     projector_lr: float | None = None
     """Peak learning rate of the projector; None: `lr`."""
+    image_position_lr: float | None = None
+    """Peak learning rate of the projector's image position vectors (`model.image_position: learned_2d`, which
+    start at zero and may need a higher rate than the projector's matrices to move); None: the projector's."""
     projector_init: str = "random"
     """How a fresh projector starts: `random` (PyTorch's default), or `ridge`: a linear projector is first fitted in
     closed form to the training captions (ridge regression from each image's mean-pooled features to the
@@ -518,8 +521,9 @@ class TrainConfig:
         for key in ("lr", "adam_eps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
-        if self.projector_lr is not None and self.projector_lr <= 0:
-            raise ConfigError(f"train.projector_lr must be positive, got {self.projector_lr}")
+        for key in ("projector_lr", "image_position_lr"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.projector_init not in ("random", "ridge"):
             raise ConfigError(f"train.projector_init={self.projector_init!r}: expected 'random' or 'ridge'")
         if self.projector_init_captions is not None and self.projector_init != "ridge":

@@ -26,16 +26,26 @@ def set_trainable(model: nn.Module, stage: int, lora: bool) -> None:
             model.llm.requires_grad_(True)
 
 
+IMAGE_POSITION_PARAMS = ("row_embed", "col_embed")  # the projector's learned image positions
+
+
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: projector / LLM, each split into decayed matrices and undecayed vectors."""
+    """AdamW groups: projector / LLM, each split into decayed matrices and undecayed vectors; the projector's
+    image position vectors form a group of their own ("image_position": no decay, `train.image_position_lr`)."""
     groups = []
     for part, lr in (("projector", cfg.peak_projector_lr), ("llm", cfg.lr)):
         named = [(n, p) for n, p in getattr(model, part).named_parameters() if p.requires_grad]
+        positions = [p for n, p in named if part == "projector" and n in IMAGE_POSITION_PARAMS]
+        named = [(n, p) for n, p in named if not any(p is q for q in positions)]
         decay = [p for _, p in named if p.ndim >= 2]
         no_decay = [p for _, p in named if p.ndim < 2]
         for params, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
             if params:
                 groups.append({"params": params, "lr": lr, "peak_lr": lr, "weight_decay": wd, "name": part})
+        if positions:
+            plr = cfg.image_position_lr if cfg.image_position_lr is not None else lr
+            groups.append({"params": positions, "lr": plr, "peak_lr": plr, "weight_decay": 0.0,
+                           "name": "image_position"})
     return groups
 
 
