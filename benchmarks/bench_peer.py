@@ -16,7 +16,11 @@ precision `train.precision` picks (auto: bf16 autocast where the CPU has native 
 - peer: random padded batches, `model(..., labels=...)` (full-vocabulary logits at every position),
   `torch.optim.AdamW` defaults, the tower run on every step.
 Each round is one whole epoch; modes alternate round by round. A mode's figure is real (non-padding) tokens/s
-over the steps after the first, median over rounds; the ratio is of medians. With `--levers`, every lever is
+over the steps after the first, median over rounds, and the same as samples/s (both sides see the same samples);
+the ratio is of medians. Each mode also gets a step's time split (data, forward, backward, optimizer,
+bookkeeping: vistune's `step_time_s` from metrics.jsonl, the peer's timed the same way), per real token over the
+steps after the first and scaled to a step of the epoch's mean length, so that length-grouped and random
+batches compare. With `--levers`, every lever is
 also measured switched off on its own (vistune minus that lever); `--with compile` also measures vistune with
 `train.compile: true` (mode `with_compile`; its first step, which compiles, is not timed). Each figure comes with model FLOP/s as a
 fraction of this machine's matmul peak (`matmul_peak.py`, in the same precision): forward and backward of
@@ -207,8 +211,8 @@ class PeakRSS:
 
 def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]
                   ) -> tuple[float, float, float, dict[str, float]]:
-    """(real tokens/s after the first step, peak memory growth MiB, seconds of the first step, mean seconds per
-    step of each phase after the first step, from metrics.jsonl's `step_time_s`) of one epoch of `vistune
+    """(real tokens/s after the first step, peak memory growth MiB, seconds of the first step, seconds per real
+    token of each phase after the first step, from metrics.jsonl's `step_time_s`) of one epoch of `vistune
     train`."""
     from vistune.config import load_run_config
     from vistune.train.loop import train
@@ -220,14 +224,14 @@ def vistune_round(base: list[str], stage: int, out: Path, extra: list[str]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(out)  # each round's final checkpoint holds the whole LLM: rounds x modes would fill the disk
     tokens = sum(r["tokens"] for r in records[1:])
-    split = {k: statistics.mean(r["step_time_s"][k] for r in records[1:]) for k in records[-1]["step_time_s"]}
+    split = {k: sum(r["step_time_s"][k] for r in records[1:]) / tokens for k in records[-1]["step_time_s"]}
     return tokens / (records[-1]["elapsed_s"] - records[0]["elapsed_s"]), mem.mib, records[0]["elapsed_s"], split
 
 
 def peer_round(peer, dataset, stage: int, batch: int, lr: float, bf16: bool, image_token_id: int, pad_id: int
                ) -> tuple[float, float, dict[str, float]]:
     """One epoch of random padded batches through the peer; (real tokens/s after the first step, memory MiB,
-    mean seconds per step of each phase after the first step)."""
+    seconds per real token of each phase after the first step)."""
     from vistune.data.dataset import collate
 
     peer.train()
@@ -241,9 +245,8 @@ def peer_round(peer, dataset, stage: int, batch: int, lr: float, bf16: bool, ima
     order = random.sample(range(len(dataset)), len(dataset))
     tokens, seconds = 0, 0.0
     split = dict.fromkeys(("data", "forward", "backward", "optimizer", "bookkeeping"), 0.0)
-    steps = len(dataset) // batch
     with PeakRSS() as mem:
-        for s in range(steps):
+        for s in range(len(dataset) // batch):
             t = [time.perf_counter()]
             b = to_peer(collate([dataset[i] for i in order[s * batch: (s + 1) * batch]], pad_id), image_token_id)
             t.append(time.perf_counter())
@@ -260,8 +263,8 @@ def peer_round(peer, dataset, stage: int, batch: int, lr: float, bf16: bool, ima
                 tokens += int(b["attention_mask"].sum())
                 seconds += t[-1] - t[0]
                 for k, a, z in zip(split, t, t[1:]):
-                    split[k] += (z - a) / (steps - 1)
-    return tokens / seconds, mem.mib, split
+                    split[k] += z - a
+    return tokens / seconds, mem.mib, {k: v / tokens for k, v in split.items()}
 
 
 def check_same_model(model, peer, dataset, image_token_id: int) -> float:
@@ -461,6 +464,7 @@ def main(argv=None) -> int:
         flops, tokens = epoch_flops(model, dataset, stage)
         per_token = flops / tokens
         samples_per_token = len(dataset) / tokens
+        tokens_per_step = tokens / (len(dataset) // args.batch)  # a step of the epoch's mean length
         modes = ["vistune", "peer"] + [f"no_{k}" for k in levers] + [f"with_{k}" for k in args.with_options]
         settings = {f"no_{k}": v for k, v in levers.items()} | {f"with_{k}": OPTIONS[k] for k in args.with_options}
         rates: dict[str, list[float]] = {m: [] for m in modes}
@@ -486,7 +490,8 @@ def main(argv=None) -> int:
         for m in modes:
             med = statistics.median(rates[m])
             res[m] = {"tokens_per_s": med, "samples_per_s": med * samples_per_token, "rounds": rates[m],
-                      "step_time_s": {k: statistics.median(sp[k] for sp in splits[m]) for k in splits[m][0]},
+                      "step_time_s": {k: statistics.median(sp[k] for sp in splits[m]) * tokens_per_step
+                                      for k in splits[m][0]},
                       "peak_mem_mib": max(mems[m]),
                       "first_step_s": None if m == "peer" else statistics.median(firsts[m]),
                       "model_flops_per_s": med * per_token, "fraction_of_peak": med * per_token / peak,
@@ -507,7 +512,8 @@ def main(argv=None) -> int:
                   f"{r['ratio_vs_peer']:5.2f}x peer  {r['fraction_of_peak'] * 100:5.1f}% of matmul peak  peak mem "
                   f"+{r['peak_mem_mib']:.0f} MiB"
                   + (f"  first step {r['first_step_s']:.1f} s" if r["first_step_s"] is not None else ""))
-        print(f"{stage} step time split (s per step after the first; medians over rounds):")
+        print(f"{stage} step time split (s per step of the epoch's mean length, {tokens_per_step:.0f} tokens, "
+              f"from the steps after the first; medians over rounds):")
         for m, r in res.items():
             total = sum(r["step_time_s"].values())
             print(f"  {m:20s} " + "  ".join(f"{k} {v:.3f}" for k, v in r["step_time_s"].items())
