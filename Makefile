@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_DIR := $(VENV)/llama.cpp
 LLAMA_STAMP := $(LLAMA_DIR)/.built
+# llama.cpp's AMX int8 kernels (built when -march=native finds AMX) died with SIGILL at their first tile
+# instruction on an AMX Xeon VM with q8_0 weights (an invalid tile configuration; upstream PR 26954 fixes it):
+# on x86 the build leaves AMX out, and quantized matmuls run on the AVX-512 / AVX2 kernels.
+LLAMA_CPU_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16,)
 
 .PHONY: install demo demo-quick test test-fast clean
 
@@ -40,7 +44,7 @@ $(LLAMA_STAMP): | $(STAMP)
 	  cmake -S $(LLAMA_DIR)/src -B $(LLAMA_DIR)/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
 	    -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON -DLLAMA_BUILD_MTMD=ON -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
 	    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
-	    -DLLAMA_OPENSSL=OFF && \
+	    -DLLAMA_OPENSSL=OFF -DCMAKE_C_FLAGS="$(LLAMA_CPU_FLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_CPU_FLAGS)" && \
 	  cmake --build $(LLAMA_DIR)/build --target mtmd -j2 && \
 	  lib=$$($(PY) -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llama_cpp').origin).parent / 'lib')") && \
 	  mkdir -p $$lib && cp -a $(LLAMA_DIR)/build/bin/*.so* $$lib/ && \
