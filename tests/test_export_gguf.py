@@ -286,3 +286,29 @@ def test_smollm2_with_a_tiny_tower_gives_vistunes_greedy_answer(tmp_path):
                                      add_generation_prompt=True).input_ids
     assert got.prompt_tokens == [t for t in expected if t != IMAGE_TOKEN_ID]
     assert got.tokens == ours and len(ours) >= 6
+
+
+@needs_llama_cpp
+def test_a_q8_0_export_answers_in_llama_cpp_as_vistune_does(exported, tmp_path):
+    """q8_0 weights take llama.cpp's quantized matmul kernels, which f32 files never reach (its AMX ones died with
+    SIGILL on an AMX CPU, so `make install` leaves them out). Run in a child process so that a crash fails this
+    test instead of ending the session; the overfit answers survive the 8-bit weights."""
+    import gguf
+    import json
+    import subprocess
+
+    model, _, f32_out = exported
+    out = export(model, tmp_path, outtype="q8_0")
+    types = {t.tensor_type.name for t in gguf.GGUFReader(out / "model.gguf").tensors if len(t.shape) == 2}
+    assert "Q8_0" in types
+    image_path = tmp_path / "image.png"
+    images()[0].save(image_path)
+    script = (
+        "import json, sys\nfrom PIL import Image\nfrom vistune.inference.llamacpp import LlamaCppModel\n"
+        f"m = LlamaCppModel({str(out / 'model.gguf')!r}, {str(out / 'mmproj.gguf')!r})\n"
+        "p = m.chat_prompt([{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': sys.argv[1]}]}])\n"
+        f"print(json.dumps(m.generate(p, [Image.open({str(image_path)!r}).convert('RGB')], max_new_tokens=12).tokens))\n")
+    run = subprocess.run([sys.executable, "-c", script, QA[0][0]], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"llama.cpp exited with {run.returncode}: {run.stderr[-2000:]}"
+    tokens = json.loads(run.stdout.strip().splitlines()[-1])
+    assert tokens == greedy(model, QA[0][0], images()[0]) and len(tokens) >= 6
