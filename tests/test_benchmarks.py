@@ -103,3 +103,34 @@ def test_bench_decode_compares_the_same_answers_on_a_tiny_model(capsys):
     assert min(result["ttft_again_ms"].values()) > 0 and result["eval_ratio"] > 0
     assert "avx2:" in result["machine"] and "precision fp32" in result["machine"]
     assert "ratios vs generate" in capsys.readouterr().out
+
+
+def test_bench_peer_training_rounds_split_each_step_into_phases(tmp_path):
+    """One epoch each of vistune's loop and the naive peer on a tiny model: tokens/s, and a time split per real
+    token whose phases add up to the timed steps (the peer's exactly, vistune's from metrics.jsonl)."""
+    import dataclasses
+
+    from vistune.data.dataset import LlavaDataset
+    from vistune.model.checkpoint import save_checkpoint
+    from vistune.model.tiny import tiny_vlm
+
+    bench = _module("bench_peer")
+    model = tiny_vlm("clip", "mlp2x_gelu")
+    data = bench.make_data(tmp_path / "data", 8)
+    dataset = LlavaDataset(data, data.parent / "images", model.renderer, model.image_processor, max_length=512)
+    image_token_id = bench.peer_image_token(model.tokenizer, dataset)
+    peer = bench.build_peer(model, image_token_id)
+    rate, _, split = bench.peer_round(peer, dataset, 2, 2, 1e-3, False, image_token_id, model.tokenizer.pad_token_id)
+    assert list(split) == ["data", "forward", "backward", "optimizer", "bookkeeping"]
+    assert rate > 0 and split["forward"] > 0 and split["backward"] > 0
+    assert sum(split.values()) == pytest.approx(1 / rate, rel=1e-6)  # laps tile the timed steps
+
+    init = save_checkpoint(model, tmp_path / "init")
+    base = [f"model.{k}={v}" for k, v in dataclasses.asdict(model.config).items() if v is not None]
+    base += [f"init_from={init}", f"data.path={data}", f"data.image_folder={data.parent / 'images'}",
+             "train.epochs=1", "train.global_batch_size=2", "train.micro_batch_size=2", "train.save_every=null",
+             "train.precision=fp32", f"train.feature_cache_dir={tmp_path / 'cache'}"]
+    rate, _, first, split = bench.vistune_round(base, 2, tmp_path / "run", ["train.lr=1e-3"])
+    assert rate > 0 and first > 0 and split["forward"] > 0 and split["backward"] > 0
+    assert sum(split.values()) == pytest.approx(1 / rate, rel=0.25)  # per-step records vs the records' clock
+    assert not (tmp_path / "run").exists()  # each round's run is removed (rounds x modes would fill the disk)
