@@ -39,20 +39,25 @@ def test_gpu_mfu_flop_count_matches_the_formula():
     assert gpu_mfu.step_flops(model, [100], [30]) == pytest.approx(expected)
 
 
-def test_bench_peer_inference_runs_both_sides_on_the_same_tiny_model(tmp_path):
-    """The peer is transformers' Llava holding vistune's weights: same loss, same greedy tokens, and every
-    inference figure (first token, decode, fourth-turn follow-up) is measured."""
-    import torch
-
+def _tiny_bench_peer(tmp_path, samples: int):
+    """bench_peer's module, a tiny vistune model, its benchmark data, dataset, the peer and its image token."""
     from vistune.data.dataset import LlavaDataset
     from vistune.model.tiny import tiny_vlm
 
     bench = _module("bench_peer")
     model = tiny_vlm("clip", "mlp2x_gelu")
-    data = bench.make_data(tmp_path / "data", 4)
+    data = bench.make_data(tmp_path / "data", samples)
     dataset = LlavaDataset(data, data.parent / "images", model.renderer, model.image_processor, max_length=512)
     image_token_id = bench.peer_image_token(model.tokenizer, dataset)
-    peer = bench.build_peer(model, image_token_id)
+    return bench, model, data, dataset, bench.build_peer(model, image_token_id), image_token_id
+
+
+def test_bench_peer_inference_runs_both_sides_on_the_same_tiny_model(tmp_path):
+    """The peer is transformers' Llava holding vistune's weights: same loss, same greedy tokens, and every
+    inference figure (first token, decode, fourth-turn follow-up) is measured."""
+    import torch
+
+    bench, model, _, dataset, peer, image_token_id = _tiny_bench_peer(tmp_path, 4)
     assert bench.check_same_model(model, peer, dataset, image_token_id) < 1e-4
     with torch.no_grad():
         result = bench.inference(model, peer, image_token_id, reps=1, new_tokens=4)
@@ -110,16 +115,9 @@ def test_bench_peer_training_rounds_split_each_step_into_phases(tmp_path):
     token whose phases add up to the timed steps (the peer's exactly, vistune's from metrics.jsonl)."""
     import dataclasses
 
-    from vistune.data.dataset import LlavaDataset
     from vistune.model.checkpoint import save_checkpoint
-    from vistune.model.tiny import tiny_vlm
 
-    bench = _module("bench_peer")
-    model = tiny_vlm("clip", "mlp2x_gelu")
-    data = bench.make_data(tmp_path / "data", 8)
-    dataset = LlavaDataset(data, data.parent / "images", model.renderer, model.image_processor, max_length=512)
-    image_token_id = bench.peer_image_token(model.tokenizer, dataset)
-    peer = bench.build_peer(model, image_token_id)
+    bench, model, data, dataset, peer, image_token_id = _tiny_bench_peer(tmp_path, 8)
     rate, _, split = bench.peer_round(peer, dataset, 2, 2, 1e-3, False, image_token_id, model.tokenizer.pad_token_id)
     assert list(split) == ["data", "forward", "backward", "optimizer", "bookkeeping"]
     assert rate > 0 and split["forward"] > 0 and split["backward"] > 0
