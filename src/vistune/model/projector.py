@@ -60,6 +60,10 @@ class Projector(nn.Module):
             x = torch.cat([x[..., : self.extra_tokens, :], x[..., self.extra_tokens:, :] + cells.to(x.dtype)], -2)
         return x
 
+    def position_parameters(self) -> list[nn.Parameter]:
+        """The learned image position vectors (`image_position: learned_2d`; none otherwise)."""
+        return [self.row_embed, self.col_embed] if self.grid_side else []
+
     def folded_linear_1(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the first linear layer with the input standardisation merged in."""
         weight, bias = self.linear_1.weight, self.linear_1.bias

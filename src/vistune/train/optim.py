@@ -26,19 +26,16 @@ def set_trainable(model: nn.Module, stage: int, lora: bool) -> None:
             model.llm.requires_grad_(True)
 
 
-IMAGE_POSITION_PARAMS = ("row_embed", "col_embed")  # the projector's learned image positions
-
-
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """AdamW groups: projector / LLM, each split into decayed matrices and undecayed vectors; the projector's
     image position vectors form a group of their own ("image_position": no decay, `train.image_position_lr`)."""
     groups = []
     for part, lr in (("projector", cfg.peak_projector_lr), ("llm", cfg.lr)):
-        named = [(n, p) for n, p in getattr(model, part).named_parameters() if p.requires_grad]
-        positions = [p for n, p in named if part == "projector" and n in IMAGE_POSITION_PARAMS]
-        named = [(n, p) for n, p in named if not any(p is q for q in positions)]
-        decay = [p for _, p in named if p.ndim >= 2]
-        no_decay = [p for _, p in named if p.ndim < 2]
+        module = getattr(model, part)
+        positions = [p for p in module.position_parameters() if p.requires_grad] if part == "projector" else []
+        rest = [p for p in module.parameters() if p.requires_grad and all(p is not q for q in positions)]
+        decay = [p for p in rest if p.ndim >= 2]
+        no_decay = [p for p in rest if p.ndim < 2]
         for params, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
             if params:
                 groups.append({"params": params, "lr": lr, "peak_lr": lr, "weight_decay": wd, "name": part})
