@@ -3,7 +3,7 @@ files and computes what vistune computes: image embeddings, prompt tokens and gr
 
 llama.cpp's CPU path rounds a few steps to fp16 whatever the file's precision (the patch embedding's im2col, the
 GELU tables, flash attention's K/V); `llama_cpp_steps` gives vistune the same roundings, and against that the
-embeddings agree to 1e-4 relative. CLIP towers hit a llama.cpp defect (its llava graph puts the CLS token after
+embeddings agree to 1e-4 relative. The tiny Llama speaks Llama's own SentencePiece vocabulary. CLIP towers hit a llama.cpp defect (its llava graph puts the CLS token after
 the patches: ggml-org/llama.cpp#25814); their tests pin that down instead of hiding it."""
 
 from __future__ import annotations
@@ -114,10 +114,46 @@ def relative(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def llama_tokenizer(tokenizer):
-    """SmolLM2's byte-level BPE vocabulary. (llama.cpp's Llama SentencePiece vocabulary does not survive the trip
-    through transformers: the converter then writes no piece scores and llama.cpp merges differently.)"""
-    return tokenizer
+def llama_vocab_dir(tmp_path_factory):
+    """Llama's SentencePiece vocabulary as a `tokenizer.model`, rebuilt from the GGUF vocabulary llama.cpp ships
+    for its tokenizer tests (pieces, scores, types); it splits llama.cpp's own test texts exactly as llama.cpp's
+    expected output says."""
+    import gguf
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    vocab = SOURCE / "models" / "ggml-vocab-llama-spm.gguf"
+    fields = {k: f.contents() for k, f in gguf.GGUFReader(vocab).fields.items()}
+    kinds = pb.ModelProto.SentencePiece
+    types = {int(gguf.TokenType.NORMAL): kinds.NORMAL, int(gguf.TokenType.UNKNOWN): kinds.UNKNOWN,
+             int(gguf.TokenType.CONTROL): kinds.CONTROL, int(gguf.TokenType.BYTE): kinds.BYTE}
+    proto = pb.ModelProto()
+    for piece, score, kind in zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.scores"],
+                                  fields["tokenizer.ggml.token_type"]):
+        entry = proto.pieces.add()
+        entry.piece, entry.score, entry.type = piece, score, types[kind]
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size, proto.trainer_spec.byte_fallback = len(proto.pieces), True
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
+    proto.trainer_spec.pad_id = -1
+    proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", True
+    proto.normalizer_spec.remove_extra_whitespaces, proto.normalizer_spec.escape_whitespaces = False, True
+    out = tmp_path_factory.mktemp("llama-vocab")
+    (out / "tokenizer.model").write_bytes(proto.SerializeToString())
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    texts = vocab.with_suffix(".gguf.inp").read_text().split("\n__ggml_vocab_test__\n")
+    expected = vocab.with_suffix(".gguf.out").read_text().strip().split("\n")
+    assert len(expected) >= 40
+    assert [sp.encode(t) for t in texts[:len(expected)]] == [[int(i) for i in e.split()] for e in expected]
+    return out
+
+
+def llama_tokenizer(vocab_dir: Path, legacy: bool):
+    """transformers' Llama tokenizer on that vocabulary; `legacy` True: text after a special token starts with
+    a space (Llama 1), False: it does not (Llama 2, Vicuna v1.5)."""
+    from transformers import LlamaTokenizer
+
+    return LlamaTokenizer.from_pretrained(vocab_dir, legacy=legacy, add_bos_token=True)
 
 
 def build(tower: str, projector: str, tokenizer, template: str = "vicuna_v1", llm=None):
@@ -143,12 +179,15 @@ def load(directory: Path, exact: bool = False):
     return LlamaCppModel(directory / "model.gguf", directory / "mmproj.gguf", exact=exact)
 
 
-@pytest.fixture(scope="module", params=[("siglip", "mlp2x_gelu"), ("siglip", "linear")], ids=lambda p: "-".join(p))
-def exported(request, tmp_path_factory, llama_tokenizer):
+@pytest.fixture(scope="module", params=[("siglip", "mlp2x_gelu", False), ("siglip", "linear", True)],
+                ids=lambda p: f"{p[0]}-{p[1]}-legacy{p[2]}")
+def exported(request, tmp_path_factory):
+    """A tiny SigLIP tower, the projector and a tiny Llama with Llama's SentencePiece vocabulary, overfit and
+    exported in f32, with llama.cpp running the export."""
     if PROBLEM:
         pytest.skip(f"llama.cpp is not available: {PROBLEM}")
-    tower, projector = request.param
-    model = build(tower, projector, llama_tokenizer)
+    tower, projector, legacy = request.param
+    model = build(tower, projector, llama_tokenizer(request.getfixturevalue("llama_vocab_dir"), legacy))
     overfit(model)
     out = export(model, tmp_path_factory.mktemp(f"{tower}-{projector}"))
     runtime = load(out, exact=True)
@@ -221,16 +260,21 @@ def test_exported_files_and_readme(exported):
     assert fields["clip.vision.feature_layer"] == [1]  # hidden state -2 of 2 blocks
     assert not any(t.name.startswith("v.post_ln") for t in reader.tensors)
     assert fields["clip.vision.block_count"] == 1 and not any(t.name.startswith("v.blk.1.") for t in reader.tensors)
+    vocab = {k: f.contents() for k, f in gguf.GGUFReader(out / "model.gguf").fields.items()
+             if k.startswith("tokenizer.ggml.")}
+    assert vocab["tokenizer.ggml.model"] == "llama"  # SentencePiece merging
+    assert len(set(vocab["tokenizer.ggml.scores"])) > 20000  # the merge order, not one score for every piece
+    assert vocab["tokenizer.ggml.add_space_prefix"] is model.tokenizer.legacy
     readme = (out / "README.md").read_text()
     for needle in ("llama-mtmd-cli", "llama-server", "--mmproj", "Modelfile", "pads a non-square image"):
         assert needle in readme
 
 
 @needs_llama_cpp
-def test_clip_tower_hits_llama_cpps_cls_ordering(tmp_path, llama_tokenizer):
+def test_clip_tower_hits_llama_cpps_cls_ordering(tmp_path, tokenizer):
     """The CLIP export is what llama.cpp's llava format means (CLS first); llama.cpp's graph of this version puts
     CLS last (ggml-org/llama.cpp#25814), and its output is exactly that: a CLS-last run of vistune's weights."""
-    model = build("clip", "mlp2x_gelu", llama_tokenizer)
+    model = build("clip", "mlp2x_gelu", tokenizer)
     out = export(model, tmp_path)
     reader_names = [t.name for t in __import__("gguf").GGUFReader(out / "mmproj.gguf").tensors]
     assert "v.class_embd" in reader_names and "v.pre_ln.weight" in reader_names

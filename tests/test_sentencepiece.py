@@ -2,7 +2,7 @@
 fast, legacy true and false) and byte-level BPE alike; labels are exactly the answers' tokens and end markers."""
 
 import pytest
-from conftest import make_llama_tokenizer
+from conftest import LLAMA_CORPUS, make_llama_tokenizer
 from test_conversation import supervised_runs
 
 from vistune.conversation import (
@@ -157,3 +157,61 @@ def test_a_tokenizer_merging_across_the_answer_boundary_is_refused():
         check_records(records, None, r, 2048)
     # with a template whose answers follow "[/INST]" (no colon) the same records pass
     assert check_records(records, None, Renderer(tok, get_template("llama_2"), N), 2048) == []
+
+
+SPM_TEXTS = LLAMA_CORPUS + ("Count the 12 shapes:\n\n- a star\tand  two circles", "ünïcödé ✓ 🙂 text")
+
+
+def test_a_rebuilt_sentencepiece_model_splits_as_the_tokenizer_and_its_source(llama_sp_dir):
+    """The `tokenizer.model` a GGUF export writes for llama.cpp, rebuilt from tokenizer.json's merge order, splits
+    as the tokenizer does and as the SentencePiece file the tokenizer came from."""
+    import sentencepiece as spm
+
+    from vistune.model.spm_vocab import mismatches, sentencepiece_model
+
+    tok = make_llama_tokenizer(llama_sp_dir, "fast", legacy=False)
+    rebuilt = sentencepiece_model(tok)
+    assert mismatches(tok, rebuilt, list(SPM_TEXTS)) == []
+    source = spm.SentencePieceProcessor(model_file=str(llama_sp_dir / "tokenizer.model"))
+    ours = spm.SentencePieceProcessor(model_proto=rebuilt)
+    assert [ours.encode(t) for t in SPM_TEXTS] == [source.encode(t) for t in SPM_TEXTS]
+    assert ours.vocab_size() == source.vocab_size() and ours.IsByte(source.PieceToId("<0x0A>"))
+    assert ours.IsControl(1) and ours.IsControl(2) and ours.IsUnknown(0)
+
+
+def test_merges_that_are_not_in_sentencepiece_order_are_found(llama_sp_dir):
+    """A BPE vocabulary that cannot form one of its pieces (its merges removed) splits differently under
+    SentencePiece's score order, which forms every piece it has: the export's check says where."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from vistune.model.spm_vocab import mismatches, sentencepiece_model
+
+    tok = make_llama_tokenizer(llama_sp_dir, "fast", legacy=False)
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    longest = max(tok.tokenize(LLAMA_CORPUS[0]), key=len)  # a piece the text uses
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"]
+                               if "".join(m if isinstance(m, list) else m.split(" ", 1)) != longest]
+    crippled = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), unk_token="<unk>",
+                                       bos_token="<s>", eos_token="</s>")
+    assert longest not in crippled.tokenize(LLAMA_CORPUS[0])
+    assert mismatches(crippled, sentencepiece_model(crippled), list(SPM_TEXTS)) == [LLAMA_CORPUS[0]]
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_a_saved_tokenizer_keeps_how_it_splits_after_special_tokens(llama_sp_dir, tmp_path, legacy):
+    """transformers does not save `legacy`; vistune's checkpoints and exports do, so a reloaded tokenizer gives
+    the ids the model was trained with around images and end-of-turn tokens."""
+    from transformers import AutoTokenizer
+
+    from vistune.model.llm import save_tokenizer
+
+    tok = make_llama_tokenizer(llama_sp_dir, "fast", legacy)
+    text = "USER: <s>\nWhat colour is the star?</s>The star is red."
+    save_tokenizer(tok, tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text).input_ids == tok(text).input_ids
+    pieces = again.convert_ids_to_tokens(again(text).input_ids)
+    assert pieces[pieces.index("</s>") + 1].startswith("\u2581") is legacy

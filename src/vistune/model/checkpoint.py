@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from vistune.checkpoint_format import CONFIG_NAME, MODEL_TYPE, CheckpointError, is_checkpoint, read_config
 from vistune.config import ModelConfig, from_dict, to_dict
 from vistune.data.image import ImageProcessor, ImageProcessorConfig
-from vistune.model.llm import is_peft_model
+from vistune.model.llm import is_peft_model, save_tokenizer
 from vistune.model.projector import Projector
 from vistune.model.vision import EfficientNetTower, HFVisionTower
 from vistune.model.vlm import VisionLanguageModel
@@ -55,7 +55,7 @@ def write_checkpoint_files(model, directory: Path, extra: dict | None = None) ->
                   str(directory / "vision_tower" / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in model.projector.state_dict().items()},
               str(directory / "projector.safetensors"))
-    model.tokenizer.save_pretrained(directory / "tokenizer")
+    save_tokenizer(model.tokenizer, directory / "tokenizer")
     config = {
         "model_type": MODEL_TYPE,
         "vistune_version": __version__,

@@ -43,7 +43,7 @@ from vistune.conversation import (
 )
 from vistune.errors import UserError
 from vistune.model.checkpoint import load_checkpoint, read_config
-from vistune.model.llm import is_peft_model
+from vistune.model.llm import is_peft_model, keep_legacy_flag
 from vistune.utils.io import atomic_dir
 
 IMAGE_TOKEN = IMAGE_PLACEHOLDER  # "<image>": the processor expands it to one token per image feature
@@ -142,6 +142,7 @@ def write_hf_llava(model, directory: Path) -> None:
     save_weights(weights, directory)
     processor = build_processor(model, tokenizer)
     processor.save_pretrained(directory)
+    keep_legacy_flag(tokenizer, directory)
     _pin_image_processor_type(directory, type(processor.image_processor).__name__)
     processor = AutoProcessor.from_pretrained(directory)  # exactly what a user gets
     check_prompt_parity(model, processor, image_token_id, several_images=True)

@@ -20,18 +20,29 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vistune.config import ModelConfig, from_dict
-from vistune.conversation import TEMPLATES
+from vistune.conversation import PROBES, TEMPLATES
 from vistune.model.checkpoint import load_checkpoint, read_config
 from vistune.model.export import ExportError, _chat_template, _llm_without_adapters, _lit
+from vistune.model.llm import save_tokenizer
+from vistune.model.spm_vocab import (
+    dummy_prefix,
+    is_sentencepiece_bpe,
+    mismatches,
+    prefix_after_special,
+    sentencepiece_model,
+    tokenizer_json,
+)
 from vistune.utils.io import atomic_dir
 
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -252,11 +263,12 @@ def write_mmproj(model, path: Path, outtype: str = "f32") -> None:
 # model.gguf
 
 
-def gguf_chat_template(model) -> str:
+def gguf_chat_template(model, leading_space: bool = False) -> str:
     """A Jinja chat template rendering the checkpoint's conversation template with libmtmd's media marker where
     each image goes: contents as strings (`<__media__>` or `<image>` in the text) or as lists of image / text
     items (joined by newlines), each marker followed by exactly one newline, as vistune lays out an image before
-    its question."""
+    its question. `leading_space`: the prompt starts with a space (the tokenizer's prefix, written out for a
+    GGUF whose `add_space_prefix` is off)."""
     m = _lit(MEDIA_MARKER)
     prelude = (
         "{%- set ns = namespace(msgs=[]) -%}"
@@ -279,24 +291,98 @@ def gguf_chat_template(model) -> str:
         prelude += ("{%- if not messages or messages[0]['role'] != 'system' -%}"
                     "{%- set messages = [{'role': 'system', 'content': " + _lit(system) + "}] + messages -%}"
                     "{%- endif -%}")
+    if leading_space:
+        prelude += "{{- ' ' -}}"
     template = _chat_template(model.config.template, model.tokenizer, prelude)
     # `plain` writes the image itself (the instruction is dropped): the marker instead of `<image>`
     return template.replace("'<image>'", m) if model.config.template == "plain" else template
 
 
 def write_text_model(model, path: Path, outtype: str, converter: Path) -> None:
-    """The LLM, its tokenizer and `gguf_chat_template` through llama.cpp's `convert_hf_to_gguf.py`."""
+    """The LLM, its tokenizer and `gguf_chat_template` through llama.cpp's `convert_hf_to_gguf.py`. A
+    SentencePiece-style vocabulary goes with a `tokenizer.model` carrying its merge order (`sentencepiece_vocab`)."""
     tokenizer = copy.deepcopy(model.tokenizer)
-    tokenizer.chat_template = gguf_chat_template(model)
+    spm = sentencepiece_vocab(model) if is_sentencepiece_bpe(tokenizer_json(tokenizer)) else None
+    tokenizer.chat_template = gguf_chat_template(model, leading_space=spm is not None and spm.leading_space)
     with tempfile.TemporaryDirectory(prefix="vistune-gguf-", dir=path.parent) as tmp:
         hf = Path(tmp) / "llm"
         _llm_without_adapters(model.llm).save_pretrained(hf)
-        tokenizer.save_pretrained(hf)
+        save_tokenizer(tokenizer, hf)
+        # what the converter writes as tokenizer.ggml.add_bos_token / add_space_prefix (it guesses when unset)
+        intended = {"add_bos_token": model.renderer.bos_id is not None}
+        if spm is not None:
+            (hf / "tokenizer.model").write_bytes(spm.model)
+            intended["add_space_prefix"] = spm.add_space_prefix
+        config_path = hf / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config["add_bos_token"] = intended["add_bos_token"]
+        if "add_space_prefix" in intended:
+            config["add_prefix_space"] = intended["add_space_prefix"]
+        config_path.write_text(json.dumps(config, indent=2))
         cmd = [sys.executable, str(converter), str(hf), "--outfile", str(path), "--outtype", outtype]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0 or not path.is_file():
             tail = "\n".join((run.stderr or run.stdout).strip().splitlines()[-15:])
             raise ExportError(f"llama.cpp's convert_hf_to_gguf.py failed on the language model:\n{tail}")
+    _check_written(path, intended)
+
+
+def _check_written(path: Path, intended: dict[str, bool]) -> None:
+    """The converted file's tokenizer flags are the ones asked for (the converter can override them)."""
+    import gguf
+
+    written = {key: field.contents() for key, field in gguf.GGUFReader(path).fields.items()}
+    wrong = [f"{key} is {written.get('tokenizer.ggml.' + key, 'unset')} (vistune's prompts need {value})"
+             for key, value in intended.items() if written.get("tokenizer.ggml." + key) is not value]
+    if wrong:
+        raise ExportError("llama.cpp's converter wrote a vocabulary that splits prompts differently from vistune: "
+                          + "; ".join(wrong))
+
+
+@dataclass(frozen=True)
+class SentencePieceVocab:
+    model: bytes  # a serialised SentencePiece ModelProto (`spm_vocab.sentencepiece_model`)
+    add_space_prefix: bool  # llama.cpp writes a space before every text piece of a prompt (images split it)
+    leading_space: bool  # the chat template writes the prompt's first space itself
+
+
+def sentencepiece_vocab(model) -> SentencePieceVocab:
+    """How a SentencePiece-style vocabulary goes to llama.cpp so that it splits prompts as vistune does: a
+    `tokenizer.model` in the checkpoint tokenizer's merge order, checked against it on a rendered prompt and the
+    tokenizer probes; `add_space_prefix` as the tokenizer treats text after a special token (llama.cpp tokenizes
+    the text between images separately and prefixes each piece or none), and the prompt's first space written by
+    the template where the prefix is off but the tokenizer has one at the start."""
+    tokenizer = model.tokenizer
+    try:
+        spm = sentencepiece_model(tokenizer)
+    except ImportError as err:
+        raise ExportError("exporting a SentencePiece-style vocabulary needs the sentencepiece and protobuf "
+                          "packages (pip install 'vistune[gguf]')") from err
+    except ValueError as err:
+        raise ExportError(f"the tokenizer's vocabulary has no llama.cpp form: {err}") from err
+    template = gguf_chat_template(model)
+    sample = _render(template, tokenizer, [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}])
+    prompts = [sample] + [_render(template, tokenizer, [{"role": m.role, "content": m.content} for m in probe])
+                          for probe in PROBES]
+    specials = [t for t in tokenizer.all_special_tokens if t] + [MEDIA_MARKER]
+    # each text piece as the tokenizer continues it mid-prompt (a piece's first space is the prefix rules' concern)
+    texts = [t.lstrip(" ") for p in prompts for t in re.split("|".join(map(re.escape, specials)), p) if t.strip()]
+    if bad := mismatches(tokenizer, spm, texts):
+        raise ExportError(f"llama.cpp would split {bad[0]!r} differently from the checkpoint's tokenizer (its "
+                          "tokenizer.json merges are not in SentencePiece order); nothing was written")
+    prefix = prefix_after_special(tokenizer)
+    starts_with_text = not any(sample.startswith(s) for s in specials)
+    return SentencePieceVocab(spm, prefix, not prefix and dummy_prefix(tokenizer) and starts_with_text)
+
+
+def _render(template: str, tokenizer, messages: list[dict]) -> str:
+    """`template` filled as llama-cpp-python's chat handlers fill it, with the generation prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                            bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
 
 
 # --------------------------------------------------------------------------------------------------

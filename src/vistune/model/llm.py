@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from vistune.paths import cache_dir, package_dir
-from vistune.utils.io import atomic_dir
+from vistune.utils.io import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,26 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     with atomic_dir(target, replace=False) as tmp:  # another process that finished first wins
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
+    """`tokenizer.save_pretrained(directory)`, then `keep_legacy_flag`."""
+    tokenizer.save_pretrained(directory)
+    keep_legacy_flag(tokenizer, directory)
+
+
+def keep_legacy_flag(tokenizer, directory: str | os.PathLike) -> None:
+    """Write a SentencePiece tokenizer's `legacy` (whether text after a special token starts with a space) into
+    the saved `tokenizer_config.json`: transformers leaves it out, and a tokenizer loaded without it splits
+    prompts around images and end-of-turn tokens differently from the one the model was trained with."""
+    legacy = getattr(tokenizer, "legacy", None)
+    path = Path(directory) / "tokenizer_config.json"
+    if legacy is None or not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("legacy") != legacy:
+        config["legacy"] = bool(legacy)
+        atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
