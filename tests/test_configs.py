@@ -32,7 +32,8 @@ def _tiny_parts(run: RunConfig):
                                image_size=size, patch_size=patch)
         tower = HFVisionTower(CLIPVisionModel(cfg), m.vision_layer, m.vision_select)
     else:
-        tower = EfficientNetTower(m.vision_tower, m.vision_layer, pretrained=False, image_size=m.image_size)
+        tower = EfficientNetTower(m.vision_tower, m.vision_layer, pretrained=False, image_size=m.image_size,
+                                  select=m.vision_select)
     tokenizer = load_tokenizer("smollm2-135m-instruct")  # stands in for the recipe's tokenizer
     return tower, tiny_llm(tokenizer), tokenizer
 

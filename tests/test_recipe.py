@@ -212,6 +212,21 @@ def test_the_demo_mix_opens_some_conversations_with_the_grounded_caption(world):
     assert not any(r["metadata"].get("described") for r in balanced_with_descriptions(world, 0.0))
 
 
+def test_balanced_questions_asked_one_at_a_time_each_carry_the_short_answer_instruction(world):
+    from vistune.demo import balanced_with_descriptions, single_turns
+
+    conversations = balanced_with_descriptions(world, describe_fraction=0.0)
+    singles = [one for r in conversations for one in single_turns(r, short_instruction=True)]
+    assert len(singles) == sum(len(r["metadata"]["question_types"]) for r in conversations)
+    for r in singles:
+        question, answer = r["conversations"]
+        assert question["value"].startswith("<image>\n") and question["value"].count("<image>") == 1
+        assert question["value"].endswith("\n" + SHORT_ANSWER_INSTRUCTION)
+        assert question["value"].count(SHORT_ANSWER_INSTRUCTION) == 1 and " " not in answer["value"]
+    plain = [one for r in conversations for one in single_turns(r)]
+    assert sum(r["conversations"][0]["value"].endswith(SHORT_ANSWER_INSTRUCTION) for r in plain) == len(conversations)
+
+
 # ------------------------------------------------------------------------------------------------ harness
 
 

@@ -197,3 +197,24 @@ def test_a_resolution_the_tower_was_not_built_for_is_refused():
     with pytest.raises(ValueError, match="built for 224 px"):
         VisionLanguageModel.from_parts(replace(base.config, image_size=160), base.vision_tower, base.llm,
                                        base.tokenizer)
+
+
+def test_efficientnet_cls_patch_puts_the_pooled_map_first_and_survives_a_checkpoint(tmp_path, photo):
+    """A CNN has no CLS token; `cls_patch` gives it the global average of the chosen map (what its own
+    classifier reads) as the first token, before the unchanged grid."""
+    patch = tiny_vision_tower("efficientnet", layer=-4, image_size=160)
+    pooled = tiny_vision_tower("efficientnet", layer=-4, image_size=160, select="cls_patch")
+    pooled.load_state_dict(patch.state_dict())
+    assert (patch.num_tokens, pooled.num_tokens) == (25, 26)
+    px = ImageProcessor(patch.processor_config()).batch([photo])
+    with torch.no_grad():
+        grid, both = patch(px), pooled(px)
+    assert torch.equal(both[:, 1:], grid)
+    assert torch.allclose(both[:, 0], grid.mean(1), atol=1e-6, rtol=0)
+    model = tiny_vlm("efficientnet", image_size=160, layer=-4, select="cls_patch")
+    assert model.config.vision_select == "cls_patch" and model.num_image_tokens == 26
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.num_image_tokens == 26
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_images(px), model.encode_images(px))

@@ -58,7 +58,8 @@ class ModelConfig:
     vision_layer: int = -2
     """Which encoder layer's features feed the projector (Python index into the layer outputs; -2 = second to last)."""
     vision_select: str = "patch"
-    """`patch`: grid tokens only (CLS dropped); `cls_patch`: CLS token plus grid tokens (ViTs with a CLS token)."""
+    """`patch`: grid tokens only (CLS dropped); `cls_patch`: CLS token plus grid tokens (ViTs with a CLS token;
+    for EfficientNet towers the feature map's global average stands first instead)."""
     projector: str = "linear"
     """Projector from vision features to LLM embeddings: `linear` (the paper) or `mlp2x_gelu` (LLaVA-1.5)."""
     llm: str = "smollm2-135m-instruct"

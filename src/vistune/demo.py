@@ -19,6 +19,7 @@ from typing import Callable
 from vistune.config import PRECISIONS, ConfigError, RunConfig, apply_overrides, from_dict, load_yaml
 from vistune.conversation import IMAGE_PLACEHOLDER
 from vistune.data.synth import BENCH_FILE, BENCH_IN_DISTRIBUTION_FILE, render_world
+from vistune.data.world import SHORT_ANSWER_INSTRUCTION, with_instruction
 from vistune.eval.report import Chart, Report, Table, mean_std
 from vistune.eval.report import write_report as write_any_report
 from vistune.eval.scoring import CONTROLS, count_is_right, names_every_object, variants_report
@@ -37,10 +38,11 @@ STAGE2_MIX = {"short_fraction": 0.9, "min_turns": 3, "max_turns": 6, "single_tur
 """Stage-2 data, by its `style` (default `single_turn`). `single_turn` (with `short_fraction`, `min_turns`,
 `max_turns`, `single_turn`, `detail_complex_ratio`): the symbolic teacher's conversations of mostly one-word
 answers, cut into single-turn questions (each asked with its image) unless `single_turn` is false, plus that ratio
-of detailed descriptions and reasoning answers. `balanced` (with `describe_fraction`):
-per image one conversation of short-answer questions, one per question type, answers balanced over the training
-world (`balanced_short_conversations`), a `describe_fraction` of them opening with a brief-description request
-answered by the grounded caption (measured in docs/recipe.md)."""
+of detailed descriptions and reasoning answers. `balanced` (with `describe_fraction`,
+`single_turn`): per image one conversation of short-answer questions, one per question type, answers balanced
+over the training world (`balanced_short_conversations`), a `describe_fraction` of them opening with a
+brief-description request answered by the grounded caption; with `single_turn: true` each question asked alone
+with its image and the short-answer instruction (measured in docs/recipe.md)."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,8 @@ class Demo:
         style = m.get("style", "single_turn")
         if style == "balanced":
             mix = balanced_with_descriptions(contexts, m["describe_fraction"])
+            if m.get("single_turn", False):
+                mix = [one for r in mix for one in single_turns(r, short_instruction=True)]
         elif style == "single_turn":
             mix = self._single_turn_mix(contexts, m, answer_first)
         else:
@@ -552,13 +556,18 @@ def balanced_with_descriptions(contexts: list, describe_fraction: float, seed: i
     return records
 
 
-def single_turns(record: dict) -> list[dict]:
+def single_turns(record: dict, short_instruction: bool = False) -> list[dict]:
     """One record per question of a conversation, each asked with the image (LLaVA-1.5's short-answer VQA
-    style): questions about many images instead of many questions about a few."""
+    style): questions about many images instead of many questions about a few. `short_instruction`: every
+    one-word answer's question ends with `SHORT_ANSWER_INSTRUCTION`, as the benchmark asks (a balanced
+    conversation carries it on its first question only)."""
     turns = record["conversations"]
     out = []
     for k in range(0, len(turns) - 1, 2):
         question = turns[k]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+        if short_instruction and " " not in turns[k + 1]["value"].strip() and not question.endswith(
+                SHORT_ANSWER_INSTRUCTION):
+            question = with_instruction(question)
         out.append({**record, "id": f"{record['id']}-{k // 2}",
                     "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"}, turns[k + 1]]})
     return out

@@ -98,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                               model_config.vision_layer, model_config.vision_select, tower_cfg.get("processor"))
     else:
         tower = EfficientNetTower(tower_cfg["name"], model_config.vision_layer, pretrained=False,
-                                  image_size=tower_cfg.get("image_size"))
+                                  image_size=tower_cfg.get("image_size"), select=model_config.vision_select)
         tower.model.load_state_dict(load_file(str(path / "vision_tower" / "model.safetensors")))
         tower = tower.to(dtype)
     llm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=dtype)

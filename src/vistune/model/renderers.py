@@ -43,7 +43,7 @@ def tower_geometry(vision_tower: str, layer: int = -2, select: str = "patch",
                    image_size: int | None = None) -> tuple[int, int]:
     """(image positions per tower input, input side in pixels) of a tower, from its config (no weights)."""
     if vision_tower in EFFICIENTNET_WEIGHTS:
-        tower = EfficientNetTower(vision_tower, layer, pretrained=False, image_size=image_size)
+        tower = EfficientNetTower(vision_tower, layer, pretrained=False, image_size=image_size, select=select)
         return tower.num_tokens, tower.image_size
     from transformers import AutoConfig
 

@@ -15,7 +15,7 @@ def tiny_vision_tower(kind: str = "clip", layer: int = -2, select: str = "patch"
     """A 2-layer CLIP or SigLIP vision transformer (width 32, 32 px), or an untrained EfficientNet-Lite0 (224 px)."""
     torch.manual_seed(seed)
     if kind == "efficientnet":
-        return EfficientNetTower("efficientnet-lite0", layer, pretrained=False, image_size=image_size)
+        return EfficientNetTower("efficientnet-lite0", layer, pretrained=False, image_size=image_size, select=select)
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=image_size or 32, patch_size=patch_size)
     if kind == "clip":

@@ -147,13 +147,21 @@ class EfficientNetTower(VisionTower):
     """EfficientNet-Lite feature maps as tokens. Layers: stem, each MBConv block, head conv (-1).
 
     At 224 px the head gives 7x7x1280 (49 tokens); -2 is the last block (7x7x320). Being convolutional it
-    runs at any `image_size`: the grid is image_size / 32 per side (160 px: 5x5 = 25 tokens).
+    runs at any `image_size`: the grid is image_size / 32 per side (160 px: 5x5 = 25 tokens). `select`
+    `cls_patch` puts the map's global average first (what the network's own classifier reads, the CNN's
+    counterpart of a ViT's CLS token): one token more.
     """
 
     kind = "efficientnet"
 
-    def __init__(self, name: str, layer: int, pretrained: bool = True, image_size: int | None = None) -> None:
+    def __init__(self, name: str, layer: int, pretrained: bool = True, image_size: int | None = None,
+                 select: str = "patch") -> None:
         super().__init__()
+        if select not in ("patch", "cls_patch"):
+            raise ValueError(f"vision_select {select!r}: expected 'patch' or 'cls_patch'")
+        self.select = select
+        self.num_extra = int(select == "cls_patch")  # kept: the pooled token
+        self.drop = 0
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
@@ -197,7 +205,8 @@ class EfficientNetTower(VisionTower):
                 x = block(x)  # inference: no drop-connect
             if self.layer == self.num_layers - 1:
                 x = m._swish(m._bn1(m._conv_head(x)))
-        return x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+        x = x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+        return torch.cat([x.mean(1, keepdim=True), x], 1) if self.num_extra else x  # (B, [1 +] h*w, C)
 
     def processor_config(self, size=None, pad_to_square=False):
         size = size or self.image_size
@@ -216,7 +225,5 @@ def build_vision_tower(name: str, layer: int, select: str, dtype: torch.dtype = 
     the resolution their position embeddings were trained for (`VisionLanguageModel.from_parts` refuses
     another)."""
     if name in EFFICIENTNET_WEIGHTS:
-        if select != "patch":
-            raise ValueError("EfficientNet towers have no CLS token: use vision_select='patch'")
-        return EfficientNetTower(name, layer, image_size=image_size).to(dtype)
+        return EfficientNetTower(name, layer, image_size=image_size, select=select).to(dtype)
     return HFVisionTower.from_pretrained(name, layer, select, dtype)
