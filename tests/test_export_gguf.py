@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import make_llama_tokenizer
 
 from vistune.cli import main
 from vistune.config import ModelConfig
@@ -120,40 +121,21 @@ def llama_vocab_dir(tmp_path_factory):
     expected output says."""
     import gguf
     import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from vistune.model.spm_vocab import bpe_model
 
     vocab = SOURCE / "models" / "ggml-vocab-llama-spm.gguf"
     fields = {k: f.contents() for k, f in gguf.GGUFReader(vocab).fields.items()}
-    kinds = pb.ModelProto.SentencePiece
-    types = {int(gguf.TokenType.NORMAL): kinds.NORMAL, int(gguf.TokenType.UNKNOWN): kinds.UNKNOWN,
-             int(gguf.TokenType.CONTROL): kinds.CONTROL, int(gguf.TokenType.BYTE): kinds.BYTE}
-    proto = pb.ModelProto()
-    for piece, score, kind in zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.scores"],
-                                  fields["tokenizer.ggml.token_type"]):
-        entry = proto.pieces.add()
-        entry.piece, entry.score, entry.type = piece, score, types[kind]
-    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
-    proto.trainer_spec.vocab_size, proto.trainer_spec.byte_fallback = len(proto.pieces), True
-    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
-    proto.trainer_spec.pad_id = -1
-    proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", True
-    proto.normalizer_spec.remove_extra_whitespaces, proto.normalizer_spec.escape_whitespaces = False, True
+    pieces = list(zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.scores"],
+                      fields["tokenizer.ggml.token_type"]))
     out = tmp_path_factory.mktemp("llama-vocab")
-    (out / "tokenizer.model").write_bytes(proto.SerializeToString())
+    (out / "tokenizer.model").write_bytes(bpe_model(pieces, 0, 1, 2, add_dummy_prefix=True))
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     texts = vocab.with_suffix(".gguf.inp").read_text().split("\n__ggml_vocab_test__\n")
     expected = vocab.with_suffix(".gguf.out").read_text().strip().split("\n")
     assert len(expected) >= 40
     assert [sp.encode(t) for t in texts[:len(expected)]] == [[int(i) for i in e.split()] for e in expected]
     return out
-
-
-def llama_tokenizer(vocab_dir: Path, legacy: bool):
-    """transformers' Llama tokenizer on that vocabulary; `legacy` True: text after a special token starts with
-    a space (Llama 1), False: it does not (Llama 2, Vicuna v1.5)."""
-    from transformers import LlamaTokenizer
-
-    return LlamaTokenizer.from_pretrained(vocab_dir, legacy=legacy, add_bos_token=True)
 
 
 def build(tower: str, projector: str, tokenizer, template: str = "vicuna_v1", llm=None):
@@ -187,7 +169,7 @@ def exported(request, tmp_path_factory):
     if PROBLEM:
         pytest.skip(f"llama.cpp is not available: {PROBLEM}")
     tower, projector, legacy = request.param
-    model = build(tower, projector, llama_tokenizer(request.getfixturevalue("llama_vocab_dir"), legacy))
+    model = build(tower, projector, make_llama_tokenizer(request.getfixturevalue("llama_vocab_dir"), "fast", legacy))
     overfit(model)
     out = export(model, tmp_path_factory.mktemp(f"{tower}-{projector}"))
     runtime = load(out, exact=True)

@@ -331,9 +331,11 @@ def _check_written(path: Path, intended: dict[str, bool]) -> None:
     """The converted file's tokenizer flags are the ones asked for (the converter can override them)."""
     import gguf
 
-    written = {key: field.contents() for key, field in gguf.GGUFReader(path).fields.items()}
-    wrong = [f"{key} is {written.get('tokenizer.ggml.' + key, 'unset')} (vistune's prompts need {value})"
-             for key, value in intended.items() if written.get("tokenizer.ggml." + key) is not value]
+    fields = gguf.GGUFReader(path).fields  # only the flags are read (not the vocabulary's arrays)
+    written = {key: fields[f"tokenizer.ggml.{key}"].contents() if f"tokenizer.ggml.{key}" in fields else "unset"
+               for key in intended}
+    wrong = [f"{key} is {written[key]} (vistune's prompts need {value})"
+             for key, value in intended.items() if written[key] is not value]
     if wrong:
         raise ExportError("llama.cpp's converter wrote a vocabulary that splits prompts differently from vistune: "
                           + "; ".join(wrong))

@@ -48,11 +48,13 @@ def prefix_after_special(tokenizer) -> bool:
     return tokenizer.convert_ids_to_tokens(ids)[-1] == SPACE + "b"
 
 
+# SentencePiece's piece types, numbered as GGUF vocabularies number them too
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
 def sentencepiece_model(tokenizer) -> bytes:
     """A serialised SentencePiece BPE `ModelProto` with the tokenizer's pieces in id order, scores from its merge
     ranks and byte / control / unknown types. Raises ValueError for a tokenizer it cannot describe."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     spec = tokenizer_json(tokenizer)
     if not is_sentencepiece_bpe(spec):
         raise ValueError("not a SentencePiece-style BPE tokenizer (BPE with byte fallback)")
@@ -67,31 +69,39 @@ def sentencepiece_model(tokenizer) -> bytes:
     special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
     unk = spec["model"].get("unk_token") or tokenizer.unk_token
 
-    kinds = pb.ModelProto.SentencePiece
-    proto = pb.ModelProto()
+    pieces = []
     for piece, _ in sorted(vocab.items(), key=lambda kv: kv[1]):
-        entry = proto.pieces.add()
-        entry.piece = piece
         if piece == unk:
-            entry.type, entry.score = kinds.UNKNOWN, 0.0
+            pieces.append((piece, 0.0, UNKNOWN))
         elif piece in special:
-            entry.type, entry.score = kinds.CONTROL, 0.0
+            pieces.append((piece, 0.0, CONTROL))
         elif BYTE_PIECE.fullmatch(piece):
-            entry.type, entry.score = kinds.BYTE, 0.0
+            pieces.append((piece, 0.0, BYTE))
         else:  # formed by a merge: minus its rank; a single symbol: below every merge
-            entry.type = kinds.NORMAL
-            entry.score = float(-first_rank.get(piece, len(merges) + vocab[piece]))
+            pieces.append((piece, float(-first_rank.get(piece, len(merges) + vocab[piece])), NORMAL))
+    ids = [vocab.get(unk, 0) if unk is not None else 0] + [
+        -1 if i is None else i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id)]
+    return bpe_model(pieces, *ids, add_dummy_prefix=dummy_prefix(tokenizer))
+
+
+def bpe_model(pieces: list[tuple[str, float, int]], unk_id: int, bos_id: int, eos_id: int,
+              add_dummy_prefix: bool) -> bytes:
+    """A serialised SentencePiece BPE `ModelProto` of `pieces` (text, score, type), in id order: byte fallback,
+    whitespace kept as it is, no normalisation (Llama's settings)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    for piece, score, kind in pieces:
+        entry = proto.pieces.add()
+        entry.piece, entry.score, entry.type = piece, score, kind
     trainer = proto.trainer_spec
     trainer.model_type = pb.TrainerSpec.BPE
-    trainer.vocab_size = len(vocab)
+    trainer.vocab_size = len(pieces)
     trainer.byte_fallback = True
-    trainer.unk_id = vocab.get(unk, 0) if unk is not None else 0
-    trainer.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1
-    trainer.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
-    trainer.pad_id = -1
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = unk_id, bos_id, eos_id, -1
     norm = proto.normalizer_spec
     norm.name = "identity"
-    norm.add_dummy_prefix = dummy_prefix(tokenizer)
+    norm.add_dummy_prefix = add_dummy_prefix
     norm.remove_extra_whitespaces = False
     norm.escape_whitespaces = True
     return proto.SerializeToString()
